@@ -10,12 +10,15 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # Stage 1: build wheels for runner and everything it depends on.
 FROM ${BASE_IMAGE} AS wheels
+LABEL org.opencontainers.image.title="runner"
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
 
 # Stage 2: the image that runs: the wheels installed, no build tools, no source tree.
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="runner" \
+      org.opencontainers.image.description="runner: a distributed task runner (broker, worker, client)"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=wheels /wheels /tmp/wheels
