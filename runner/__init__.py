@@ -1,0 +1,28 @@
+"""runner: a distributed task runner for Python.
+
+``Client(address)`` connects to a broker (``Client()`` starts an embedded local
+cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
+"""
+
+from loguru import logger
+
+from runner.client import BrokerUnreachable, Client, ClientClosed, ClusterExecutor
+from runner.errors import RemoteTraceback, TaskError
+from runner.local import LocalCluster
+from runner.tasks import Task, task
+
+__all__ = [
+    "BrokerUnreachable",
+    "Client",
+    "ClientClosed",
+    "ClusterExecutor",
+    "LocalCluster",
+    "RemoteTraceback",
+    "Task",
+    "TaskError",
+    "task",
+]
+
+# A library stays quiet unless the application asks: the CLI enables these logs.
+logger.disable("runner")
+logger.disable("workers")

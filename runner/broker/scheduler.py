@@ -1,0 +1,232 @@
+"""Where a job waits and which worker gets it: queues, priorities and credit.
+
+A plain object with no sockets and no clock (sans-IO): the broker's server feeds
+it events (a job was submitted, a worker joined, finished a job or vanished) and
+asks it for a dispatch plan at the end of each loop turn. Tests drive it directly.
+
+Rules:
+- Jobs wait in a named queue; within a queue and pool, higher priority first,
+  FIFO within a priority. A job given back (its worker died) goes to the front of
+  its priority, since it was accepted before anything still waiting there.
+- Each worker announces credit per pool (how many jobs it can hold at once). The
+  scheduler never leases more than that; each finished job returns one credit.
+- Among workers with credit for a queue, jobs are dealt round-robin starting with
+  the worker that has the most free credit (least loaded), so load spreads evenly.
+- A job whose queue no connected worker serves simply waits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+from dataclasses import dataclass, field
+
+PENDING = "pending"
+RUNNING = "running"
+
+
+class Job:
+    """One accepted job. ``payload`` stays an opaque msgpack blob in the broker."""
+
+    __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "attempt", "state", "worker")
+
+    def __init__(
+        self, id: str, task: str, pool: str, queue: str, priority: int, payload: bytes, client: bytes
+    ) -> None:
+        self.id = id
+        self.task = task
+        self.pool = pool
+        self.queue = queue
+        self.priority = priority
+        self.payload = payload
+        self.client = client
+        self.attempt = 0
+        self.state = PENDING
+        self.worker: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.task!r}, {self.state}, attempt={self.attempt})"
+
+
+class PriorityFifo:
+    """Jobs by priority (highest first), FIFO within a priority; O(1) for one priority."""
+
+    __slots__ = ("_by_priority", "_priorities", "_size")
+
+    def __init__(self) -> None:
+        self._by_priority: dict[int, collections.deque[Job]] = {}
+        self._priorities: list[int] = []  # ascending; the highest is last
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, job: Job, front: bool = False) -> None:
+        lane = self._by_priority.get(job.priority)
+        if lane is None:
+            lane = self._by_priority[job.priority] = collections.deque()
+            bisect.insort(self._priorities, job.priority)
+        if front:
+            lane.appendleft(job)
+        else:
+            lane.append(job)
+        self._size += 1
+
+    def pop(self) -> Job:
+        priority = self._priorities[-1]
+        lane = self._by_priority[priority]
+        job = lane.popleft()
+        if not lane:
+            del self._by_priority[priority]
+            self._priorities.pop()
+        self._size -= 1
+        return job
+
+    def remove(self, job: Job) -> None:
+        lane = self._by_priority[job.priority]
+        lane.remove(job)
+        self._size -= 1
+        if not lane:
+            del self._by_priority[job.priority]
+            self._priorities.remove(job.priority)
+
+
+@dataclass
+class WorkerSlot:
+    """What the scheduler knows of one connected worker."""
+
+    id: bytes
+    queues: tuple[str, ...]
+    credit: dict[str, int]
+    leased: dict[str, Job] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    order: int = 0
+
+    def free(self, pool: str) -> int:
+        return self.credit.get(pool, 0) - self.in_flight[pool]
+
+
+class UnknownWorker(KeyError):
+    """An event named a worker the scheduler does not know (never joined, or gone)."""
+
+
+class Scheduler:
+    """Queues, credit and leases of every job the broker holds."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.workers: dict[bytes, WorkerSlot] = {}
+        self._waiting: dict[tuple[str, str], PriorityFifo] = {}  # (queue, pool) -> jobs
+        self._dirty = False
+        self._join_order = itertools.count()
+
+    # --- events ---------------------------------------------------------------------
+
+    def submit(self, job: Job) -> bool:
+        """Accept a job; False when a job with that id is already held (a resend)."""
+        if job.id in self.jobs:
+            return False
+        self.jobs[job.id] = job
+        self._enqueue(job)
+        return True
+
+    def worker_joined(self, worker_id: bytes, queues: list[str], credit: dict[str, int]) -> None:
+        """A worker is ready to take jobs from ``queues`` up to ``credit`` per pool."""
+        if worker_id in self.workers:
+            self.worker_left(worker_id)
+        self.workers[worker_id] = WorkerSlot(
+            worker_id, tuple(queues), dict(credit), order=next(self._join_order)
+        )
+        self._dirty = True
+
+    def worker_left(self, worker_id: bytes) -> list[Job]:
+        """A worker is gone: give its leased jobs back to their queues and return them."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return []
+        returned = list(worker.leased.values())
+        for job in returned:
+            job.state = PENDING
+            job.worker = None
+            self._enqueue(job, front=True)
+        return returned
+
+    def job_finished(self, worker_id: bytes, job_id: str, attempt: int) -> Job | None:
+        """A worker reports a final outcome; return the job, or None for a stale report.
+
+        A report counts only from the worker holding the lease, for the attempt it
+        was leased; anything else (a duplicate, a worker declared dead) is ignored.
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise UnknownWorker(worker_id)
+        job = worker.leased.get(job_id)
+        if job is None or job.attempt != attempt:
+            return None
+        del worker.leased[job_id]
+        worker.in_flight[job.pool] -= 1
+        del self.jobs[job_id]
+        self._dirty = True
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Remove a job that has not been dispatched; False if it runs or is unknown."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state != PENDING:
+            return False
+        self._waiting[(job.queue, job.pool)].remove(job)
+        del self.jobs[job_id]
+        return True
+
+    # --- decisions ------------------------------------------------------------------
+
+    def dispatch(self) -> list[tuple[bytes, list[Job]]]:
+        """Lease waiting jobs to workers with credit; return (worker id, jobs) batches."""
+        if not self._dirty:
+            return []
+        self._dirty = False
+        plan: dict[bytes, list[Job]] = {}
+        for (queue, pool), waiting in list(self._waiting.items()):
+            if waiting:
+                self._deal(queue, pool, waiting, plan)
+            if not waiting:
+                del self._waiting[(queue, pool)]
+        return list(plan.items())
+
+    def _deal(self, queue: str, pool: str, waiting: PriorityFifo, plan: dict[bytes, list[Job]]) -> None:
+        takers = [w for w in self.workers.values() if queue in w.queues and w.free(pool) > 0]
+        takers.sort(key=lambda w: (-w.free(pool), w.order))
+        while waiting and takers:
+            for worker in list(takers):
+                job = waiting.pop()
+                self._lease(job, worker)
+                plan.setdefault(worker.id, []).append(job)
+                if worker.free(pool) == 0:
+                    takers.remove(worker)
+                if not waiting:
+                    return
+
+    def _lease(self, job: Job, worker: WorkerSlot) -> None:
+        job.state = RUNNING
+        job.worker = worker.id
+        job.attempt += 1
+        worker.leased[job.id] = job
+        worker.in_flight[job.pool] += 1
+
+    def _enqueue(self, job: Job, front: bool = False) -> None:
+        key = (job.queue, job.pool)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = PriorityFifo()
+        waiting.push(job, front=front)
+        self._dirty = True
+
+    # --- views ----------------------------------------------------------------------
+
+    def pending_by_queue(self) -> dict[str, int]:
+        """How many jobs wait in each queue (jobs leased to a worker not counted)."""
+        counts: dict[str, int] = collections.defaultdict(int)
+        for (queue, _pool), waiting in self._waiting.items():
+            counts[queue] += len(waiting)
+        return dict(counts)

@@ -1,0 +1,228 @@
+"""The ``runner`` command: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+import click
+
+from runner.broker.server import DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_LIVENESS
+from runner.log import LEVELS, setup_logging
+
+CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
+REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
+
+
+def logging_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--log-level and --log-json, shared by every command."""
+    command = click.option("--log-json", is_flag=True, envvar="RUNNER_LOG_JSON",
+                           help="Write logs as one JSON object a line.")(command)
+    return click.option("--log-level", default="INFO", envvar="RUNNER_LOG_LEVEL", show_default=True,
+                        type=click.Choice(LEVELS, case_sensitive=False), help="Least severe log level shown.")(command)
+
+
+def heartbeat_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--liveness", default=DEFAULT_LIVENESS, show_default=True, type=click.IntRange(1, 1000),
+                           help="Missed heartbeats before the other side is declared dead.")(command)
+    return click.option("--heartbeat", default=DEFAULT_HEARTBEAT, show_default=True, type=click.FloatRange(0.01, 3600),
+                        help="Seconds between heartbeats.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="runner")
+def cli() -> None:
+    """runner: a distributed task runner for Python."""
+
+
+@cli.command()
+@click.option("--bind", default=DEFAULT_ADDRESS, envvar="RUNNER_BIND", show_default=True,
+              help="Address the broker listens on; tcp://HOST:* picks a free port (env RUNNER_BIND).")
+@heartbeat_options
+@logging_options
+def broker(bind: str, heartbeat: float, liveness: int, log_level: str, log_json: bool) -> None:
+    """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
+    from runner.broker.server import Broker
+
+    setup_logging(log_level, log_json)
+    try:
+        server = Broker(bind, heartbeat=heartbeat, liveness=liveness)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    _stop_on_signals(server.stop)
+    click.echo(server.address)
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+@cli.command()
+@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
+@click.option("--processes", type=click.IntRange(0, 1024), envvar="RUNNER_PROCESSES",
+              help="Process-pool size for CPU-bound jobs [default: number of cores].")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(0, 10_000), envvar="RUNNER_THREADS",
+              help="Thread-pool size for I/O-bound jobs.")
+@click.option("--queue", "queues", multiple=True, envvar="RUNNER_QUEUES",
+              help="Queue to serve; repeat for several [default: default].")
+@click.option("--import", "imports", multiple=True, envvar="RUNNER_IMPORTS",
+              help="Module whose functions this worker may run; repeat for several.")
+@click.option("--allow-any-module", is_flag=True,
+              help="Run functions from any module (only for clusters no one else can reach).")
+@click.option("--name", help="Name shown in status [default: HOST-PID].")
+@heartbeat_options
+@logging_options
+def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
+           allow_any_module: bool, name: str | None, heartbeat: float, liveness: int, log_level: str,
+           log_json: bool) -> None:
+    """Run a worker: takes jobs from the broker and runs them in its pools."""
+    from workers.worker import Worker
+
+    setup_logging(log_level, log_json)
+    if processes is None:
+        processes = os.cpu_count() or 1
+    if processes == 0 and threads == 0:
+        raise click.BadParameter("a worker needs at least one of --processes and --threads above 0")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the worker import
+    if not imports and not allow_any_module:
+        click.echo("runner worker: warning: no --import given; this worker can run no task", err=True)
+    try:
+        instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
+                          imports=None if allow_any_module else list(imports), heartbeat=heartbeat,
+                          liveness=liveness, name=name)
+    except ImportError as exc:
+        raise click.ClickException(f"cannot import a module given with --import: {exc}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    instance.install_signal_handlers()
+    instance.run()
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("arguments", nargs=-1)
+@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
+@click.option("--kwargs", "keyword_json", default="{}", help="Keyword arguments as a JSON object.")
+@click.option("--pool", type=click.Choice(["process", "thread"]), help="Pool to run in [default: process].")
+@click.option("--queue", help="Queue to submit to [default: default].")
+@click.option("--priority", type=int, help="Higher runs first [default: 0].")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait and print the result as JSON.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
+@logging_options
+def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
+           queue: str | None, priority: int | None, wait: bool, timeout: float, log_level: str,
+           log_json: bool) -> None:
+    """Submit TASK (module:function) with ARGUMENTS, each parsed as JSON (else taken as a string)."""
+    setup_logging(log_level, log_json)
+    try:
+        keywords = json.loads(keyword_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+    if not isinstance(keywords, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    options = {"pool": pool, "queue": queue, "priority": priority}
+    with _client(connect) as client:
+        try:
+            future = client.submit(task, *map(_json_or_text, arguments), **keywords,
+                                   **{key: value for key, value in options.items() if value is not None})
+        except (TypeError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if not wait:
+            click.echo(future.job_id)
+            return
+        try:
+            result = future.result(timeout)
+        except TimeoutError:
+            raise click.ClickException(f"job {future.job_id} did not finish within {timeout}s") from None
+        except Exception as exc:
+            raise click.ClickException(f"job {future.job_id} failed: {type(exc).__name__}: {exc}") from None
+    click.echo(json.dumps(result, default=repr))
+
+
+@cli.command()
+@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@logging_options
+def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
+    """Show the broker's workers and queues; exits non-zero if the broker does not answer."""
+    setup_logging(log_level, log_json)
+    with _client(connect) as client:
+        snapshot = client.status()
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=2))
+        return
+    click.echo(f"broker {snapshot['broker']['address']}  clients {snapshot['clients']}  "
+               f"pending {snapshot['jobs']['pending']}  running {snapshot['jobs']['running']}")
+    for worker_info in snapshot["workers"]:
+        slots = ", ".join(f"{pool} {count}" for pool, count in worker_info["slots"].items())
+        click.echo(f"  worker {worker_info['id']}  host {worker_info['host']}  pid {worker_info['pid']}  "
+                   f"slots {slots}  running {worker_info['running']}  queues {','.join(worker_info['queues'])}")
+    for queue_name, pending in sorted(snapshot["queues"].items()):
+        click.echo(f"  queue {queue_name}: {pending} pending")
+
+
+@cli.command()
+@click.option("--bind", default=DEFAULT_ADDRESS, envvar="RUNNER_BIND", show_default=True, help="Broker address.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
+@click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
+@click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
+@logging_options
+def local(bind: str, workers: int, processes: int | None, threads: int | None, log_level: str,
+          log_json: bool) -> None:
+    """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
+    from runner.local import LocalCluster
+
+    setup_logging(log_level, log_json)
+    stop = _wait_for_signal()
+    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, log_level=log_level) as cluster:
+        click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
+        sys.stdout.flush()
+        stop()
+    click.echo("runner local: stopped")
+
+
+def _client(address: str):
+    from runner.client import BrokerUnreachable, Client
+
+    try:
+        return Client(address, timeout=REACH_TIMEOUT)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--connect") from None
+
+
+def _json_or_text(argument: str) -> Any:
+    try:
+        return json.loads(argument)
+    except json.JSONDecodeError:
+        return argument
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop())
+
+
+def _wait_for_signal() -> Callable[[], None]:
+    """A function that blocks until SIGTERM or SIGINT arrives."""
+    import threading
+
+    received = threading.Event()
+    _stop_on_signals(received.set)
+    return lambda: received.wait()
+
+
+def main() -> None:
+    """Entry point: click errors become one line on stderr and a non-zero exit."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"runner: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,325 @@
+"""The public Python API: ``Client``, whose ``submit`` returns a real concurrent.futures.Future.
+
+A client owns one I/O thread running the shared event loop with one DEALER
+socket. User threads never touch the socket: ``submit`` packs the job, parks a
+future and hands the row to the I/O thread, which sends every row queued since
+its last turn in one message. Outcomes resolve the futures on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket as socket_module
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Iterable, Iterator
+
+import zmq
+from loguru import logger
+
+from runner import protocol
+from runner.errors import exception_from_blob
+from runner.loop import EventLoop
+from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
+from runner.transport import DealerLink, connect_dealer
+
+log = logger.bind(component="client")
+
+DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
+MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
+
+
+class BrokerUnreachable(ConnectionError):
+    """The broker did not answer in time."""
+
+
+class ClientClosed(RuntimeError):
+    """The client was closed before this job's outcome arrived."""
+
+
+class Client:
+    """A connection to a broker; with no address, to a new embedded local cluster."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
+        self._cluster = None
+        if address is None:
+            from runner.local import LocalCluster
+
+            self._cluster = LocalCluster()
+            address = self._cluster.address
+        self.address = address
+        self.timeout = timeout
+        self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
+        self.identity = b"c-" + uuid.uuid4().hex.encode()
+        self._job_prefix = uuid.uuid4().hex[:16] + "-"
+        self._job_numbers = itertools.count(1)
+        self._request_numbers = itertools.count(1)
+        self._futures: dict[str, Future] = {}
+        self._requests: dict[int, Future] = {}
+        self._outgoing: deque[list] = deque()
+        self._send_scheduled = False
+        self._welcomed = threading.Event()
+        self._closed = False
+        self._heartbeat = 1.0
+        self._liveness = 3
+        self._last_heard = time.monotonic()
+        self.loop = EventLoop()
+        self.context = zmq.Context()
+        self._link: DealerLink | None = None
+        self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
+        self._thread.start()
+        self.loop.call_soon_threadsafe(self._open)
+        if not self._welcomed.wait(timeout):
+            self.close()
+            raise BrokerUnreachable(
+                f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
+                "(set the address with --connect or RUNNER_BROKER)"
+            )
+
+    # --- submitting ---------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any] | str | Task, /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; return a Future of its result.
+
+        The keywords ``pool`` ("process" or "thread"), ``queue`` and ``priority``
+        choose how the job runs and are not passed to ``fn``.
+        """
+        overrides = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
+        reference, defaults = resolve_task(fn)
+        return self._submit(reference, defaults.merged(overrides), args, kwargs)
+
+    def map(self, fn: Callable[..., Any] | str | Task, *iterables: Iterable[Any], timeout: float | None = None,
+            **options: Any) -> Iterator[Any]:
+        """Like the builtin ``map``, on the cluster: results in input order, lazily.
+
+        Keeps up to MAP_WINDOW jobs in flight ahead of the consumer, sent in batches.
+        """
+        unknown = set(options) - OPTION_NAMES
+        if unknown:
+            raise TypeError(f"map() got unexpected options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
+        reference, defaults = resolve_task(fn)
+        job_options = defaults.merged(options)
+        argument_tuples = iter(zip(*iterables))
+        window: deque[Future] = deque()
+
+        def fill() -> None:
+            for args in itertools.islice(argument_tuples, MAP_WINDOW - len(window)):
+                window.append(self._submit(reference, job_options, args, {}))
+
+        fill()  # work starts now, as with Executor.map, not at the first next()
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            try:
+                while window:
+                    future = window.popleft()
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield future.result(remaining)
+                    if len(window) < MAP_WINDOW // 2:
+                        fill()
+            finally:
+                for future in window:
+                    future.cancel()
+
+        return results()
+
+    def executor(self, **submit_defaults: Any) -> "ClusterExecutor":
+        """A concurrent.futures.Executor that runs everything on this cluster."""
+        return ClusterExecutor(self, JobOptions().merged(submit_defaults))
+
+    def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
+        if self._closed:
+            raise ClientClosed("this client is closed; create a new runner.Client to submit")
+        payload = encode_arguments(args, kwargs)
+        job_id = self._job_prefix + str(next(self._job_numbers))
+        future: Future = Future()
+        future.job_id = job_id  # type: ignore[attr-defined]
+        future.set_running_or_notify_cancel()  # once sent, a job cannot be taken back locally
+        self._futures[job_id] = future
+        self._outgoing.append([job_id, reference, options.pool, options.queue, options.priority, payload])
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self.loop.call_soon_threadsafe(self._send_outgoing)
+        return future
+
+    # --- cluster views ------------------------------------------------------------------
+
+    def status(self, timeout: float | None = None) -> dict:
+        """Workers (id, host, pid, slots, running), pending jobs per queue, and totals."""
+        return self._request(protocol.STATUS, {}, timeout)["status"]
+
+    def wait_for_workers(self, count: int, timeout: float | None = None) -> int:
+        """Block until at least ``count`` workers are connected; return how many are."""
+        try:
+            return self._request(protocol.WAIT_WORKERS, {"count": count}, timeout)["workers"]
+        except TimeoutError:
+            connected = len(self.status()["workers"])
+            raise TimeoutError(
+                f"only {connected} of {count} workers connected to {self.address} within {timeout}s"
+            ) from None
+
+    def _request(self, message_type: str, body: dict, timeout: float | None) -> dict:
+        request = next(self._request_numbers)
+        future: Future = Future()
+        self._requests[request] = future
+        self.loop.call_soon_threadsafe(lambda: self._send(message_type, {**body, "request": request}))
+        try:
+            return future.result(self.timeout if timeout is None else timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the broker at {self.address} did not answer {message_type} in time") from None
+        finally:
+            self._requests.pop(request, None)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Leave the broker, stop the I/O thread, and stop an embedded cluster."""
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.call_soon_threadsafe(self._say_goodbye)
+        self.loop.stop()
+        self._thread.join(timeout=5)
+        for future in list(self._futures.values()):
+            if not future.done():
+                future.set_exception(ClientClosed("the client was closed before this job finished"))
+        self._futures.clear()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<runner.Client {self.address} {'closed' if self._closed else 'open'}>"
+
+    # --- the I/O thread -------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            if self._link is not None:
+                self._link.close()
+            self.context.term()
+            self.loop.close()
+
+    def _open(self) -> None:
+        self._link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._on_message)
+        self._say_hello()
+        self.loop.call_every(self._heartbeat, self._on_heartbeat_tick)
+
+    def _say_hello(self) -> None:
+        self._send(protocol.HELLO, {"role": "client", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid()})
+
+    def _say_goodbye(self) -> None:
+        if self._link is not None:
+            self._link.socket.setsockopt(zmq.LINGER, 200)
+            self._send(protocol.BYE)
+
+    def _send(self, message_type: str, body: dict | None = None) -> None:
+        if self._link is not None:
+            self._link.send(message_type, body)
+
+    def _send_outgoing(self) -> None:
+        self._send_scheduled = False  # before draining, so a later submit schedules again
+        rows = []
+        while self._outgoing:
+            rows.append(self._outgoing.popleft())
+            if len(rows) == protocol.MAX_BATCH:
+                self._send(protocol.SUBMIT, {"jobs": rows})
+                rows = []
+        if rows:
+            self._send(protocol.SUBMIT, {"jobs": rows})
+
+    def _on_message(self, message: protocol.Message) -> None:
+        self._last_heard = time.monotonic()
+        body = message.body
+        if message.type == protocol.OUTCOMES:
+            self._resolve(body["outcomes"])
+        elif message.type == protocol.REPLY:
+            future = self._requests.get(body["request"])
+            if future is not None and not future.done():
+                future.set_result(body)
+        elif message.type == protocol.WELCOME:
+            self._heartbeat = float(body["heartbeat"])
+            self._liveness = int(body["liveness"])
+            self._welcomed.set()
+        elif message.type == protocol.ERROR:
+            if body.get("code") == "hello":
+                self._say_hello()
+            else:
+                log.warning("the broker rejected a message: {}", body["message"])
+
+    def _resolve(self, outcomes: list) -> None:
+        for job_id, status, blob in outcomes:
+            future = self._futures.pop(job_id, None)
+            if future is None or future.done():
+                continue
+            if status == protocol.OK:
+                try:
+                    future.set_result(protocol.unpack(blob))
+                except Exception as exc:
+                    future.set_exception(ValueError(f"job {job_id}: the result could not be decoded: {exc}"))
+            else:
+                future.set_exception(exception_from_blob(blob))
+
+    def _on_heartbeat_tick(self) -> None:
+        silent_for = time.monotonic() - self._last_heard
+        if silent_for > self._heartbeat * self._liveness and self._welcomed.is_set():
+            log.warning("no word from the broker at {} for {:.1f}s", self.address, silent_for)
+        self._send(protocol.HEARTBEAT)
+
+
+class ClusterExecutor(Executor):
+    """Runs code written for ProcessPoolExecutor on the cluster, unchanged."""
+
+    def __init__(self, client: Client, options: JobOptions) -> None:
+        self._client = client
+        self._options = options
+        self._futures: set[Future] = set()
+        self._lock = threading.Lock()  # submit may come from several user threads
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            reference, defaults = resolve_task(fn)
+            options = self._options if not isinstance(fn, Task) else defaults
+            future = self._client._submit(reference, options, args, kwargs)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        options = {"pool": self._options.pool, "queue": self._options.queue, "priority": self._options.priority}
+        return self._client.map(fn, *iterables, timeout=timeout, **options)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._futures)
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+        if wait:
+            for future in pending:
+                try:
+                    future.exception()
+                except Exception:
+                    pass  # a cancelled or failed job: shutdown only waits for it to end
+
+    def _forget(self, future: Future) -> None:
+        with self._lock:
+            self._futures.discard(future)

@@ -1,0 +1,58 @@
+"""Exceptions users of runner catch, and how a remote failure becomes one."""
+
+from __future__ import annotations
+
+import builtins
+
+from runner import protocol
+
+
+class TaskError(Exception):
+    """A task raised an exception whose type is not a Python builtin.
+
+    ``type_name`` and ``module`` name the remote type, ``message`` is its text and
+    ``remote_traceback`` the formatted traceback from the worker.
+    """
+
+    def __init__(self, type_name: str, module: str, message: str, remote_traceback: str) -> None:
+        super().__init__(f"{module}.{type_name}: {message}")
+        self.type_name = type_name
+        self.module = module
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text; set as ``__cause__`` of a re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def exception_from_blob(blob: bytes) -> BaseException:
+    """Rebuild a remote failure: the same builtin type where possible, else TaskError."""
+    try:
+        error = protocol.unpack(blob)
+        type_name, module, message = error["type"], error["module"], error["message"]
+        remote_traceback = error.get("traceback", "")
+    except Exception as exc:
+        return TaskError("UnreadableError", "runner", f"the worker sent an unreadable error: {exc}", "")
+    exception = _builtin_exception(type_name, message) if error.get("builtin") else None
+    if exception is None:
+        exception = TaskError(type_name, module, message, remote_traceback)
+    exception.__cause__ = RemoteTraceback(remote_traceback)
+    return exception
+
+
+def _builtin_exception(type_name: str, message: str) -> BaseException | None:
+    kind = getattr(builtins, type_name, None)
+    if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+        return None
+    try:
+        return kind(message)
+    except Exception:  # a builtin whose constructor wants other arguments
+        return None

@@ -1,0 +1,123 @@
+"""An embedded cluster: a broker and workers as child processes of this one, on 127.0.0.1.
+
+What ``Client()`` with no address starts, and what ``runner local`` runs. The
+broker binds an ephemeral port and prints the address it got; the workers may
+run functions from any module (only this process's clients can reach them) and
+see this program's import path, so a script's own functions can be jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from loguru import logger
+
+log = logger.bind(component="local")
+
+START_TIMEOUT = 30.0  # seconds for the broker to bind and the workers to join
+STOP_TIMEOUT = 10.0  # seconds for a child to exit after SIGTERM before SIGKILL
+
+
+class LocalCluster:
+    """A broker plus ``workers`` workers, started now and stopped by ``close()``."""
+
+    def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
+                 bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (),
+                 log_level: str = "WARNING", heartbeat: float = 1.0) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.processes: list[subprocess.Popen] = []
+        self._log_level = log_level
+        try:
+            self._broker = self._spawn(["broker", "--bind", bind, "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
+            self.address = _read_address(self._broker, START_TIMEOUT)
+            worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat)]
+            if processes is not None:
+                worker_args += ["--processes", str(processes)]
+            if threads is not None:
+                worker_args += ["--threads", str(threads)]
+            for queue in queues:
+                worker_args += ["--queue", queue]
+            for _ in range(workers):
+                self._spawn(worker_args)
+            if workers:
+                with self.client() as client:
+                    client.wait_for_workers(workers, timeout=START_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+
+    def client(self, **options: Any):
+        """A new Client connected to this cluster (the caller closes it)."""
+        from runner.client import Client
+
+        return Client(self.address, **options)
+
+    def close(self) -> None:
+        """Stop the workers, then the broker: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid {} did not stop within {}s; killing it", process.pid, STOP_TIMEOUT)
+                process.kill()
+                process.wait()
+            if process.stdout:
+                process.stdout.close()
+        self.processes.clear()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _spawn(self, arguments: list[str], stdout: Any = None) -> subprocess.Popen:
+        command = [sys.executable, "-m", "runner", *arguments, "--log-level", self._log_level]
+        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), preexec_fn=_die_with_parent)
+        self.processes.append(process)
+        return process
+
+
+def _read_address(broker: subprocess.Popen, timeout: float) -> str:
+    """The address line the broker prints on stdout once it is bound."""
+    assert broker.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(broker.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"the local broker did not start within {timeout}s")
+    line = broker.stdout.readline().decode().strip()
+    if not line.startswith("tcp://"):
+        raise RuntimeError(f"the local broker failed to start (exit code {broker.poll()}); see its log above")
+    return line
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment, with its import path so workers find its modules."""
+    environment = dict(os.environ)
+    paths = [path or os.getcwd() for path in sys.path if not path or os.path.isdir(path)]
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None):
+        paths.insert(0, os.path.dirname(os.path.abspath(main.__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return environment
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if this process dies, so no cluster is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,40 @@
+"""Logging set-up shared by every runner process: loguru, readable or JSON lines.
+
+Every line carries ``component`` (broker, worker, client, ...) and, for lines about
+a job's life, ``job`` (its id); loggers get them with ``logger.bind``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from loguru import logger
+
+LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[component]}</cyan>{extra[job_label]} {message}"
+)
+
+
+def _add_labels(record: dict) -> None:
+    extra = record["extra"]
+    extra.setdefault("component", "runner")
+    job = extra.get("job")
+    extra["job_label"] = f" job={job}" if job else ""
+
+
+def setup_logging(level: str = "INFO", json: bool = False) -> None:
+    """Send logs to stderr at ``level``; ``json`` writes one JSON object a line."""
+    level = level.upper()
+    if level not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    logger.remove()
+    logger.configure(patcher=_add_labels)
+    logger.enable("runner")
+    logger.enable("workers")
+    if json:
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, format=_FORMAT, colorize=None)

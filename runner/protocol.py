@@ -1,0 +1,269 @@
+"""The wire protocol: the only module that knows how messages look on the wire.
+
+Every ZeroMQ message between a peer (client or worker, a DEALER socket) and the
+broker (one ROUTER socket) is a single frame holding a msgpack array
+``[version, type, body]``. ``body`` is a msgpack map whose fields are checked on
+receipt by :func:`decode`; anything malformed raises :class:`ProtocolError`, which
+the receiving loop logs and drops, so bad input never escapes a loop.
+
+Everything that carries jobs or results carries a list of them: a single job is a
+batch of one. Job arguments and results travel as opaque msgpack blobs
+(``payload``) that the broker stores and forwards without decoding them.
+
+See docs/protocol.md for the message catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+VERSION = 1
+
+#: Largest frame accepted by anyone (also set as ZeroMQ's MAXMSGSIZE on the broker).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Largest number of items (jobs, results, ids) in one message.
+MAX_BATCH = 100_000
+#: Longest identifier (job id, queue name, task reference, peer name).
+MAX_NAME = 256
+
+POOLS = ("process", "thread")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol: it is dropped, never acted on."""
+
+
+# Message types. Peers -> broker:
+HELLO = "hello"  # a client or worker introduces itself
+SUBMIT = "submit"  # client: jobs to run
+RESULTS = "results"  # worker: outcomes of jobs it ran
+HEARTBEAT = "heartbeat"  # both ways: "I am alive"
+STATUS = "status"  # client: ask for a status snapshot
+WAIT_WORKERS = "wait_workers"  # client: answer once at least n workers are connected
+BYE = "bye"  # peer: leaving on purpose
+# Broker -> peers:
+WELCOME = "welcome"  # answer to hello
+ACCEPTED = "accepted"  # jobs the broker took responsibility for
+JOBS = "jobs"  # jobs for a worker to run
+OUTCOMES = "outcomes"  # final outcomes for a client
+REPLY = "reply"  # answer to a request (status, wait_workers)
+ERROR = "error"  # the broker rejected a message of the peer
+
+# Outcome status codes carried by results and outcomes.
+OK = "ok"
+FAILED = "failed"
+
+ROLES = ("client", "worker")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded, validated message: its type and its checked body."""
+
+    type: str
+    body: dict[str, Any]
+
+
+def pack(value: Any) -> bytes:
+    """Encode a value as msgpack (bytes stay bytes, str stays str)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack strictly; unpackb bounds every length by the blob's own size."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+
+
+def encode(message_type: str, body: dict[str, Any] | None = None) -> bytes:
+    """Encode one message frame."""
+    return pack([VERSION, message_type, body or {}])
+
+
+def decode(frame: bytes) -> Message:
+    """Decode and validate one frame; raise ProtocolError saying what is wrong."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(frame)} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    try:
+        envelope = unpack(frame)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"not valid msgpack: {exc}") from None
+    if not isinstance(envelope, list) or len(envelope) != 3:
+        raise ProtocolError("a message must be a msgpack array [version, type, body]")
+    version, message_type, body = envelope
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {VERSION})")
+    validator = _VALIDATORS.get(message_type) if isinstance(message_type, str) else None
+    if validator is None:
+        raise ProtocolError(f"unknown message type {message_type!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{message_type}: body must be a map, got {type(body).__name__}")
+    validator(body)
+    return Message(message_type, body)
+
+
+# --- field checks -------------------------------------------------------------------
+
+
+def _need(body: dict, field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if field not in body:
+        raise ProtocolError(f"missing field {field!r} ({what})")
+    value = body[field]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ProtocolError(f"field {field!r} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ProtocolError(f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {value!r:.80}")
+    return value
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"{what} must be an integer from {low} to {high}, got {value!r:.80}")
+    return value
+
+
+def _batch(body: dict, field: str, row_length: int, what: str) -> list:
+    rows = _need(body, field, list, f"a list of {what}")
+    if len(rows) > MAX_BATCH:
+        raise ProtocolError(f"{len(rows)} {what} in one message exceeds the limit of {MAX_BATCH}")
+    for row in rows:
+        if not isinstance(row, list) or len(row) != row_length:
+            raise ProtocolError(f"each of {what} must be an array of {row_length} fields, got {row!r:.80}")
+    return rows
+
+
+def _pool(value: Any) -> str:
+    if value not in POOLS:
+        raise ProtocolError(f"pool must be one of {POOLS}, got {value!r:.80}")
+    return value
+
+
+def _payload(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise ProtocolError(f"payload must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _request_id(body: dict) -> None:
+    _integer(_need(body, "request", int, "a request number"), "request", 0, 2**63)
+
+
+# Job rows: [job_id, task, pool, queue, priority, payload]
+JOB_FIELDS = ("id", "task", "pool", "queue", "priority", "payload")
+
+
+def check_job_row(row: list) -> None:
+    """Validate one submitted job row (see JOB_FIELDS)."""
+    job_id, task, pool, queue, priority, payload = row
+    _name(job_id, "job id")
+    _name(task, "task reference")
+    if ":" not in task:
+        raise ProtocolError(f"task reference must look like 'module:function', got {task!r:.80}")
+    _pool(pool)
+    _name(queue, "queue name")
+    _integer(priority, "priority", -(2**31), 2**31)
+    _payload(payload)
+
+
+def _check_hello(body: dict) -> None:
+    role = _need(body, "role", str, "'client' or 'worker'")
+    if role not in ROLES:
+        raise ProtocolError(f"role must be one of {ROLES}, got {role!r:.80}")
+    _name(_need(body, "name", str, "a peer name"), "peer name")
+    _integer(_need(body, "pid", int, "a process id"), "pid", 0, 2**31)
+    _name(_need(body, "host", str, "a host name"), "host name")
+    if role == "worker":
+        slots = _need(body, "slots", dict, "a map of pool to job slots")
+        if set(slots) - set(POOLS):
+            raise ProtocolError(f"slots may only name pools {POOLS}, got {sorted(slots)!r:.80}")
+        for pool, count in slots.items():
+            _integer(count, f"slots[{pool}]", 0, 1_000_000)
+        queues = _need(body, "queues", list, "a list of queue names")
+        if not queues or len(queues) > 1000:
+            raise ProtocolError("a worker must serve from 1 to 1000 queues")
+        for queue in queues:
+            _name(queue, "queue name")
+
+
+def _check_submit(body: dict) -> None:
+    for row in _batch(body, "jobs", len(JOB_FIELDS), "jobs"):
+        check_job_row(row)
+
+
+# Result rows (worker -> broker): [job_id, attempt, status, payload]
+def _check_results(body: dict) -> None:
+    for job_id, attempt, status, payload in _batch(body, "results", 4, "results"):
+        _name(job_id, "job id")
+        _integer(attempt, "attempt", 1, 2**31)
+        if status not in (OK, FAILED):
+            raise ProtocolError(f"result status must be {OK!r} or {FAILED!r}, got {status!r:.80}")
+        _payload(payload)
+
+
+def _check_wait_workers(body: dict) -> None:
+    _request_id(body)
+    _integer(_need(body, "count", int, "a number of workers"), "count", 0, 1_000_000)
+
+
+def _check_welcome(body: dict) -> None:
+    _need(body, "heartbeat", (int, float), "the heartbeat interval in seconds")
+    _integer(_need(body, "liveness", int, "a number of missed heartbeats"), "liveness", 1, 1000)
+
+
+def _check_accepted(body: dict) -> None:
+    for job_id in _need(body, "ids", list, "a list of job ids"):
+        _name(job_id, "job id")
+
+
+# Job rows sent to a worker: [job_id, attempt, task, pool, payload]
+def _check_jobs(body: dict) -> None:
+    for job_id, attempt, task, pool, payload in _batch(body, "jobs", 5, "jobs"):
+        _name(job_id, "job id")
+        _integer(attempt, "attempt", 1, 2**31)
+        _name(task, "task reference")
+        _pool(pool)
+        _payload(payload)
+
+
+# Outcome rows sent to a client: [job_id, status, payload]
+def _check_outcomes(body: dict) -> None:
+    for job_id, status, payload in _batch(body, "outcomes", 3, "outcomes"):
+        _name(job_id, "job id")
+        if status not in (OK, FAILED):
+            raise ProtocolError(f"outcome status must be {OK!r} or {FAILED!r}, got {status!r:.80}")
+        _payload(payload)
+
+
+def _check_reply(body: dict) -> None:
+    _request_id(body)
+
+
+def _check_error(body: dict) -> None:
+    _need(body, "message", str, "an error message")
+
+
+def _nothing(body: dict) -> None:
+    """Messages whose body carries no required field."""
+
+
+_VALIDATORS: dict[str, Callable[[dict], None]] = {
+    HELLO: _check_hello,
+    SUBMIT: _check_submit,
+    RESULTS: _check_results,
+    HEARTBEAT: _nothing,
+    STATUS: _request_id,
+    WAIT_WORKERS: _check_wait_workers,
+    BYE: _nothing,
+    WELCOME: _check_welcome,
+    ACCEPTED: _check_accepted,
+    JOBS: _check_jobs,
+    OUTCOMES: _check_outcomes,
+    REPLY: _check_reply,
+    ERROR: _check_error,
+}

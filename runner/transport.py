@@ -1,0 +1,191 @@
+"""ZeroMQ sockets set up the one way runner uses them, and sending that never blocks.
+
+The broker binds one ROUTER; clients and workers connect DEALERs to it, each with
+a routing id of its own choosing so that a reconnect keeps its identity. Sends are
+non-blocking: what cannot go out now waits in an outbox and leaves when the
+socket can take it, so a slow peer never stalls the loop.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+import zmq
+from loguru import logger
+
+from runner import protocol
+from runner.loop import EventLoop
+
+log = logger.bind(component="transport")
+
+#: Messages queued per peer inside ZeroMQ before sends report EAGAIN.
+HIGH_WATER_MARK = 100_000
+#: Messages handled per socket per loop turn, so one busy socket cannot starve timers.
+DRAIN_LIMIT = 1_000
+#: Seconds before retrying a ROUTER send that found the peer's pipe full.
+ROUTER_RETRY = 0.01
+
+
+def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
+    """Bind the broker's ROUTER; return it with the address actually bound."""
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, not vanishes
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its identity back
+    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as exc:
+        socket.close()
+        raise OSError(f"cannot bind the broker to {address!r}: {exc} (is another broker using it?)") from None
+    return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def connect_dealer(context: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
+    """Connect a DEALER to the broker under ``identity``."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.ROUTING_ID, identity)
+    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RECONNECT_IVL, 100)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    try:
+        socket.connect(address)
+    except zmq.ZMQError as exc:
+        socket.close()
+        raise ValueError(f"cannot connect to {address!r}: {exc}; expected an address like tcp://127.0.0.1:5555") from None
+    return socket
+
+
+class DealerLink:
+    """A DEALER socket on a loop: decodes what arrives, queues what cannot go out yet."""
+
+    def __init__(
+        self, loop: EventLoop, socket: zmq.Socket, on_message: Callable[[protocol.Message], None]
+    ) -> None:
+        self.loop = loop
+        self.socket = socket
+        self._on_message = on_message
+        self._outbox: collections.deque[bytes] = collections.deque()
+        loop.add_socket(socket, self._drain)
+
+    def send(self, message_type: str, body: dict | None = None) -> None:
+        """Send now, or as soon as the socket has room, in order."""
+        frame = protocol.encode(message_type, body)
+        if self._outbox:
+            self._outbox.append(frame)
+            return
+        try:
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self._outbox.append(frame)
+            self.loop.want_writable(self.socket, self._flush)
+
+    def close(self) -> None:
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)
+
+    def _flush(self) -> None:
+        while self._outbox:
+            try:
+                self.socket.send(self._outbox[0], zmq.NOBLOCK)
+            except zmq.Again:
+                self.loop.want_writable(self.socket, self._flush)
+                return
+            self._outbox.popleft()
+
+    def _drain(self) -> None:
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.decode(frame)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: {}", exc)
+                continue
+            self._on_message(message)
+
+
+class RouterLink:
+    """The broker's ROUTER on a loop: per-peer sends that never block or vanish silently."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        socket: zmq.Socket,
+        on_frame: Callable[[bytes, bytes], None],
+        on_unreachable: Callable[[bytes], None],
+    ) -> None:
+        self.loop = loop
+        self.socket = socket
+        self._on_frame = on_frame
+        self._on_unreachable = on_unreachable
+        self._outboxes: dict[bytes, collections.deque[bytes]] = {}
+        self._retry_scheduled = False
+        loop.add_socket(socket, self._drain)
+
+    def send(self, peer: bytes, message_type: str, body: dict | None = None) -> None:
+        """Send to ``peer``; if it is gone, report it through ``on_unreachable``."""
+        frame = protocol.encode(message_type, body)
+        outbox = self._outboxes.get(peer)
+        if outbox is not None:
+            outbox.append(frame)
+            return
+        self._send_frame(peer, frame)
+
+    def forget(self, peer: bytes) -> None:
+        """Drop anything still waiting for a peer that is gone."""
+        self._outboxes.pop(peer, None)
+
+    def close(self) -> None:
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)
+
+    def _send_frame(self, peer: bytes, frame: bytes) -> bool:
+        try:
+            self.socket.send_multipart((peer, frame), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self._outboxes.setdefault(peer, collections.deque()).append(frame)
+            self._schedule_retry()
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._outboxes.pop(peer, None)
+            self._on_unreachable(peer)
+        return False
+
+    def _schedule_retry(self) -> None:
+        # ROUTER has no per-peer POLLOUT, so a full pipe is retried on a short timer.
+        if not self._retry_scheduled:
+            self._retry_scheduled = True
+            self.loop.call_later(ROUTER_RETRY, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_scheduled = False
+        for peer in list(self._outboxes):
+            outbox = self._outboxes.pop(peer)
+            while outbox:
+                frame = outbox.popleft()
+                if not self._send_frame(peer, frame):
+                    if peer in self._outboxes:  # still full: keep the rest, in order
+                        self._outboxes[peer].extend(outbox)
+                    break
+
+    def _drain(self) -> None:
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropped a message of {} frames from {!r}: expected exactly one", len(frames) - 1, frames[0])
+                continue
+            self._on_frame(frames[0], frames[1])

@@ -1,0 +1,106 @@
+"""What runs inside a pool: resolve the task against the allowlist, call it, capture the outcome.
+
+This module is imported in the worker process (for the thread pool) and in every
+process-pool child, where :func:`configure` runs as the pool's initializer. It
+returns outcomes already encoded as msgpack blobs, so a child hands the parent
+plain bytes and an exception never has to be pickled.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import traceback
+from typing import Any, Callable, Iterable
+
+from runner import protocol
+
+#: Modules whose functions may run here; None means any module (embedded cluster only).
+_allowed_modules: frozenset[str] | None = frozenset()
+_resolved: dict[str, Callable[..., Any]] = {}
+
+
+class TaskNotAllowed(LookupError):
+    """The job names a function outside the modules this worker was started with."""
+
+
+class TaskNotFound(LookupError):
+    """The job names a function that does not exist in an allowed module."""
+
+
+def configure(allowed_modules: Iterable[str] | None) -> None:
+    """Set the allowlist and import each allowed module now, so import errors show at start."""
+    global _allowed_modules
+    _allowed_modules = None if allowed_modules is None else frozenset(allowed_modules)
+    _resolved.clear()
+    for module in sorted(_allowed_modules or ()):
+        importlib.import_module(module)
+
+
+def resolve(task: str) -> Callable[..., Any]:
+    """Find the function a ``module:qualname`` reference names, if the allowlist permits it."""
+    function = _resolved.get(task)
+    if function is not None:
+        return function
+    module_name, _, qualname = task.partition(":")
+    if _allowed_modules is not None and module_name not in _allowed_modules:
+        allowed = ", ".join(sorted(_allowed_modules)) or "none"
+        raise TaskNotAllowed(
+            f"task {task!r} is not allowed on this worker: module {module_name!r} was not given "
+            f"with --import (allowed: {allowed}); start the worker with --import {module_name}"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise TaskNotFound(f"task {task!r} cannot be found on this worker: {exc}") from None
+    if not callable(target):
+        raise TaskNotFound(f"task {task!r} names a {type(target).__name__}, not a function")
+    _resolved[task] = target
+    return target
+
+
+def run(task: str, payload: bytes) -> tuple[str, bytes]:
+    """Run one job; return (status, blob): the packed result, or the packed error."""
+    try:
+        function = resolve(task)
+        args, kwargs = _arguments(payload)
+        value = function(*args, **kwargs)
+    except (Exception, SystemExit) as exc:  # the job's failure, reported to its submitter
+        return protocol.FAILED, encode_error(exc)
+    try:
+        return protocol.OK, protocol.pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        error = TypeError(
+            f"task {task!r} returned a {type(value).__name__}, which cannot be sent back: {exc}; "
+            "return msgpack types (None, bool, int, float, str, bytes, list, tuple, dict)"
+        )
+        return protocol.FAILED, encode_error(error)
+
+
+def run_batch(jobs: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, str, bytes]]:
+    """Run several small jobs in one pool submission: (id, attempt, task, payload) each."""
+    return [(job_id, attempt, *run(task, payload)) for job_id, attempt, task, payload in jobs]
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """Pack an exception as type name, module, message and formatted traceback."""
+    kind = type(exc)
+    return protocol.pack({
+        "type": kind.__qualname__,
+        "module": kind.__module__,
+        "builtin": getattr(builtins, kind.__name__, None) is kind,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    })
+
+
+def _arguments(payload: bytes) -> tuple[list, dict]:
+    try:
+        args, kwargs = protocol.unpack(payload)
+    except Exception as exc:
+        raise ValueError(f"the job's arguments are not a valid msgpack [args, kwargs] pair: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("the job's arguments must be a list of positional and a map of keyword arguments")
+    return args, kwargs
