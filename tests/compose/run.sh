@@ -30,13 +30,22 @@ WORKERS=3
 log() { printf 'compose-check [%3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 fail() { log "FAILED: $*"; exit 1; }
 
-# Run a command with a deadline: at most $1 seconds, and never past the run's budget.
+# Run a command with a deadline: at most $1 seconds, and never past the run's budget. It runs
+# in the background and is waited for, so that a signal to this script is handled at once
+# (the cleanup then stops the command).
+STEP_PID=""
 within() {
     local secs="$1"; shift
     local left=$((BUDGET - (SECONDS - T0)))
     [ "$left" -gt 0 ] || fail "out of time (budget ${BUDGET} s) before: $*"
     [ "$secs" -le "$left" ] || secs="$left"
-    timeout --kill-after=10 "$secs" "$@"
+    local rc=0
+    timeout --kill-after=10 "$secs" "$@" &
+    STEP_PID=$!
+    wait "$STEP_PID" || rc=$?
+    STEP_PID=""
+    [ "$rc" != 124 ] || log "timed out after ${secs} s: $*"
+    return "$rc"
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/runner-compose.XXXXXX")"
@@ -48,6 +57,10 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    if [ -n "$STEP_PID" ]; then
+        kill -TERM "$STEP_PID" 2>/dev/null
+        wait "$STEP_PID" 2>/dev/null
+    fi
     if [ "$CLUSTER_UP" = 1 ]; then
         if [ "$rc" != 0 ]; then
             log "logs of the cluster (last lines of each service):"
@@ -169,9 +182,9 @@ if [ -z "${BASE_IMAGE:-}" ]; then
         BASE_IMAGE=python:3.11-slim
     else
         log "python:3.11-slim is not on this machine (and nothing can be pulled): local base image"
-        BASE_IMAGE="$(within 420 bash "$REPO/tests/compose/make_base_image.sh" </dev/null)" \
+        within 420 bash "$REPO/tests/compose/make_base_image.sh" </dev/null >"$WORK/base.tag" \
             || fail "could not build a local base image"
-        BASE_IMAGE="$(printf '%s\n' "$BASE_IMAGE" | tail -n 1)"
+        BASE_IMAGE="$(tail -n 1 "$WORK/base.tag")"
     fi
 fi
 export BASE_IMAGE
@@ -213,8 +226,9 @@ within 30 "${RUNNER_CLI[@]}" status --connect "$ADDR" >"$WORK/status.txt" 2>&1 \
     || { cat "$WORK/status.txt"; fail "runner status --connect $ADDR failed from the host"; }
 log "runner status from the host: ok"
 
-out="$(within 60 "${RUNNER_CLI[@]}" submit tasks:add 1 2 --wait --connect "$ADDR" 2>"$WORK/submit.err")" \
-    || { cat "$WORK/submit.err"; fail "runner submit tasks:add 1 2 --wait failed"; }
+within 60 "${RUNNER_CLI[@]}" submit tasks:add 1 2 --wait --connect "$ADDR" >"$WORK/submit.out" 2>"$WORK/submit.err" \
+    || { cat "$WORK/submit.out" "$WORK/submit.err"; fail "runner submit tasks:add 1 2 --wait failed"; }
+out="$(cat "$WORK/submit.out")"
 [ "$(printf '%s' "$out" | tr -d '[:space:]')" = 3 ] || fail "runner submit tasks:add 1 2 --wait printed '$out', expected 3"
 log "runner submit tasks:add 1 2 --wait from the host: $out"
 
