@@ -173,8 +173,8 @@ if ! "$PY" -c 'import runner, zmq, msgpack, click, loguru; runner.Client' >/dev/
     PY="$WORK/venv/bin/python"
     "$PY" -c 'import runner; runner.Client' || fail "runner.Client is not importable from this source tree"
 fi
-# The `runner` command of this source tree (its console script calls runner.cli:main).
-RUNNER_CLI=("$PY" -c 'import sys; from runner.cli import main; sys.exit(main())')
+# The `runner` command of this source tree (`python -m runner` is the console script).
+RUNNER_CLI=("$PY" -m runner)
 
 # --- 3. the base image ----------------------------------------------------------------------
 if [ -z "${BASE_IMAGE:-}" ]; then
