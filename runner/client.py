@@ -182,7 +182,6 @@ class Client:
             return
         self._closed = True
         self.loop.call_soon_threadsafe(self._say_goodbye)
-        self.loop.stop()
         self._thread.join(timeout=5)
         for future in list(self._futures.values()):
             if not future.done():
@@ -220,9 +219,11 @@ class Client:
         self._send(protocol.HELLO, {"role": "client", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid()})
 
     def _say_goodbye(self) -> None:
+        """Tell the broker we leave (so it forgets us now, not after heartbeats), then stop."""
         if self._link is not None:
             self._link.socket.setsockopt(zmq.LINGER, 200)
             self._send(protocol.BYE)
+        self.loop.stop()
 
     def _send(self, message_type: str, body: dict | None = None) -> None:
         if self._link is not None:

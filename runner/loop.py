@@ -131,8 +131,8 @@ class EventLoop:
         def tick() -> None:
             if handle.cancelled:
                 return
+            self.call_later(interval, tick)  # first, so a raising callback still ticks again
             callback()
-            self.call_later(interval, tick)
 
         self.call_later(interval, tick)
         return handle
@@ -216,12 +216,14 @@ class EventLoop:
         return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _drain_wake_pipe(self) -> None:
-        self._woken = False
         try:
             while os.read(self._wake_read, 4096):
                 pass
         except BlockingIOError:
             pass
+        # Only after the read: a wake() in between skips its write, but its callback
+        # is already queued and runs on the next turn.
+        self._woken = False
 
     @staticmethod
     def _guard(callback: Callable[[], None] | None) -> None:

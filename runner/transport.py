@@ -87,8 +87,9 @@ class DealerLink:
             self.loop.want_writable(self.socket, self._flush)
 
     def close(self) -> None:
+        """Stop watching and close; what was sent waits for the socket's LINGER."""
         self.loop.remove_socket(self.socket)
-        self.socket.close(linger=0)
+        self.socket.close()
 
     def _flush(self) -> None:
         while self._outbox:
