@@ -67,9 +67,13 @@ MIRROR="$(find_mirror | head -n 1)"
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q debootstrap >/dev/null \
-        || { timeout 300 apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q debootstrap >/dev/null; } \
-        || die "could not install debootstrap"
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+    apt_log="$(mktemp)"
+    timeout 300 apt-get install -y -q debootstrap </dev/null >"$apt_log" 2>&1 \
+        || { timeout 300 apt-get update -q </dev/null >>"$apt_log" 2>&1 \
+             && timeout 300 apt-get install -y -q debootstrap </dev/null >>"$apt_log" 2>&1; } \
+        || { tail -n 20 "$apt_log" >&2; rm -f "$apt_log"; die "could not install debootstrap"; }
+    rm -f "$apt_log"
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/runner-base.XXXXXX")"

@@ -104,7 +104,7 @@ engine_cannot_run() {
 
 apt_install() {
     log "installing $* (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
     within 300 apt-get update -q </dev/null >"$WORK/apt.log" 2>&1 \
         && within 300 apt-get install -y -q "$@" </dev/null >>"$WORK/apt.log" 2>&1
 }
