@@ -210,14 +210,14 @@ CLUSTER_UP=1
 within 180 "${COMPOSE[@]}" up -d --scale "worker=$WORKERS" </dev/null >"$WORK/up.log" 2>&1 \
     || { sed 's/^/    /' "$WORK/up.log"; fail "compose up failed"; }
 
-BROKER="$("${COMPOSE[@]}" ps -q broker)"
+BROKER="$(timeout 30 "${COMPOSE[@]}" ps -q broker)"
 [ -n "$BROKER" ] || fail "no broker container"
 deadline=$((SECONDS + 90))
-until [ "$(docker inspect -f '{{.State.Health.Status}}' "$BROKER")" = healthy ]; do
+until [ "$(timeout 10 docker inspect -f '{{.State.Health.Status}}' "$BROKER")" = healthy ]; do
     [ "$SECONDS" -lt "$deadline" ] || fail "the broker was not healthy within 90 s"
     sleep 0.5
 done
-mapfile -t WORKER_IDS < <("${COMPOSE[@]}" ps -q worker)
+mapfile -t WORKER_IDS < <(timeout 30 "${COMPOSE[@]}" ps -q worker)
 [ "${#WORKER_IDS[@]}" = "$WORKERS" ] || fail "expected $WORKERS worker containers, found ${#WORKER_IDS[@]}"
 log "broker healthy; $WORKERS worker containers running"
 
@@ -252,8 +252,8 @@ log "down -v"
 within 120 "${COMPOSE[@]}" down -v --remove-orphans -t 5 >"$WORK/down.log" 2>&1 \
     || { sed 's/^/    /' "$WORK/down.log"; fail "compose down -v failed"; }
 CLUSTER_UP=0
-left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+left="$(timeout 30 docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; timeout 30 docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")"
 [ -z "$left" ] || fail "down -v left containers or volumes behind: $left"
 # Old runner images replaced by rebuilds (dangling, more than a day old): not kept forever.
-docker image prune -f --filter "until=24h" --filter "label=org.opencontainers.image.title=runner" >/dev/null 2>&1 || true
+timeout 60 docker image prune -f --filter "until=24h" --filter "label=org.opencontainers.image.title=runner" >/dev/null 2>&1 || true
 log "all compose checks passed"
