@@ -236,6 +236,10 @@ CONTAINER_ARGS=()
 for id in "${WORKER_IDS[@]}"; do CONTAINER_ARGS+=(--container "$id"); done
 within 240 "$PY" "$REPO/tests/compose/check_cluster.py" --connect "$ADDR" "${CONTAINER_ARGS[@]}" \
     || fail "tests/compose/check_cluster.py"
+# For the record (not a check: log wording may change): what the broker said about the kill.
+timeout 30 "${COMPOSE[@]}" logs --no-color broker 2>/dev/null | grep -E "left|requeued" | grep -v "client" \
+    | sed -E 's/^[^|]*\| //' | awk '/requeued/ { n++; next } { print } END { print n + 0 " jobs requeued" }' \
+    | sed 's/^/    broker: /' || true
 
 log "the example producer: run --rm producer"
 PRODUCER_JOBS=60 PRODUCER_SECONDS=0.02 within 120 "${COMPOSE[@]}" run --rm -T producer </dev/null >"$WORK/producer.log" 2>&1 \
