@@ -22,10 +22,10 @@ import zmq
 from loguru import logger
 
 from runner import protocol
+from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.loop import EventLoop
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
-from runner.transport import DealerLink, connect_dealer
 
 log = logger.bind(component="client")
 
@@ -59,21 +59,21 @@ class Client:
         self._job_numbers = itertools.count(1)
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future] = {}
+        self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, Future] = {}
         self._outgoing: deque[list] = deque()
         self._send_scheduled = False
-        self._welcomed = threading.Event()
         self._closed = False
-        self._heartbeat = 1.0
-        self._liveness = 3
-        self._last_heard = time.monotonic()
         self.loop = EventLoop()
         self.context = zmq.Context()
-        self._link: DealerLink | None = None
+        self.connection = BrokerConnection(
+            self.loop, self.context, address, self.identity,
+            hello=self._hello, on_message=self._on_message, on_welcome=self._on_welcome,
+        )
         self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
         self._thread.start()
-        self.loop.call_soon_threadsafe(self._open)
-        if not self._welcomed.wait(timeout):
+        self.loop.call_soon_threadsafe(self.connection.start)
+        if not self.connection.registered.wait(timeout):
             self.close()
             raise BrokerUnreachable(
                 f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
@@ -139,8 +139,10 @@ class Client:
         future: Future = Future()
         future.job_id = job_id  # type: ignore[attr-defined]
         future.set_running_or_notify_cancel()  # once sent, a job cannot be taken back locally
+        row = [job_id, reference, options.pool, options.queue, options.priority, payload]
         self._futures[job_id] = future
-        self._outgoing.append([job_id, reference, options.pool, options.queue, options.priority, payload])
+        self._unresolved[job_id] = row
+        self._outgoing.append(row)
         if not self._send_scheduled:
             self._send_scheduled = True
             self.loop.call_soon_threadsafe(self._send_outgoing)
@@ -166,7 +168,7 @@ class Client:
         request = next(self._request_numbers)
         future: Future = Future()
         self._requests[request] = future
-        self.loop.call_soon_threadsafe(lambda: self._send(message_type, {**body, "request": request}))
+        self.loop.call_soon_threadsafe(lambda: self.connection.send(message_type, {**body, "request": request}))
         try:
             return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:
@@ -187,6 +189,7 @@ class Client:
             if not future.done():
                 future.set_exception(ClientClosed("the client was closed before this job finished"))
         self._futures.clear()
+        self._unresolved.clear()
         if self._cluster is not None:
             self._cluster.close()
 
@@ -205,29 +208,24 @@ class Client:
         try:
             self.loop.run()
         finally:
-            if self._link is not None:
-                self._link.close()
+            self.connection.close(goodbye=False)
             self.context.term()
             self.loop.close()
 
-    def _open(self) -> None:
-        self._link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._on_message)
-        self._say_hello()
-        self.loop.call_every(self._heartbeat, self._on_heartbeat_tick)
-
-    def _say_hello(self) -> None:
-        self._send(protocol.HELLO, {"role": "client", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid()})
+    def _hello(self) -> dict:
+        return {"role": "client", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid()}
 
     def _say_goodbye(self) -> None:
         """Tell the broker we leave (so it forgets us now, not after heartbeats), then stop."""
-        if self._link is not None:
-            self._link.socket.setsockopt(zmq.LINGER, 200)
-            self._send(protocol.BYE)
+        self.connection.close(goodbye=True)
         self.loop.stop()
 
-    def _send(self, message_type: str, body: dict | None = None) -> None:
-        if self._link is not None:
-            self._link.send(message_type, body)
+    def _on_welcome(self, body: dict, again: bool) -> None:
+        if again:  # the broker forgot us: send every job without an outcome again
+            rows = list(self._unresolved.values())
+            log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
+            self._outgoing.extend(rows)
+            self._send_outgoing()
 
     def _send_outgoing(self) -> None:
         self._send_scheduled = False  # before draining, so a later submit schedules again
@@ -235,13 +233,12 @@ class Client:
         while self._outgoing:
             rows.append(self._outgoing.popleft())
             if len(rows) == protocol.MAX_BATCH:
-                self._send(protocol.SUBMIT, {"jobs": rows})
+                self.connection.send(protocol.SUBMIT, {"jobs": rows})
                 rows = []
         if rows:
-            self._send(protocol.SUBMIT, {"jobs": rows})
+            self.connection.send(protocol.SUBMIT, {"jobs": rows})
 
     def _on_message(self, message: protocol.Message) -> None:
-        self._last_heard = time.monotonic()
         body = message.body
         if message.type == protocol.OUTCOMES:
             self._resolve(body["outcomes"])
@@ -249,18 +246,14 @@ class Client:
             future = self._requests.get(body["request"])
             if future is not None and not future.done():
                 future.set_result(body)
-        elif message.type == protocol.WELCOME:
-            self._heartbeat = float(body["heartbeat"])
-            self._liveness = int(body["liveness"])
-            self._welcomed.set()
         elif message.type == protocol.ERROR:
-            if body.get("code") == "hello":
-                self._say_hello()
-            else:
-                log.warning("the broker rejected a message: {}", body["message"])
+            log.warning("the broker rejected a message: {}", body["message"])
+        elif message.type != protocol.ACCEPTED:
+            log.warning("ignored an unexpected {} message from the broker", message.type)
 
     def _resolve(self, outcomes: list) -> None:
         for job_id, status, blob in outcomes:
+            self._unresolved.pop(job_id, None)
             future = self._futures.pop(job_id, None)
             if future is None or future.done():
                 continue
@@ -271,12 +264,6 @@ class Client:
                     future.set_exception(ValueError(f"job {job_id}: the result could not be decoded: {exc}"))
             else:
                 future.set_exception(exception_from_blob(blob))
-
-    def _on_heartbeat_tick(self) -> None:
-        silent_for = time.monotonic() - self._last_heard
-        if silent_for > self._heartbeat * self._liveness and self._welcomed.is_set():
-            log.warning("no word from the broker at {} for {:.1f}s", self.address, silent_for)
-        self._send(protocol.HEARTBEAT)
 
 
 class ClusterExecutor(Executor):

@@ -14,16 +14,14 @@ import os
 import queue
 import signal
 import socket as socket_module
-import threading
-import time
 import uuid
 
 import zmq
 from loguru import logger
 
 from runner import protocol
+from runner.connection import BrokerConnection
 from runner.loop import EventLoop
-from runner.transport import DealerLink, connect_dealer
 from workers.pools import Pools, ResultRow
 
 log = logger.bind(component="worker")
@@ -53,19 +51,19 @@ class Worker:
         self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
         self.loop = EventLoop()
         self.context = zmq.Context()
-        self.link = DealerLink(self.loop, connect_dealer(self.context, connect, self.identity), self._on_message)
+        self.connection = BrokerConnection(
+            self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
+            on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
+        )
         # Pool callbacks hand finished rows to the loop thread through this queue.
         self._finished: queue.Queue[list[ResultRow]] = queue.Queue()
         self._drain_requested = False
-        self._last_heard = time.monotonic()
         self.jobs_done = 0
-        self._stopping = threading.Event()  # set once, from a signal handler or another thread
 
     def run(self) -> None:
         """Say hello, then serve jobs until ``stop()``."""
-        self._say_hello()
-        self.loop.call_every(self.heartbeat, self._on_heartbeat_tick)
         log.info("worker {} connecting to {} (queues {}, slots {})", self.name, self.address, self.queues, self.pools.slots())
+        self.connection.start()
         try:
             self.loop.run()
         finally:
@@ -73,7 +71,6 @@ class Worker:
 
     def stop(self) -> None:
         """Stop taking jobs and leave; safe from a signal handler or another thread."""
-        self._stopping.set()
         self.loop.stop()
 
     def install_signal_handlers(self) -> None:
@@ -83,19 +80,21 @@ class Worker:
 
     # --- broker messages ---------------------------------------------------------------
 
+    def _hello(self) -> dict:
+        return {
+            "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
+            "queues": self.queues, "slots": self.pools.slots(),
+        }
+
+    def _on_welcome(self, body: dict, again: bool) -> None:
+        log.info("registered with broker {} at {}", str(body.get("broker", "?"))[:8], self.address)
+
     def _on_message(self, message: protocol.Message) -> None:
-        self._last_heard = time.monotonic()
         if message.type == protocol.JOBS:
             self._start_jobs(message.body["jobs"])
-        elif message.type == protocol.WELCOME:
-            log.info("registered with broker {} at {}", str(message.body.get("broker", "?"))[:8], self.address)
         elif message.type == protocol.ERROR:
-            if message.body.get("code") == "hello":
-                log.warning("the broker does not know this worker ({}); registering again", message.body["message"])
-                self._say_hello()
-            else:
-                log.warning("the broker rejected a message: {}", message.body["message"])
-        elif message.type != protocol.HEARTBEAT:
+            log.warning("the broker rejected a message: {}", message.body["message"])
+        else:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
     def _start_jobs(self, rows: list) -> None:
@@ -128,37 +127,11 @@ class Worker:
             for job_id, _, status, _ in results:
                 log.bind(job=job_id).debug("finished: {}", status)
             self.jobs_done += len(results)
-            self.link.send(protocol.RESULTS, {"results": results})
-
-    # --- liveness ----------------------------------------------------------------------
-
-    def _say_hello(self) -> None:
-        self.link.send(protocol.HELLO, {
-            "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
-            "queues": self.queues, "slots": self.pools.slots(),
-        })
-
-    def _on_heartbeat_tick(self) -> None:
-        silent_for = time.monotonic() - self._last_heard
-        if silent_for > self.heartbeat * self.liveness:
-            log.warning("no word from the broker for {:.1f}s; reconnecting", silent_for)
-            self._reconnect()
-        self.link.send(protocol.HEARTBEAT)
-
-    def _reconnect(self) -> None:
-        self.link.close()
-        self.link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._on_message)
-        self._last_heard = time.monotonic()
-        self._say_hello()
+            self.connection.send(protocol.RESULTS, {"results": results})
 
     def _shutdown(self) -> None:
         log.info("worker {} stopping after {} jobs", self.name, self.jobs_done)
-        try:
-            self.link.socket.setsockopt(zmq.LINGER, 500)  # give the goodbye a moment to leave
-            self.link.socket.send(protocol.encode(protocol.BYE), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the broker will notice the silence instead
+        self.connection.close(goodbye=True, linger_ms=500)
         self.pools.shutdown(wait=False)
-        self.link.close()
         self.context.term()
         self.loop.close()

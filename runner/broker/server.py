@@ -122,7 +122,7 @@ class Broker:
             self.scheduler.worker_joined(peer_id, peer.queues, peer.slots)
         self.peers[peer_id] = peer
         self.liveness.seen(peer_id, time.monotonic())
-        log.info("{} {} joined from {} pid {} {}", peer.role, peer.name, peer.host, peer.pid,
+        log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} joined from {} pid {} {}", peer.role, peer.name, peer.host, peer.pid,
                  f"queues={peer.queues} slots={peer.slots}" if peer.role == "worker" else "")
         self.link.send(peer_id, protocol.WELCOME, {
             "heartbeat": self.liveness.interval, "liveness": self.liveness.liveness, "broker": self.id,
@@ -181,7 +181,7 @@ class Broker:
         self.liveness.forget(peer_id)
         self.link.forget(peer_id)
         self._worker_waiters = [w for w in self._worker_waiters if w[0] != peer_id]
-        log.info("{} {} left: {}", peer.role, peer.name, reason)
+        log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
             for job in self.scheduler.worker_left(peer_id):
                 log.bind(job=job.id).warning("requeued: worker {} left during attempt {}", peer.name, job.attempt)

@@ -1,0 +1,118 @@
+"""A peer's session with the broker, shared by clients and workers.
+
+Says hello, keeps heartbeats going both ways (Paranoid Pirate: a side silent for
+``interval * liveness`` is presumed dead), reconnects when the broker falls
+silent, and registers again when the broker says it does not know us (it
+restarted, or declared us dead). Runs on the owner's event loop thread only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import zmq
+from loguru import logger
+
+from runner import protocol
+from runner.loop import EventLoop, Timer
+from runner.transport import DealerLink, connect_dealer
+
+log = logger.bind(component="connection")
+
+
+class BrokerConnection:
+    """Hello, heartbeats and re-registration around one DEALER socket."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        context: zmq.Context,
+        address: str,
+        identity: bytes,
+        *,
+        hello: Callable[[], dict],
+        on_message: Callable[[protocol.Message], None],
+        on_welcome: Callable[[dict, bool], None] | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+    ) -> None:
+        self.loop = loop
+        self.context = context
+        self.address = address
+        self.identity = identity
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.registered = threading.Event()  # set at the first welcome; other threads wait on it
+        self._hello = hello
+        self._on_message = on_message
+        self._on_welcome = on_welcome
+        self._link: DealerLink | None = None
+        self._timer: Timer | None = None
+        self._last_heard = time.monotonic()
+        self._silence_limit = heartbeat * liveness  # until the broker tells its own pace
+        self._welcomes = 0
+
+    def start(self) -> None:
+        """Connect and say hello (on the loop thread)."""
+        self._link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._receive)
+        self._say_hello()
+        self._restart_heartbeats()
+
+    def send(self, message_type: str, body: dict | None = None) -> None:
+        if self._link is not None:
+            self._link.send(message_type, body)
+
+    def close(self, goodbye: bool = True, linger_ms: int = 200) -> None:
+        """Say goodbye (so the broker acts now, not after heartbeats) and close."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._link is None:
+            return
+        if goodbye:
+            self._link.socket.setsockopt(zmq.LINGER, linger_ms)
+            self._link.send(protocol.BYE)
+        self._link.close()
+        self._link = None
+
+    def _say_hello(self) -> None:
+        self.send(protocol.HELLO, self._hello())
+
+    def _receive(self, message: protocol.Message) -> None:
+        self._last_heard = time.monotonic()
+        if message.type == protocol.HEARTBEAT:
+            return
+        if message.type == protocol.WELCOME:
+            self._welcomed(message.body)
+        elif message.type == protocol.ERROR and message.body.get("code") == "hello":
+            log.warning("the broker at {} does not know us ({}); registering again", self.address, message.body["message"])
+            self._say_hello()
+        else:
+            self._on_message(message)
+
+    def _welcomed(self, body: dict) -> None:
+        self._welcomes += 1
+        broker_interval = float(body["heartbeat"])
+        self._silence_limit = broker_interval * max(self.liveness, int(body["liveness"]))
+        if broker_interval < self.heartbeat:  # beat at least as often as the broker expects
+            self.heartbeat = broker_interval
+            self._restart_heartbeats()
+        self.registered.set()
+        if self._on_welcome is not None:
+            self._on_welcome(body, self._welcomes > 1)
+
+    def _restart_heartbeats(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_every(self.heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        silent_for = time.monotonic() - self._last_heard
+        if silent_for > self._silence_limit:
+            log.warning("no word from the broker at {} for {:.1f}s; reconnecting", self.address, silent_for)
+            self.close(goodbye=False)
+            self._last_heard = time.monotonic()
+            self.start()
+            return
+        self.send(protocol.HEARTBEAT)

@@ -1,0 +1,93 @@
+"""Real runner processes for tests: brokers and workers as subprocesses on 127.0.0.1.
+
+Every process started here is recorded and ended by ``Processes.stop_all`` (the
+fixture calls it even when a test fails), by its PID, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+START_TIMEOUT = 30.0
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """The test process's environment with examples/ and tests/ importable by children."""
+    env = dict(os.environ)
+    paths = [str(EXAMPLES), str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Starts runner commands and remembers them so that every one gets stopped."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def runner(self, *arguments: str, stdout=None, stderr=None, env: dict | None = None) -> subprocess.Popen:
+        """Start ``python -m runner ARGUMENTS``."""
+        command = [sys.executable, "-m", "runner", *arguments]
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env or environment(), cwd=ROOT)
+        self.started.append(process)
+        return process
+
+    def broker(self, *arguments: str, bind: str = "tcp://127.0.0.1:*") -> tuple[subprocess.Popen, str]:
+        """Start a broker on an ephemeral port; return it with the address it printed."""
+        process = self.runner("broker", "--bind", bind, "--log-level", "WARNING", *arguments, stdout=subprocess.PIPE)
+        return process, read_line(process, START_TIMEOUT)
+
+    def worker(self, address: str, *arguments: str, imports: tuple[str, ...] = ("tasks",)) -> subprocess.Popen:
+        """Start a worker allowed to run the given modules."""
+        import_args = [item for module in imports for item in ("--import", module)]
+        return self.runner("worker", "--connect", address, "--log-level", "WARNING", *import_args, *arguments)
+
+    def stop(self, process: subprocess.Popen, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+        return process.returncode
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+        self.started.clear()
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The next line of a child's stdout, waiting at most ``timeout`` seconds."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"pid {process.pid} printed nothing within {timeout}s")
+    line = process.stdout.readline().decode().strip()
+    if not line:
+        raise RuntimeError(f"pid {process.pid} exited ({process.poll()}) before printing its address")
+    return line
+
+
+def wait_until(condition, timeout: float, interval: float = 0.02, message: str = "condition") -> None:
+    """Re-check ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} did not hold within {timeout}s")
+        time.sleep(interval)

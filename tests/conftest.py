@@ -1,0 +1,59 @@
+"""Fixtures: real brokers, workers and clients on 127.0.0.1, always cleaned up."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from cluster import EXAMPLES, Processes
+
+sys.path.insert(0, str(EXAMPLES))  # the task functions of examples/tasks.py
+
+import runner  # noqa: E402
+
+
+@pytest.fixture
+def processes():
+    """Start runner processes; every one is stopped after the test, pass or fail."""
+    started = Processes()
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def broker_address(processes) -> str:
+    """A fresh broker on an ephemeral port."""
+    _, address = processes.broker("--heartbeat", "0.2")
+    return address
+
+
+@pytest.fixture
+def client_factory():
+    """Make clients; each is closed after the test."""
+    clients = []
+
+    def make(address: str, **options) -> runner.Client:
+        client = runner.Client(address, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    """A broker with two workers (2 processes, 4 threads each), shared by a module's tests."""
+    started = Processes()
+    try:
+        _, address = started.broker("--heartbeat", "0.2")
+        for name in ("alpha", "beta"):
+            started.worker(address, "--processes", "2", "--threads", "4", "--name", name, "--heartbeat", "0.2",
+                           imports=("tasks", "decorated"))
+        with runner.Client(address) as client:
+            client.wait_for_workers(2, timeout=30)
+            yield client
+    finally:
+        started.stop_all()

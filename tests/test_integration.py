@@ -1,0 +1,123 @@
+"""A real broker and two real workers on 127.0.0.1, driven through the public client API."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+
+import pytest
+
+import runner
+import tasks
+
+
+def test_two_thousand_jobs_all_return_correct_results_on_both_workers(two_workers):
+    futures = [two_workers.submit(tasks.slow_whoami if i % 100 == 0 else tasks.add, *( (0.05,) if i % 100 == 0 else (i, i))) for i in range(2000)]
+    results = [future.result(timeout=60) for future in futures]
+    for i, result in enumerate(results):
+        if i % 100:
+            assert result == 2 * i
+    # Long jobs occupy slots, so the second worker must get some of them.
+    hosts = {(result["pid"]) for i, result in enumerate(results) if i % 100 == 0}
+    workers = two_workers.status()["workers"]
+    worker_pids = {worker["pid"] for worker in workers}
+    assert len(workers) == 2
+    assert len(hosts) >= 2, "jobs ran in a single pool process"
+    assert hosts.isdisjoint(worker_pids), "process-pool jobs must run in pool children, not in the worker"
+
+
+def test_both_workers_run_jobs(two_workers):
+    futures = [two_workers.submit(tasks.slow_whoami, 0.2, pool="thread") for _ in range(8)]
+    ran_on = {future.result(timeout=30)["pid"] for future in futures}
+    worker_pids = {worker["pid"] for worker in two_workers.status()["workers"]}
+    assert ran_on == worker_pids, "8 slow thread jobs on 2 x 4 threads must use both workers"
+
+
+def test_each_job_runs_in_the_pool_it_asks_for(two_workers):
+    worker_pids = {worker["pid"] for worker in two_workers.status()["workers"]}
+    in_thread = two_workers.submit(tasks.whoami, pool="thread").result(timeout=30)
+    in_process = two_workers.submit(tasks.whoami, pool="process").result(timeout=30)
+    assert in_thread["pid"] in worker_pids
+    assert in_thread["thread"].startswith("runner-thread")
+    assert in_process["pid"] not in worker_pids and in_process["pid"] != os.getpid()
+    assert in_process["thread"] == "MainThread"
+
+
+def test_builtin_exception_reraises_as_same_type_with_remote_traceback(two_workers):
+    future = two_workers.submit(tasks.fail, "bad value 42")
+    with pytest.raises(ValueError, match="bad value 42") as caught:
+        future.result(timeout=30)
+    cause = caught.value.__cause__
+    assert isinstance(cause, runner.RemoteTraceback)
+    assert "tasks.py" in cause.text and "raise ValueError(message)" in cause.text
+
+
+def test_unknown_exception_type_raises_task_error(two_workers):
+    with pytest.raises(runner.TaskError) as caught:
+        two_workers.submit(tasks.fail_custom, "custom trouble", pool="thread").result(timeout=30)
+    error = caught.value
+    assert (error.type_name, error.module, error.message) == ("CustomError", "tasks", "custom trouble")
+    assert "raise CustomError(message)" in error.remote_traceback
+
+
+def test_map_keeps_input_order(two_workers):
+    values = list(range(3000))
+    assert list(two_workers.map(tasks.square, values)) == [value * value for value in values]
+    assert list(two_workers.map(tasks.add, [1, 2, 3], [10, 20, 30], pool="thread")) == [11, 22, 33]
+
+
+def _code_written_for_process_pool(executor: concurrent.futures.Executor) -> list:
+    """Unchanged code that a user wrote against ProcessPoolExecutor."""
+    futures = [executor.submit(tasks.add, i, 1) for i in range(50)]
+    done, _ = concurrent.futures.wait(futures, timeout=60)
+    first = concurrent.futures.as_completed(futures, timeout=60)
+    assert len(list(first)) == 50
+    return sorted(future.result() for future in done) + list(executor.map(tasks.square, range(5)))
+
+
+def test_executor_runs_code_written_for_process_pool_executor(two_workers):
+    with concurrent.futures.ProcessPoolExecutor(2) as local:
+        expected = _code_written_for_process_pool(local)
+    with two_workers.executor() as remote:
+        assert _code_written_for_process_pool(remote) == expected
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        remote.submit(tasks.noop)
+
+
+def test_executor_with_thread_pool_defaults(two_workers):
+    with two_workers.executor(pool="thread") as executor:
+        assert executor.submit(tasks.whoami).result(timeout=30)["thread"].startswith("runner-thread")
+
+
+def test_submit_from_many_threads(two_workers):
+    results: list = []
+
+    def submit_some(offset: int) -> None:
+        futures = [two_workers.submit(tasks.add, offset, i, pool="thread") for i in range(100)]
+        results.extend(future.result(timeout=60) for future in futures)
+
+    threads = [threading.Thread(target=submit_some, args=(1000 * n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == sorted(1000 * n + i for n in range(4) for i in range(100))
+
+
+def test_task_decorator_defaults_and_local_call(two_workers):
+    import decorated
+
+    assert decorated.where() == {"pid": os.getpid(), "thread": threading.current_thread().name}
+    assert (decorated.where.options.pool, decorated.where.options.priority) == ("thread", 3)
+    assert two_workers.submit(decorated.where).result(timeout=30)["thread"].startswith("runner-thread")
+    assert two_workers.submit(decorated.where, pool="process").result(timeout=30)["thread"] == "MainThread"
+
+
+def test_status_lists_workers_and_queues(two_workers):
+    status = two_workers.status()
+    assert sorted(worker["id"] for worker in status["workers"]) == ["alpha", "beta"]
+    for worker in status["workers"]:
+        assert worker["slots"] == {"process": 2, "thread": 4}
+        assert worker["host"] and worker["pid"] > 0 and worker["running"] >= 0
+    assert isinstance(status["queues"], dict)
