@@ -51,7 +51,7 @@ def two_workers():
         _, address = started.broker("--heartbeat", "0.2")
         for name in ("alpha", "beta"):
             started.worker(address, "--processes", "2", "--threads", "4", "--name", name, "--heartbeat", "0.2",
-                           imports=("tasks", "decorated"))
+                           imports=("tasks", "decorated", "jobs"))
         with runner.Client(address) as client:
             client.wait_for_workers(2, timeout=30)
             yield client
