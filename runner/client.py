@@ -25,6 +25,7 @@ from runner import protocol
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.loop import EventLoop
+from runner.transport import check_address
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 
 log = logger.bind(component="client")
@@ -51,7 +52,7 @@ class Client:
 
             self._cluster = LocalCluster()
             address = self._cluster.address
-        self.address = address
+        self.address = check_address(address)
         self.timeout = timeout
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.identity = b"c-" + uuid.uuid4().hex.encode()

@@ -109,7 +109,8 @@ class BrokerConnection:
 
     def _beat(self) -> None:
         silent_for = time.monotonic() - self._last_heard
-        if silent_for > self._silence_limit:
+        # Before the first welcome ZeroMQ is still connecting and the hello waits in its queue.
+        if self.registered.is_set() and silent_for > self._silence_limit:
             log.warning("no word from the broker at {} for {:.1f}s; reconnecting", self.address, silent_for)
             self.close(goodbye=False)
             self._last_heard = time.monotonic()

@@ -9,6 +9,7 @@ socket can take it, so a slow peer never stalls the loop.
 from __future__ import annotations
 
 import collections
+import re
 from typing import Callable
 
 import zmq
@@ -25,6 +26,16 @@ HIGH_WATER_MARK = 100_000
 DRAIN_LIMIT = 1_000
 #: Seconds before retrying a ROUTER send that found the peer's pipe full.
 ROUTER_RETRY = 0.01
+
+
+_ADDRESS = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+def check_address(address: str) -> str:
+    """Return ``address`` if ZeroMQ can use it, else raise ValueError saying what is expected."""
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise ValueError(f"broker address {address!r} is not valid; expected one like tcp://127.0.0.1:5555")
+    return address
 
 
 def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:

@@ -22,6 +22,7 @@ from loguru import logger
 from runner import protocol
 from runner.connection import BrokerConnection
 from runner.loop import EventLoop
+from runner.transport import check_address
 from workers.pools import Pools, ResultRow
 
 log = logger.bind(component="worker")
@@ -42,7 +43,7 @@ class Worker:
         liveness: int = 3,
         name: str | None = None,
     ) -> None:
-        self.address = connect
+        self.address = check_address(connect)
         self.queues = list(queues) or ["default"]
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.heartbeat = heartbeat
