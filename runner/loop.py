@@ -67,7 +67,7 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_order = itertools.count()
         self._end_of_turn: list[Callable[[], None]] = []
-        self._running = False
+        self._running = True  # until stop(); a loop is run once
         self._woken = False
         self._thread: threading.Thread | None = None
 
@@ -140,8 +140,7 @@ class EventLoop:
     # --- running --------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until ``stop()``; exceptions from callbacks are logged, never fatal."""
-        self._running = True
+        """Run until ``stop()`` (even one called before ``run``); callbacks' exceptions are logged."""
         self._thread = threading.current_thread()
         while self._running:
             self._turn()

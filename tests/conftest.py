@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -57,3 +58,28 @@ def two_workers():
             yield client
     finally:
         started.stop_all()
+
+
+def _live_children(pid: int) -> list[str]:
+    """Command lines of this process's children that are still running (not zombies)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    children.append(cmdline.read().replace(b"\0", b" ").decode(errors="replace"))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return children
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left_behind():
+    """The session ends with no runner child process still running (fixtures stop theirs)."""
+    yield
+    left = [command for command in _live_children(os.getpid()) if "runner" in command]
+    assert not left, f"the test left processes running: {left}"

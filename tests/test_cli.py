@@ -99,3 +99,16 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_log_json_writes_one_json_object_a_line(processes, tmp_path):
+    log_file = tmp_path / "broker.log"
+    with open(log_file, "w") as stderr:
+        broker = processes.runner("broker", "--bind", "tcp://127.0.0.1:*", "--log-json", "--log-level", "INFO",
+                                  stdout=subprocess.PIPE, stderr=stderr)
+    read_line(broker, 30)
+    assert processes.stop(broker) == 0  # SIGTERM: a clean exit
+    records = [json.loads(line)["record"] for line in log_file.read_text().splitlines() if line.strip()]
+    assert any("listening on" in record["message"] for record in records)
+    assert any(record["message"] == "broker stopped" for record in records)
+    assert all(record["extra"]["component"] == "broker" for record in records)
