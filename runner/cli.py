@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import click
 
-from runner.broker.server import DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_LIVENESS
+from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JOURNAL, DEFAULT_LIVENESS,
+                                  DEFAULT_RESULT_TTL)
 from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
@@ -41,17 +42,26 @@ def cli() -> None:
 @cli.command()
 @click.option("--bind", default=DEFAULT_ADDRESS, envvar="RUNNER_BIND", show_default=True,
               help="Address the broker listens on; tcp://HOST:* picks a free port (env RUNNER_BIND).")
+@click.option("--journal", default=DEFAULT_JOURNAL, envvar="RUNNER_JOURNAL", show_default=True,
+              help="SQLite file keeping every accepted job; ':memory:' turns durability off (env RUNNER_JOURNAL).")
+@click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
+              envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @heartbeat_options
 @logging_options
-def broker(bind: str, heartbeat: float, liveness: int, log_level: str, log_json: bool) -> None:
+def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, log_level: str,
+           log_json: bool) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
+    import sqlite3
+
     from runner.broker.server import Broker
 
     setup_logging(log_level, log_json)
     try:
-        server = Broker(bind, heartbeat=heartbeat, liveness=liveness)
+        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl)
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
     _stop_on_signals(server.stop)
     click.echo(server.address)
     sys.stdout.flush()
@@ -71,10 +81,12 @@ def broker(bind: str, heartbeat: float, liveness: int, log_level: str, log_json:
 @click.option("--allow-any-module", is_flag=True,
               help="Run functions from any module (only for clusters no one else can reach).")
 @click.option("--name", help="Name shown in status [default: HOST-PID].")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400), envvar="RUNNER_GRACE",
+              help="Seconds running jobs get to finish after SIGTERM before they are given back.")
 @heartbeat_options
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
-           allow_any_module: bool, name: str | None, heartbeat: float, liveness: int, log_level: str,
+           allow_any_module: bool, name: str | None, grace: float, heartbeat: float, liveness: int, log_level: str,
            log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
     from workers.worker import Worker
@@ -91,13 +103,18 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     try:
         instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
                           imports=None if allow_any_module else list(imports), heartbeat=heartbeat,
-                          liveness=liveness, name=name)
+                          liveness=liveness, grace=grace, name=name)
     except ImportError as exc:
         raise click.ClickException(f"cannot import a module given with --import: {exc}") from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     instance.install_signal_handlers()
     instance.run()
+    if instance.abandoned_threads:
+        # A thread-pool job abandoned at its timeout or the end of grace cannot be stopped;
+        # leave without waiting for it, as the interpreter's exit would.
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @cli.command()
@@ -168,15 +185,17 @@ def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
 @click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
+@click.option("--journal", help="The broker's journal file [default: a temporary file, removed at exit].")
 @logging_options
-def local(bind: str, workers: int, processes: int | None, threads: int | None, log_level: str,
+def local(bind: str, workers: int, processes: int | None, threads: int | None, journal: str | None, log_level: str,
           log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
     from runner.local import LocalCluster
 
     setup_logging(log_level, log_json)
     stop = _wait_for_signal()
-    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, log_level=log_level) as cluster:
+    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
+                      log_level=log_level) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
         stop()

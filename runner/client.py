@@ -42,6 +42,27 @@ class ClientClosed(RuntimeError):
     """The client was closed before this job's outcome arrived."""
 
 
+class JobFuture(Future):
+    """A concurrent.futures.Future for one job; ``cancel()`` asks the broker.
+
+    As with concurrent.futures, a job that already runs cannot be cancelled
+    (``cancel()`` returns False); ``client.cancel(future, force=True)`` can.
+    """
+
+    def __init__(self, client: "Client", job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self._client = client
+
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        return self._client.cancel(self)
+
+    def __repr__(self) -> str:
+        return f"<JobFuture {self.job_id} {self._state.lower()}>"
+
+
 class Client:
     """A connection to a broker; with no address, to a new embedded local cluster."""
 
@@ -137,10 +158,8 @@ class Client:
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
         job_id = self._job_prefix + str(next(self._job_numbers))
-        future: Future = Future()
-        future.job_id = job_id  # type: ignore[attr-defined]
-        future.set_running_or_notify_cancel()  # once sent, a job cannot be taken back locally
-        row = [job_id, reference, options.pool, options.queue, options.priority, payload]
+        future = JobFuture(self, job_id)
+        row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = future
         self._unresolved[job_id] = row
         self._outgoing.append(row)
@@ -164,6 +183,61 @@ class Client:
             raise TimeoutError(
                 f"only {connected} of {count} workers connected to {self.address} within {timeout}s"
             ) from None
+
+    def cancel(self, future: Future, *, force: bool = False) -> bool:
+        """Cancel a job: one still waiting never runs; a running one only with ``force``.
+
+        ``force`` stops a process-pool job by ending its pool process; a thread
+        cannot be stopped, so a forced thread-pool job is abandoned (it finishes
+        unseen). Returns True once the future is cancelled.
+        """
+        job_id = getattr(future, "job_id", None)
+        if job_id is None or job_id not in self._futures and not future.done():
+            raise ValueError(f"{future!r} is not a job of this client")
+        if future.done():
+            return future.cancelled()
+        if self.loop.in_loop_thread():
+            return False  # a done-callback on the I/O thread must not wait for the broker
+        answer = self._request(protocol.CANCEL, {"id": job_id, "force": force}, None)
+        if answer["result"] != "cancelled":
+            return False
+        self._forget(job_id)
+        Future.cancel(future)
+        return True
+
+    def fetch(self, job_id: str, timeout: float | None = None) -> dict:
+        """What the broker knows of a job by id: ``state`` and, when final, its outcome.
+
+        ``state`` is pending, running, done, failed, dead, cancelled or unknown; a
+        final state comes with ``result`` (done) or ``error`` (the exception).
+        """
+        answer = self._request(protocol.FETCH, {"id": job_id}, timeout)
+        view = {"id": job_id, "state": answer["state"]}
+        if answer.get("status") == protocol.OK:
+            view["result"] = protocol.unpack(answer["outcome"])
+        elif answer.get("status") == protocol.FAILED:
+            view["error"] = exception_from_blob(answer["outcome"])
+        return view
+
+    def dead_letters(self, timeout: float | None = None) -> list[dict]:
+        """Jobs that exhausted their attempts: id, task, queue, attempts and the last error."""
+        jobs = self._request(protocol.DEAD_LETTERS, {}, timeout)["jobs"]
+        for job in jobs:
+            job["error"] = exception_from_blob(job["error"]) if job["error"] else None
+        return jobs
+
+    def requeue(self, job_id: str, timeout: float | None = None) -> Future:
+        """Run a failed or dead job again with fresh attempts; a Future of the new run."""
+        future = JobFuture(self, job_id)
+        self._futures[job_id] = future
+        if not self._request(protocol.REQUEUE, {"id": job_id}, timeout)["requeued"]:
+            self._forget(job_id)
+            raise ValueError(f"job {job_id!r} is not failed or dead (see client.dead_letters()); it was not requeued")
+        return future
+
+    def _forget(self, job_id: str) -> None:
+        self._futures.pop(job_id, None)
+        self._unresolved.pop(job_id, None)
 
     def _request(self, message_type: str, body: dict, timeout: float | None) -> dict:
         request = next(self._request_numbers)
@@ -225,19 +299,21 @@ class Client:
         if again:  # the broker forgot us: send every job without an outcome again
             rows = list(self._unresolved.values())
             log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
-            self._outgoing.extend(rows)
-            self._send_outgoing()
+            self._send_rows(rows, resend=True)
 
     def _send_outgoing(self) -> None:
         self._send_scheduled = False  # before draining, so a later submit schedules again
         rows = []
         while self._outgoing:
             rows.append(self._outgoing.popleft())
-            if len(rows) == protocol.MAX_BATCH:
-                self.connection.send(protocol.SUBMIT, {"jobs": rows})
-                rows = []
-        if rows:
-            self.connection.send(protocol.SUBMIT, {"jobs": rows})
+        self._send_rows(rows)
+
+    def _send_rows(self, rows: list[list], resend: bool = False) -> None:
+        for start in range(0, len(rows), protocol.MAX_BATCH):
+            body = {"jobs": rows[start : start + protocol.MAX_BATCH]}
+            if resend:
+                body["resend"] = True
+            self.connection.send(protocol.SUBMIT, body)
 
     def _on_message(self, message: protocol.Message) -> None:
         body = message.body
@@ -263,8 +339,12 @@ class Client:
                     future.set_result(protocol.unpack(blob))
                 except Exception as exc:
                     future.set_exception(ValueError(f"job {job_id}: the result could not be decoded: {exc}"))
+            elif status == protocol.CANCELLED:
+                Future.cancel(future)
             else:
                 future.set_exception(exception_from_blob(blob))
+        # The broker keeps each outcome until we say we have it.
+        self.connection.send(protocol.ACK, {"ids": [row[0] for row in outcomes]})
 
 
 class ClusterExecutor(Executor):

@@ -14,12 +14,34 @@ class TaskError(Exception):
     ``remote_traceback`` the formatted traceback from the worker.
     """
 
-    def __init__(self, type_name: str, module: str, message: str, remote_traceback: str) -> None:
+    def __init__(self, type_name: str, module: str, message: str, remote_traceback: str,
+                 attempts: int | None = None) -> None:
         super().__init__(f"{module}.{type_name}: {message}")
         self.type_name = type_name
         self.module = module
         self.message = message
         self.remote_traceback = remote_traceback
+        self.attempts = attempts
+
+    @classmethod
+    def raised_here(cls, message: str) -> "TaskError":
+        """An error that runner itself reports (no remote traceback)."""
+        return cls(cls.__name__, cls.__module__, message, "")
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The job ran past its ``timeout``; a process-pool job was killed, a thread left to finish."""
+
+
+class WorkerLostError(TaskError):
+    """The job's worker died during every one of its ``max_attempts`` attempts."""
+
+
+class WorkerPoolError(TaskError):
+    """A process-pool child died while running the job (exit code or signal in the message)."""
+
+
+_RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError)}
 
 
 class RemoteTraceback(Exception):
@@ -39,13 +61,32 @@ def exception_from_blob(blob: bytes) -> BaseException:
         error = protocol.unpack(blob)
         type_name, module, message = error["type"], error["module"], error["message"]
         remote_traceback = error.get("traceback", "")
+        attempts = error.get("attempts")
     except Exception as exc:
         return TaskError("UnreadableError", "runner", f"the worker sent an unreadable error: {exc}", "")
     exception = _builtin_exception(type_name, message) if error.get("builtin") else None
     if exception is None:
-        exception = TaskError(type_name, module, message, remote_traceback)
+        kind = _RUNNER_ERRORS.get(type_name, TaskError) if module == "runner.errors" else TaskError
+        exception = kind(type_name, module, message, remote_traceback, attempts)
+    else:
+        exception.attempts = attempts  # type: ignore[attr-defined]
     exception.__cause__ = RemoteTraceback(remote_traceback)
     return exception
+
+
+def error_blob(exception: BaseException, remote_traceback: str = "", attempts: int | None = None) -> bytes:
+    """Pack an exception as the wire carries failures: type, module, message, traceback."""
+    kind = type(exception)
+    error = {
+        "type": kind.__qualname__,
+        "module": kind.__module__,
+        "builtin": getattr(builtins, kind.__name__, None) is kind,
+        "message": exception.message if isinstance(exception, TaskError) else str(exception),
+        "traceback": remote_traceback,
+    }
+    if attempts is not None:
+        error["attempts"] = attempts
+    return protocol.pack(error)
 
 
 def _builtin_exception(type_name: str, message: str) -> BaseException | None:

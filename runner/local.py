@@ -13,6 +13,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -28,14 +29,17 @@ class LocalCluster:
     """A broker plus ``workers`` workers, started now and stopped by ``close()``."""
 
     def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
-                 bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (),
+                 bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (), journal: str | None = None,
                  log_level: str = "WARNING", heartbeat: float = 1.0) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.processes: list[subprocess.Popen] = []
         self._log_level = log_level
+        self._scratch = tempfile.TemporaryDirectory(prefix="runner-local-") if journal is None else None
+        self.journal = journal or os.path.join(self._scratch.name, "journal.db")
         try:
-            self._broker = self._spawn(["broker", "--bind", bind, "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
+            self._broker = self._spawn(["broker", "--bind", bind, "--journal", self.journal,
+                                        "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
             self.address = _read_address(self._broker, START_TIMEOUT)
             worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat)]
             if processes is not None:
@@ -75,6 +79,8 @@ class LocalCluster:
             if process.stdout:
                 process.stdout.close()
         self.processes.clear()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def __enter__(self) -> "LocalCluster":
         return self

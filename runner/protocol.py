@@ -43,18 +43,32 @@ RESULTS = "results"  # worker: outcomes of jobs it ran
 HEARTBEAT = "heartbeat"  # both ways: "I am alive"
 STATUS = "status"  # client: ask for a status snapshot
 WAIT_WORKERS = "wait_workers"  # client: answer once at least n workers are connected
+CANCEL = "cancel"  # client: cancel a job (force: even while it runs)
+ACK = "ack"  # client: these outcomes arrived; the broker may forget them after the TTL
+FETCH = "fetch"  # client: the state or outcome of a job, by id
+REQUEUE = "requeue"  # client: run a failed or dead job again
+DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
+DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 BYE = "bye"  # peer: leaving on purpose
 # Broker -> peers:
 WELCOME = "welcome"  # answer to hello
 ACCEPTED = "accepted"  # jobs the broker took responsibility for
 JOBS = "jobs"  # jobs for a worker to run
+STOP_JOBS = "stop_jobs"  # a worker must stop (kill or drop) these jobs
 OUTCOMES = "outcomes"  # final outcomes for a client
 REPLY = "reply"  # answer to a request (status, wait_workers)
 ERROR = "error"  # the broker rejected a message of the peer
 
-# Outcome status codes carried by results and outcomes.
+# Status codes carried by results (ok, failed, requeue) and outcomes (ok, failed, cancelled).
 OK = "ok"
 FAILED = "failed"
+REQUEUE = "requeue"  # a worker gives a job back unrun (shutdown, a pool rebuilt under it)
+CANCELLED = "cancelled"
+RESULT_STATUSES = (OK, FAILED, REQUEUE)
+OUTCOME_STATUSES = (OK, FAILED, CANCELLED)
+
+# Per-job options in a submit row; all optional, absent means the default.
+JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts")
 
 ROLES = ("client", "worker")
 
@@ -154,13 +168,37 @@ def _request_id(body: dict) -> None:
     _integer(_need(body, "request", int, "a request number"), "request", 0, 2**63)
 
 
-# Job rows: [job_id, task, pool, queue, priority, payload]
-JOB_FIELDS = ("id", "task", "pool", "queue", "priority", "payload")
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"{what} must be a number from {low:g} to {high:g}, got {value!r:.80}")
+    return value
+
+
+def check_job_options(options: Any) -> None:
+    """Validate a submit row's options map (retries, backoff, timeout, max_attempts)."""
+    if not isinstance(options, dict):
+        raise ProtocolError(f"job options must be a map, got {type(options).__name__}")
+    unknown = set(options) - set(JOB_OPTIONS)
+    if unknown:
+        raise ProtocolError(f"unknown job options {sorted(unknown)!r:.80}; known: {JOB_OPTIONS}")
+    if "retries" in options:
+        _integer(options["retries"], "retries", 0, 1000)
+    if "backoff" in options:
+        _number(options["backoff"], "backoff", 0, 3600)
+    if options.get("timeout") is not None:
+        _number(options["timeout"], "timeout", 0.001, 10**7)
+    if "max_attempts" in options:
+        _integer(options["max_attempts"], "max_attempts", 1, 1000)
+
+
+# Job rows: [job_id, task, pool, queue, priority, payload, options]
+JOB_FIELDS = ("id", "task", "pool", "queue", "priority", "payload", "options")
 
 
 def check_job_row(row: list) -> None:
     """Validate one submitted job row (see JOB_FIELDS)."""
-    job_id, task, pool, queue, priority, payload = row
+    job_id, task, pool, queue, priority, payload, options = row
+    check_job_options(options)
     _name(job_id, "job id")
     _name(task, "task reference")
     if ":" not in task:
@@ -189,11 +227,20 @@ def _check_hello(body: dict) -> None:
             raise ProtocolError("a worker must serve from 1 to 1000 queues")
         for queue in queues:
             _name(queue, "queue name")
+        if "epoch" in body:
+            _integer(body["epoch"], "epoch", 0, 2**62)
+        for pair in body.get("running", []):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ProtocolError(f"running must list [job id, attempt] pairs, got {pair!r:.80}")
+            _name(pair[0], "job id")
+            _integer(pair[1], "attempt", 1, 2**31)
 
 
 def _check_submit(body: dict) -> None:
     for row in _batch(body, "jobs", len(JOB_FIELDS), "jobs"):
         check_job_row(row)
+    if not isinstance(body.get("resend", False), bool):
+        raise ProtocolError("field 'resend' must be a boolean")
 
 
 # Result rows (worker -> broker): [job_id, attempt, status, payload]
@@ -201,8 +248,8 @@ def _check_results(body: dict) -> None:
     for job_id, attempt, status, payload in _batch(body, "results", 4, "results"):
         _name(job_id, "job id")
         _integer(attempt, "attempt", 1, 2**31)
-        if status not in (OK, FAILED):
-            raise ProtocolError(f"result status must be {OK!r} or {FAILED!r}, got {status!r:.80}")
+        if status not in RESULT_STATUSES:
+            raise ProtocolError(f"result status must be one of {RESULT_STATUSES}, got {status!r:.80}")
         _payload(payload)
 
 
@@ -212,31 +259,46 @@ def _check_wait_workers(body: dict) -> None:
 
 
 def _check_welcome(body: dict) -> None:
-    _need(body, "heartbeat", (int, float), "the heartbeat interval in seconds")
+    _number(_need(body, "heartbeat", (int, float), "the heartbeat interval in seconds"), "heartbeat", 0.001, 3600)
     _integer(_need(body, "liveness", int, "a number of missed heartbeats"), "liveness", 1, 1000)
 
 
-def _check_accepted(body: dict) -> None:
-    for job_id in _need(body, "ids", list, "a list of job ids"):
-        _name(job_id, "job id")
-
-
-# Job rows sent to a worker: [job_id, attempt, task, pool, payload]
+# Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout]
 def _check_jobs(body: dict) -> None:
-    for job_id, attempt, task, pool, payload in _batch(body, "jobs", 5, "jobs"):
+    for job_id, attempt, task, pool, payload, timeout in _batch(body, "jobs", 6, "jobs"):
         _name(job_id, "job id")
         _integer(attempt, "attempt", 1, 2**31)
         _name(task, "task reference")
         _pool(pool)
         _payload(payload)
+        if timeout is not None:
+            _number(timeout, "timeout", 0.001, 10**7)
+
+
+def _job_ids(body: dict) -> None:
+    for job_id in _need(body, "ids", list, "a list of job ids")[:MAX_BATCH + 1]:
+        _name(job_id, "job id")
+    if len(body["ids"]) > MAX_BATCH:
+        raise ProtocolError(f"more than {MAX_BATCH} job ids in one message")
+
+
+def _request_for_job(body: dict) -> None:
+    _request_id(body)
+    _name(_need(body, "id", str, "a job id"), "job id")
+
+
+def _check_cancel(body: dict) -> None:
+    _request_for_job(body)
+    if not isinstance(body.get("force", False), bool):
+        raise ProtocolError("field 'force' must be a boolean")
 
 
 # Outcome rows sent to a client: [job_id, status, payload]
 def _check_outcomes(body: dict) -> None:
     for job_id, status, payload in _batch(body, "outcomes", 3, "outcomes"):
         _name(job_id, "job id")
-        if status not in (OK, FAILED):
-            raise ProtocolError(f"outcome status must be {OK!r} or {FAILED!r}, got {status!r:.80}")
+        if status not in OUTCOME_STATUSES:
+            raise ProtocolError(f"outcome status must be one of {OUTCOME_STATUSES}, got {status!r:.80}")
         _payload(payload)
 
 
@@ -259,10 +321,17 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     HEARTBEAT: _nothing,
     STATUS: _request_id,
     WAIT_WORKERS: _check_wait_workers,
+    CANCEL: _check_cancel,
+    ACK: _job_ids,
+    FETCH: _request_for_job,
+    REQUEUE: _request_for_job,
+    DEAD_LETTERS: _request_id,
+    DRAIN: _nothing,
     BYE: _nothing,
     WELCOME: _check_welcome,
-    ACCEPTED: _check_accepted,
+    ACCEPTED: _job_ids,
     JOBS: _check_jobs,
+    STOP_JOBS: _job_ids,
     OUTCOMES: _check_outcomes,
     REPLY: _check_reply,
     ERROR: _check_error,

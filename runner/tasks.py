@@ -26,19 +26,45 @@ class JobOptions:
     pool: str = "process"
     queue: str = "default"
     priority: int = 0
+    retries: int = 0  # re-runs after the task raised or timed out
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles each time, with jitter
+    timeout: float | None = None  # seconds a run may take before it is stopped
+    max_attempts: int = 3  # attempts in all, counting those lost to dying workers
 
     def __post_init__(self) -> None:
         if self.pool not in protocol.POOLS:
             raise ValueError(f"pool must be one of {protocol.POOLS}, got {self.pool!r}")
         if not isinstance(self.queue, str) or not self.queue or len(self.queue) > protocol.MAX_NAME:
             raise ValueError(f"queue must be a non-empty string of at most {protocol.MAX_NAME} characters, got {self.queue!r}")
-        if not isinstance(self.priority, int) or isinstance(self.priority, bool) or abs(self.priority) >= 2**31:
-            raise ValueError(f"priority must be an integer between -2**31 and 2**31, got {self.priority!r}")
+        _check_int("priority", self.priority, -(2**31) + 1, 2**31 - 1)
+        _check_int("retries", self.retries, 0, 1000)
+        _check_int("max_attempts", self.max_attempts, 1, 1000)
+        if not isinstance(self.retry_backoff, (int, float)) or not 0 <= self.retry_backoff <= 3600:
+            raise ValueError(f"retry_backoff must be a number of seconds from 0 to 3600, got {self.retry_backoff!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or not 0.001 <= self.timeout <= 10**7):
+            raise ValueError(f"timeout must be None or a number of seconds above 0, got {self.timeout!r}")
 
     def merged(self, overrides: dict[str, Any]) -> "JobOptions":
         """These options with the given non-None fields replaced."""
         changes = {key: value for key, value in overrides.items() if value is not None}
         return replace(self, **changes) if changes else self
+
+    def wire_options(self) -> dict[str, Any]:
+        """The submit row's options map: only what differs from the defaults."""
+        wire = {}
+        if self.retries:
+            wire["retries"] = self.retries
+            wire["backoff"] = self.retry_backoff
+        if self.timeout is not None:
+            wire["timeout"] = self.timeout
+        if self.max_attempts != 3:
+            wire["max_attempts"] = self.max_attempts
+        return wire
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
 
 
 OPTION_NAMES = frozenset(field.name for field in fields(JobOptions))
@@ -60,16 +86,18 @@ class Task:
         return f"<runner task {self.reference} {self.options}>"
 
 
-def task(function: Callable[..., Any] | None = None, *, pool: str | None = None,
-         queue: str | None = None, priority: int | None = None) -> Any:
-    """Decorate a module-level function with default job options.
+def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Decorate a module-level function with default job options (see JobOptions).
 
-    ``@task`` and ``@task(pool="thread", queue="io", priority=5)`` both work.
+    ``@task`` and ``@task(pool="thread", queue="io", priority=5, retries=3)`` both work.
     """
-    options = JobOptions().merged({"pool": pool, "queue": queue, "priority": priority})
+    unknown = set(options) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"task() got unknown options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
+    job_options = JobOptions().merged(options)
 
     def wrap(inner: Callable[..., Any]) -> Task:
-        return Task(inner, options)
+        return Task(inner, job_options)
 
     return wrap(function) if function is not None else wrap
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class Processes:
 
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
+        self.scratch = Path(tempfile.mkdtemp(prefix="runner-test-"))  # journals live here
+        self._brokers = 0
 
     def runner(self, *arguments: str, stdout=None, stderr=None, env: dict | None = None) -> subprocess.Popen:
         """Start ``python -m runner ARGUMENTS``."""
@@ -41,9 +45,14 @@ class Processes:
         self.started.append(process)
         return process
 
-    def broker(self, *arguments: str, bind: str = "tcp://127.0.0.1:*") -> tuple[subprocess.Popen, str]:
-        """Start a broker on an ephemeral port; return it with the address it printed."""
-        process = self.runner("broker", "--bind", bind, "--log-level", "WARNING", *arguments, stdout=subprocess.PIPE)
+    def broker(self, *arguments: str, bind: str = "tcp://127.0.0.1:*", journal: str | Path | None = None,
+               log_level: str = "WARNING") -> tuple[subprocess.Popen, str]:
+        """Start a broker on an ephemeral port (its own journal unless given); return it and its address."""
+        if journal is None:
+            self._brokers += 1
+            journal = self.scratch / f"journal-{self._brokers}.db"
+        process = self.runner("broker", "--bind", bind, "--journal", str(journal), "--log-level", log_level,
+                              *arguments, stdout=subprocess.PIPE)
         return process, read_line(process, START_TIMEOUT)
 
     def worker(self, address: str, *arguments: str, imports: tuple[str, ...] = ("tasks",)) -> subprocess.Popen:
@@ -69,6 +78,7 @@ class Processes:
         for process in reversed(self.started):
             self.stop(process)
         self.started.clear()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:

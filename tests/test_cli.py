@@ -54,8 +54,8 @@ def test_unreachable_broker_is_reported_within_a_bounded_time():
     assert time.monotonic() - started < 20
 
 
-def test_a_second_broker_on_a_taken_address_fails_clearly(processes, broker_address):
-    result = run("broker", "--bind", broker_address)
+def test_a_second_broker_on_a_taken_address_fails_clearly(processes, broker_address, tmp_path):
+    result = run("broker", "--bind", broker_address, "--journal", str(tmp_path / "other.db"))
     assert result.returncode == 1
     assert "cannot bind" in result.stderr and broker_address in result.stderr
 
@@ -105,7 +105,7 @@ def test_log_json_writes_one_json_object_a_line(processes, tmp_path):
     log_file = tmp_path / "broker.log"
     with open(log_file, "w") as stderr:
         broker = processes.runner("broker", "--bind", "tcp://127.0.0.1:*", "--log-json", "--log-level", "INFO",
-                                  stdout=subprocess.PIPE, stderr=stderr)
+                                  "--journal", str(tmp_path / "journal.db"), stdout=subprocess.PIPE, stderr=stderr)
     read_line(broker, 30)
     assert processes.stop(broker) == 0  # SIGTERM: a clean exit
     records = [json.loads(line)["record"] for line in log_file.read_text().splitlines() if line.strip()]

@@ -8,12 +8,12 @@ plain bytes and an exception never has to be pickled.
 
 from __future__ import annotations
 
-import builtins
 import importlib
 import traceback
 from typing import Any, Callable, Iterable
 
 from runner import protocol
+from runner.errors import error_blob
 
 #: Modules whose functions may run here; None means any module (embedded cluster only).
 _allowed_modules: frozenset[str] | None = frozenset()
@@ -85,15 +85,8 @@ def run_batch(jobs: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, s
 
 
 def encode_error(exc: BaseException) -> bytes:
-    """Pack an exception as type name, module, message and formatted traceback."""
-    kind = type(exc)
-    return protocol.pack({
-        "type": kind.__qualname__,
-        "module": kind.__module__,
-        "builtin": getattr(builtins, kind.__name__, None) is kind,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    })
+    """Pack an exception with its formatted traceback, as the client will rebuild it."""
+    return error_blob(exc, "".join(traceback.format_exception(exc)))
 
 
 def _arguments(payload: bytes) -> tuple[list, dict]:

@@ -6,11 +6,18 @@ threads is unsafe); ``ThreadPool`` runs I/O-bound jobs in a
 ``ThreadPoolExecutor``. Both take a list of jobs per submission, so many small
 jobs can share one trip into a child process, and both report through a
 callback that may run on any thread.
+
+They differ in what can be stopped: a process-pool job is stopped by ending the
+pool's processes and starting new ones (``kill``); a thread cannot be stopped,
+so a thread-pool job past its time is abandoned and left to finish unseen.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import resource
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
@@ -18,6 +25,7 @@ from typing import Callable, Iterable
 from loguru import logger
 
 from runner import protocol
+from runner.errors import WorkerPoolError
 from workers import execute
 
 log = logger.bind(component="pools")
@@ -30,14 +38,11 @@ ResultRow = tuple[str, int, str, bytes]  # (job id, attempt, status, blob)
 OnDone = Callable[[list[ResultRow]], None]
 
 
-class WorkerPoolError(RuntimeError):
-    """A pool process died while running jobs; those jobs fail with this error."""
-
-
 class ThreadPool:
     """I/O-bound jobs, one per thread; the GIL is released while they wait."""
 
     name = "thread"
+    killable = False
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -50,19 +55,27 @@ class ThreadPool:
     def submit(self, jobs: list[JobRow]) -> Future:
         return self._executor.submit(execute.run_batch, jobs)
 
+    def describe_death(self) -> str:
+        return "a thread-pool job failed"
+
+    def sample_memory(self) -> None:
+        """Threads share the worker's memory: nothing to sample."""
+
     def shutdown(self, wait: bool) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
 class ProcessPool:
-    """CPU-bound jobs in child processes; rebuilt when a child dies and breaks it."""
+    """CPU-bound jobs in child processes; rebuilt when a child dies or is killed."""
 
     name = "process"
+    killable = True
 
     def __init__(self, size: int, allowed_modules: frozenset[str] | None) -> None:
         self.size = size
         self._allowed = allowed_modules
         self._context = multiprocessing.get_context("forkserver")
+        self._peak_kib: dict[int, int] = {}  # child pid -> highest VmHWM seen
         self._executor = self._start()
 
     def groups(self, jobs: list[JobRow]) -> Iterable[list[JobRow]]:
@@ -74,13 +87,51 @@ class ProcessPool:
         try:
             return self._executor.submit(execute.run_batch, jobs)
         except BrokenProcessPool:
-            log.warning("process pool was broken by a dying child; starting a new one")
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._start()
+            log.warning("process pool was broken by a dying child: {}; starting a new one", self.describe_death())
+            self._replace()
             return self._executor.submit(execute.run_batch, jobs)
 
+    def kill(self) -> None:
+        """End every child now (their jobs fail as BrokenProcessPool) and start fresh ones."""
+        for process in self._children():
+            if process.is_alive():
+                process.kill()
+        self._replace()
+
+    def describe_death(self) -> str:
+        """Which children died, how, and how much memory they had reached."""
+        deaths = []
+        for pid, process in self._children_by_pid().items():
+            code = process.exitcode
+            if code is None or code == -signal.SIGTERM:  # alive, or ended by the pool's own clean-up
+                continue
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            peak = self._peak_kib.get(pid)
+            memory = f", peak RSS {peak / 1024:.1f} MiB" if peak else ""
+            deaths.append(f"pool process {pid} {how}{memory}")
+        if not deaths:
+            children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            return f"a pool process ended abruptly (largest child peak RSS so far {children_peak / 1024:.1f} MiB)"
+        return "; ".join(deaths)
+
+    def sample_memory(self) -> None:
+        """Remember each child's high-water RSS, to report it if the child dies."""
+        for pid in list(self._children_by_pid()):
+            peak = _high_water_kib(pid)
+            if peak:
+                self._peak_kib[pid] = max(peak, self._peak_kib.get(pid, 0))
+
     def shutdown(self, wait: bool) -> None:
+        if not wait:
+            for process in self._children():
+                if process.is_alive():
+                    process.terminate()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def _replace(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._peak_kib.clear()
+        self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -89,6 +140,13 @@ class ProcessPool:
             initializer=execute.configure,
             initargs=(self._allowed,),
         )
+
+    def _children_by_pid(self) -> dict:
+        # ProcessPoolExecutor keeps its children here; there is no public view of them.
+        return dict(getattr(self._executor, "_processes", None) or {})
+
+    def _children(self) -> list:
+        return list(self._children_by_pid().values())
 
 
 class Pools:
@@ -106,23 +164,33 @@ class Pools:
         """How many jobs each pool runs at once."""
         return {name: pool.size for name, pool in self.by_name.items()}
 
-    def run(self, pool_name: str, jobs: list[JobRow], on_done: OnDone) -> None:
-        """Start ``jobs`` on the named pool; ``on_done`` gets result rows, from any thread."""
+    def run(self, pool_name: str, jobs: list[JobRow], on_done: OnDone, alone: bool = False) -> list[tuple[list[JobRow], Future]]:
+        """Start ``jobs`` on the named pool (``alone``: one per submission); return the submissions.
+
+        ``on_done`` gets result rows, from any thread.
+        """
         pool = self.by_name.get(pool_name)
         if pool is None:
-            error = execute.encode_error(ValueError(f"this worker has no {pool_name} pool"))
+            error = execute.encode_error(ValueError(f"this worker has no {pool_name} pool; it was started with 0 of them"))
             on_done([(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs])
-            return
-        for group in pool.groups(jobs):
+            return []
+        submissions = []
+        for group in ([job] for job in jobs) if alone else pool.groups(jobs):
             future = pool.submit(group)
-            future.add_done_callback(lambda done, group=group: on_done(_outcome(done, group)))
+            future.add_done_callback(lambda done, group=group, pool=pool: on_done(_outcome(done, group, pool)))
+            submissions.append((group, future))
+        return submissions
+
+    def sample_memory(self) -> None:
+        for pool in self.by_name.values():
+            pool.sample_memory()
 
     def shutdown(self, wait: bool = True) -> None:
         for pool in self.by_name.values():
             pool.shutdown(wait)
 
 
-def _outcome(future: Future, jobs: list[JobRow]) -> list[ResultRow]:
+def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool) -> list[ResultRow]:
     """Result rows of a finished submission; a broken pool fails every job in it."""
     if future.cancelled():  # the worker is shutting down; the broker gives these jobs back
         return []
@@ -130,6 +198,17 @@ def _outcome(future: Future, jobs: list[JobRow]) -> list[ResultRow]:
     if exc is None:
         return future.result()
     if isinstance(exc, BrokenProcessPool):
-        exc = WorkerPoolError(f"a process-pool child died while running this job ({exc}); a new pool takes the next jobs")
+        exc = WorkerPoolError.raised_here(f"a process-pool child died while running this job: {pool.describe_death()}")
     error = execute.encode_error(exc)
     return [(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs]
+
+
+def _high_water_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -3,8 +3,12 @@
 The loop thread owns the socket. Jobs go to the process or thread pool the job
 asks for; when a pool future completes, its done-callback (on whatever thread
 finished it) puts the result rows in a queue and wakes the loop, which sends
-everything that finished in one message. Credit is announced once, in hello:
-the broker never leases more jobs per pool than the pool has slots.
+everything that finished in one message. Credit is announced in hello: the
+broker never leases more jobs per pool than the pool has slots.
+
+The worker remembers each job it runs (``Running``) until it reports it, so it
+can re-announce them after a reconnect, stop them on a timeout or a forced
+cancel, and give them back on shutdown.
 """
 
 from __future__ import annotations
@@ -14,18 +18,36 @@ import os
 import queue
 import signal
 import socket as socket_module
+import threading
 import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import zmq
 from loguru import logger
 
 from runner import protocol
 from runner.connection import BrokerConnection
-from runner.loop import EventLoop
+from runner.errors import TaskTimeoutError
+from runner.loop import EventLoop, Timer
 from runner.transport import check_address
+from workers import execute
 from workers.pools import Pools, ResultRow
 
 log = logger.bind(component="worker")
+
+DEFAULT_GRACE = 30.0  # seconds running jobs get to finish after SIGTERM
+
+
+@dataclass
+class Running:
+    """A job this worker holds until its outcome is sent."""
+
+    attempt: int
+    pool: str
+    future: Future | None = None
+    timer: Timer | None = None
+    requeue_if_broken: bool = False  # its pool was killed for another job's sake
 
 
 class Worker:
@@ -41,13 +63,13 @@ class Worker:
         imports: list[str] | None,
         heartbeat: float = 1.0,
         liveness: int = 3,
+        grace: float = DEFAULT_GRACE,
         name: str | None = None,
     ) -> None:
         self.address = check_address(connect)
         self.queues = list(queues) or ["default"]
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
-        self.heartbeat = heartbeat
-        self.liveness = liveness
+        self.grace = grace
         self.identity = b"w-" + uuid.uuid4().hex.encode()
         self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
         self.loop = EventLoop()
@@ -56,55 +78,115 @@ class Worker:
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
         )
+        self.running: dict[str, Running] = {}  # touched by the loop thread only
         # Pool callbacks hand finished rows to the loop thread through this queue.
         self._finished: queue.Queue[list[ResultRow]] = queue.Queue()
         self._drain_requested = False
+        self._epoch = 0
+        self._draining = threading.Event()  # set once shutdown begins; read by any thread
         self.jobs_done = 0
+        self.abandoned_threads = 0  # thread-pool jobs left running (past a timeout or the grace)
 
     def run(self) -> None:
-        """Say hello, then serve jobs until ``stop()``."""
+        """Say hello, then serve jobs until stopped and drained."""
         log.info("worker {} connecting to {} (queues {}, slots {})", self.name, self.address, self.queues, self.pools.slots())
         self.connection.start()
+        self.loop.call_every(1.0, self.pools.sample_memory)
         try:
             self.loop.run()
         finally:
             self._shutdown()
 
     def stop(self) -> None:
-        """Stop taking jobs and leave; safe from a signal handler or another thread."""
-        self.loop.stop()
+        """Begin a graceful shutdown; safe from a signal handler or another thread."""
+        self.loop.call_soon_threadsafe(self._begin_drain)
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the worker cleanly."""
+        """SIGTERM and SIGINT drain the worker: running jobs get ``grace`` seconds."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
 
     # --- broker messages ---------------------------------------------------------------
 
     def _hello(self) -> dict:
+        self._epoch += 1
         return {
             "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
-            "queues": self.queues, "slots": self.pools.slots(),
+            "queues": self.queues, "slots": self.pools.slots(), "epoch": self._epoch,
+            "running": [[job_id, entry.attempt] for job_id, entry in self.running.items()],
         }
 
     def _on_welcome(self, body: dict, again: bool) -> None:
-        log.info("registered with broker {} at {}", str(body.get("broker", "?"))[:8], self.address)
+        log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
+        if self._draining.is_set():
+            self.connection.send(protocol.DRAIN)
 
     def _on_message(self, message: protocol.Message) -> None:
         if message.type == protocol.JOBS:
             self._start_jobs(message.body["jobs"])
+        elif message.type == protocol.STOP_JOBS:
+            self._stop_jobs(message.body["ids"])
         elif message.type == protocol.ERROR:
             log.warning("the broker rejected a message: {}", message.body["message"])
         else:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
     def _start_jobs(self, rows: list) -> None:
-        by_pool: dict[str, list] = collections.defaultdict(list)
-        for job_id, attempt, task, pool, payload in rows:
+        if self._draining.is_set():  # leased before the broker heard we drain: give them back
+            self._send_results([[job_id, attempt, protocol.REQUEUE, b""] for job_id, attempt, *_ in rows])
+            return
+        batches: dict[tuple[str, bool], list] = collections.defaultdict(list)
+        for job_id, attempt, task, pool, payload, timeout in rows:
             log.bind(job=job_id).debug("starting {} in the {} pool (attempt {})", task, pool, attempt)
-            by_pool[pool].append((job_id, attempt, task, payload))
-        for pool, jobs in by_pool.items():
-            self.pools.run(pool, jobs, self._on_pool_done)
+            entry = self.running[job_id] = Running(attempt, pool)
+            if timeout is not None:
+                entry.timer = self.loop.call_later(timeout, lambda job_id=job_id, t=timeout: self._timed_out(job_id, t))
+            batches[(pool, timeout is not None)].append((job_id, attempt, task, payload))
+        for (pool, alone), jobs in batches.items():
+            for group, future in self.pools.run(pool, jobs, self._on_pool_done, alone=alone):
+                for job_id, *_ in group:
+                    if job_id in self.running:
+                        self.running[job_id].future = future
+
+    # --- stopping jobs -------------------------------------------------------------------
+
+    def _timed_out(self, job_id: str, timeout: float) -> None:
+        entry = self.running.get(job_id)
+        if entry is None or entry.future is None or entry.future.done():
+            return
+        log.bind(job=job_id).warning("ran past its timeout of {}s in the {} pool", timeout, entry.pool)
+        how = "its pool process was ended" if entry.pool == "process" else "its thread cannot be stopped and was left to finish"
+        error = execute.encode_error(TaskTimeoutError.raised_here(f"job {job_id} ran past its timeout of {timeout}s; {how}"))
+        self._send_results([[job_id, entry.attempt, protocol.FAILED, error]])
+        self._release(job_id)
+        if entry.pool == "process":
+            self._kill_process_pool()
+        else:
+            self.abandoned_threads += 1
+
+    def _stop_jobs(self, job_ids: list[str]) -> None:
+        """The broker cancelled these by force: drop their outcomes, end process-pool runs."""
+        kill = False
+        for job_id in job_ids:
+            entry = self._release(job_id)
+            if entry is not None:
+                log.bind(job=job_id).info("stopped by the broker (cancelled)")
+                kill = kill or entry.pool == "process"
+        if kill:
+            self._kill_process_pool()
+
+    def _kill_process_pool(self) -> None:
+        """End the process pool; jobs that shared it are given back without an attempt charged."""
+        for entry in self.running.values():
+            if entry.pool == "process":
+                entry.requeue_if_broken = True
+        self.pools.by_name["process"].kill()
+
+    def _release(self, job_id: str) -> Running | None:
+        entry = self.running.pop(job_id, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+        return entry
 
     # --- results -----------------------------------------------------------------------
 
@@ -123,16 +205,51 @@ class Worker:
                 rows = self._finished.get_nowait()
             except queue.Empty:
                 break
-            results.extend([list(row) for row in rows])
-        if results:
-            for job_id, _, status, _ in results:
-                log.bind(job=job_id).debug("finished: {}", status)
-            self.jobs_done += len(results)
-            self.connection.send(protocol.RESULTS, {"results": results})
+            for job_id, attempt, status, blob in rows:
+                entry = self.running.get(job_id)
+                if entry is None or entry.attempt != attempt:
+                    continue  # already answered (timed out, stopped, given back)
+                if entry.requeue_if_broken and status == protocol.FAILED:
+                    status, blob = protocol.REQUEUE, b""
+                self._release(job_id)
+                results.append([job_id, attempt, status, blob])
+        self._send_results(results)
+        if self._draining.is_set() and not self.running:
+            self.loop.stop()
+
+    def _send_results(self, results: list[list]) -> None:
+        if not results:
+            return
+        for job_id, _, status, _ in results:
+            log.bind(job=job_id).debug("finished: {}", status)
+        self.jobs_done += sum(1 for row in results if row[2] != protocol.REQUEUE)
+        self.connection.send(protocol.RESULTS, {"results": results})
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    def _begin_drain(self) -> None:
+        if self._draining.is_set():
+            return
+        self._draining.set()
+        self.connection.send(protocol.DRAIN)
+        if not self.running:
+            self.loop.stop()
+            return
+        log.info("draining: {} running jobs get {}s to finish", len(self.running), self.grace)
+        self.loop.call_later(self.grace, self._end_grace)
+
+    def _end_grace(self) -> None:
+        """Grace is over: give every unfinished job back to the broker, then stop."""
+        unfinished = list(self.running)
+        log.warning("grace of {}s is over; giving {} unfinished jobs back", self.grace, len(unfinished))
+        released = [self._release(job_id) for job_id in unfinished]
+        self._send_results([[job_id, entry.attempt, protocol.REQUEUE, b""] for job_id, entry in zip(unfinished, released)])
+        self.abandoned_threads += sum(1 for entry in released if entry.pool == "thread")
+        self.loop.stop()
 
     def _shutdown(self) -> None:
         log.info("worker {} stopping after {} jobs", self.name, self.jobs_done)
-        self.connection.close(goodbye=True, linger_ms=500)
+        self.connection.close(goodbye=True, linger_ms=1000)
         self.pools.shutdown(wait=False)
         self.context.term()
         self.loop.close()

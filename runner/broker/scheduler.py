@@ -22,17 +22,21 @@ import collections
 import itertools
 from dataclasses import dataclass, field
 
-PENDING = "pending"
-RUNNING = "running"
+from runner.broker.retry import DEFAULT_RULES, RetryRules
+
+PENDING = "pending"  # waiting in a queue
+RUNNING = "running"  # leased to a worker
+DEFERRED = "deferred"  # held back until a retry's backoff passes
 
 
 class Job:
     """One accepted job. ``payload`` stays an opaque msgpack blob in the broker."""
 
-    __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "attempt", "state", "worker")
+    __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "rules", "attempt", "state", "worker")
 
     def __init__(
-        self, id: str, task: str, pool: str, queue: str, priority: int, payload: bytes, client: bytes
+        self, id: str, task: str, pool: str, queue: str, priority: int, payload: bytes, client: bytes,
+        rules: RetryRules = DEFAULT_RULES,
     ) -> None:
         self.id = id
         self.task = task
@@ -41,6 +45,7 @@ class Job:
         self.priority = priority
         self.payload = payload
         self.client = client
+        self.rules = rules
         self.attempt = 0
         self.state = PENDING
         self.worker: bytes | None = None
@@ -133,24 +138,62 @@ class Scheduler:
 
     def worker_joined(self, worker_id: bytes, queues: list[str], credit: dict[str, int]) -> None:
         """A worker is ready to take jobs from ``queues`` up to ``credit`` per pool."""
-        if worker_id in self.workers:
-            self.worker_left(worker_id)
+        if worker_id in self.workers:  # joined again without leaving: its jobs wait again
+            for job in self.worker_left(worker_id):
+                self.requeue(job, front=True)
         self.workers[worker_id] = WorkerSlot(
             worker_id, tuple(queues), dict(credit), order=next(self._join_order)
         )
         self._dirty = True
 
     def worker_left(self, worker_id: bytes) -> list[Job]:
-        """A worker is gone: give its leased jobs back to their queues and return them."""
+        """A worker is gone: return the jobs it held; the caller requeues or ends each."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return []
         returned = list(worker.leased.values())
         for job in returned:
-            job.state = PENDING
             job.worker = None
-            self._enqueue(job, front=True)
+            del self.jobs[job.id]
         return returned
+
+    def requeue(self, job: Job, front: bool = False) -> None:
+        """Put a held job back in its queue (front: it was accepted before those waiting)."""
+        self.jobs[job.id] = job
+        job.worker = None
+        self._enqueue(job, front=front)
+
+    def defer(self, job: Job) -> None:
+        """Hold a job out of its queue until ``requeue`` (a retry waiting for its backoff)."""
+        self.jobs[job.id] = job
+        job.state = DEFERRED
+        job.worker = None
+
+    def adopt(self, worker_id: bytes, job: Job, attempt: int) -> bool:
+        """Lease a waiting job to the worker that says it still runs it; False if it cannot."""
+        worker = self.workers.get(worker_id)
+        if worker is None or job.state != PENDING:
+            return False
+        self._waiting[(job.queue, job.pool)].remove(job)
+        self._lease(job, worker)
+        job.attempt = max(job.attempt, attempt)
+        return True
+
+    def drop_lease(self, job: Job) -> None:
+        """Forget a running job's lease (it was cancelled by force); its credit returns."""
+        worker = self.workers.get(job.worker) if job.worker else None
+        if worker is not None and worker.leased.pop(job.id, None) is not None:
+            worker.in_flight[job.pool] -= 1
+            self._dirty = True
+        self.jobs.pop(job.id, None)
+        job.worker = None
+
+    def set_credit(self, worker_id: bytes, credit: dict[str, int]) -> None:
+        """Change what a worker may hold (a draining worker gets none)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.credit = dict(credit)
+            self._dirty = True
 
     def job_finished(self, worker_id: bytes, job_id: str, attempt: int) -> Job | None:
         """A worker reports a final outcome; return the job, or None for a stale report.
@@ -215,6 +258,7 @@ class Scheduler:
         worker.in_flight[job.pool] += 1
 
     def _enqueue(self, job: Job, front: bool = False) -> None:
+        job.state = PENDING
         key = (job.queue, job.pool)
         waiting = self._waiting.get(key)
         if waiting is None:

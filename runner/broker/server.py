@@ -1,14 +1,13 @@
 """The broker process: one ROUTER socket, one thread, one selectors loop.
 
-A thin shell. It turns frames into calls on the scheduler (which decides where
-jobs go) and on liveness (which decides who is dead), and turns their answers
-into frames. Replies that can be batched (accepted ids, jobs for a worker,
-outcomes for a client) are collected during a loop turn and sent once at its end.
+A thin shell. Frames become calls on the JobBook (every decision about jobs),
+on Liveness (who is dead) and on the cluster-wide sync state; what they decide
+is sent at the end of the loop turn, after the journal has committed the turn's
+writes, so nothing is acknowledged or delivered that a crash could take back.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import socket as socket_module
 import time
@@ -20,8 +19,10 @@ import zmq
 from loguru import logger
 
 from runner import protocol
+from runner.broker.jobs import JobBook
+from runner.broker.journal import Journal
 from runner.broker.liveness import Liveness
-from runner.broker.scheduler import Job, Scheduler, UnknownWorker
+from runner.broker.scheduler import RUNNING, UnknownWorker
 from runner.loop import EventLoop
 from runner.transport import RouterLink, bind_router
 
@@ -30,6 +31,8 @@ log = logger.bind(component="broker")
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT = 1.0  # seconds between heartbeats, both ways
 DEFAULT_LIVENESS = 3  # heartbeats missed before a peer is declared dead
+DEFAULT_JOURNAL = "runner-journal.db"
+DEFAULT_RESULT_TTL = 3600.0  # seconds an outcome is kept after its client has it
 
 
 @dataclass
@@ -52,19 +55,22 @@ class Broker:
         self,
         bind: str = DEFAULT_ADDRESS,
         *,
+        journal: str = DEFAULT_JOURNAL,
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
+        result_ttl: float = DEFAULT_RESULT_TTL,
     ) -> None:
         self.id = uuid.uuid4().hex
+        self.journal = Journal(journal)
+        self.jobs = JobBook(self.journal)
+        restored = self.jobs.restore()
+        self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
         router, self.address = bind_router(self.context, bind)
         self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable)
-        self.scheduler = Scheduler()
         self.liveness = Liveness(heartbeat, liveness)
         self.peers: dict[bytes, Peer] = {}
-        self._accepted: dict[bytes, list[str]] = collections.defaultdict(list)
-        self._outcomes: dict[bytes, list[list]] = collections.defaultdict(list)
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
         self._flush_scheduled = False
         self._handlers: dict[str, Callable[[bytes, protocol.Message], None]] = {
@@ -74,16 +80,28 @@ class Broker:
             protocol.HEARTBEAT: lambda peer, message: None,
             protocol.STATUS: self._on_status,
             protocol.WAIT_WORKERS: self._on_wait_workers,
+            protocol.CANCEL: self._on_cancel,
+            protocol.ACK: self._on_ack,
+            protocol.FETCH: self._on_fetch,
+            protocol.REQUEUE: self._on_requeue,
+            protocol.DEAD_LETTERS: self._on_dead_letters,
+            protocol.DRAIN: self._on_drain,
             protocol.BYE: self._on_bye,
         }
         self.loop.call_every(heartbeat, self._on_heartbeat_tick)
+        self.loop.call_every(max(0.2, min(60.0, result_ttl / 4)), self._expire_results)
+        if restored:
+            log.info("restored {} unfinished jobs from the journal {}", restored, journal)
+            self._schedule_flush()
 
     def serve_forever(self) -> None:
-        """Run the loop until ``stop()``, then close the socket."""
-        log.info("broker {} listening on {}", self.id[:8], self.address)
+        """Run the loop until ``stop()``, then commit the journal and close the socket."""
+        durability = f"journal {self.journal.path}" if self.journal.durable else "journal in memory (not durable)"
+        log.info("broker {} listening on {}, {}", self.id[:8], self.address, durability)
         try:
             self.loop.run()
         finally:
+            self.journal.close()
             self.link.close()
             self.context.term()
             self.loop.close()
@@ -117,13 +135,12 @@ class Broker:
             self._remove_peer(peer_id, "said hello again")
         peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"])
         if peer.role == "worker":
-            peer.queues = list(body["queues"])
-            peer.slots = dict(body["slots"])
-            self.scheduler.worker_joined(peer_id, peer.queues, peer.slots)
+            peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
+            self.jobs.worker_joined(peer_id, peer.queues, peer.slots, body.get("running", []), time.time())
         self.peers[peer_id] = peer
         self.liveness.seen(peer_id, time.monotonic())
-        log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} joined from {} pid {} {}", peer.role, peer.name, peer.host, peer.pid,
-                 f"queues={peer.queues} slots={peer.slots}" if peer.role == "worker" else "")
+        log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} joined from {} pid {} {}", peer.role, peer.name,
+                peer.host, peer.pid, f"queues={peer.queues} slots={peer.slots}" if peer.role == "worker" else "")
         self.link.send(peer_id, protocol.WELCOME, {
             "heartbeat": self.liveness.interval, "liveness": self.liveness.liveness, "broker": self.id,
         })
@@ -131,30 +148,49 @@ class Broker:
         self._schedule_flush()
 
     def _on_submit(self, client: bytes, message: protocol.Message) -> None:
-        accepted = self._accepted[client]
-        for job_id, task, pool, queue, priority, payload in message.body["jobs"]:
-            job = Job(job_id, task, pool, queue, priority, payload, client)
-            if self.scheduler.submit(job):
-                log.bind(job=job_id).debug("accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
-            accepted.append(job_id)  # a resend is acknowledged again, never run twice
+        self.jobs.submit(client, message.body["jobs"], message.body.get("resend", False), time.time())
         self._schedule_flush()
 
     def _on_results(self, worker: bytes, message: protocol.Message) -> None:
-        for job_id, attempt, status, payload in message.body["results"]:
-            try:
-                job = self.scheduler.job_finished(worker, job_id, attempt)
-            except UnknownWorker:
-                self._send_error(worker, "results from a worker that is not registered", code="hello")
-                return
-            if job is None:
-                log.bind(job=job_id).info("ignored a stale result for attempt {}", attempt)
-                continue
-            log.bind(job=job_id).debug("finished {} on attempt {}", status, attempt)
-            self._outcomes[job.client].append([job_id, status, payload])
+        try:
+            self.jobs.results(worker, message.body["results"], time.time())
+        except UnknownWorker:
+            self._send_error(worker, "results from a worker that is not registered", code="hello")
         self._schedule_flush()
 
+    def _on_cancel(self, client: bytes, message: protocol.Message) -> None:
+        result = self.jobs.cancel(message.body["id"], message.body.get("force", False), time.time())
+        self._reply(client, message, {"result": result})
+
+    def _on_ack(self, client: bytes, message: protocol.Message) -> None:
+        self.jobs.acknowledge(message.body["ids"], time.time())
+
+    def _on_fetch(self, client: bytes, message: protocol.Message) -> None:
+        job_id = message.body["id"]
+        held = self.jobs.scheduler.jobs.get(job_id)
+        stored = None if held else self.journal.get(job_id)
+        if held is not None:
+            answer = {"state": "running" if held.state == RUNNING else "pending"}
+        elif stored is None:
+            answer = {"state": "unknown"}
+        else:
+            answer = {"state": stored.state, "status": stored.status, "outcome": stored.outcome or b""}
+        self._reply(client, message, answer)
+
+    def _on_requeue(self, client: bytes, message: protocol.Message) -> None:
+        self._reply(client, message, {"requeued": self.jobs.requeue(message.body["id"], client)})
+
+    def _on_dead_letters(self, client: bytes, message: protocol.Message) -> None:
+        jobs = [{"id": job.id, "task": job.task, "queue": job.queue, "attempts": job.attempts, "error": job.outcome}
+                for job in self.journal.dead_letters()]
+        self._reply(client, message, {"jobs": jobs})
+
+    def _on_drain(self, worker: bytes, message: protocol.Message) -> None:
+        log.info("worker {} is draining: no new jobs for it", self.peers[worker].name)
+        self.jobs.worker_draining(worker)
+
     def _on_status(self, peer_id: bytes, message: protocol.Message) -> None:
-        self.link.send(peer_id, protocol.REPLY, {"request": message.body["request"], "status": self.status()})
+        self._reply(peer_id, message, {"status": self.status()})
 
     def _on_wait_workers(self, client: bytes, message: protocol.Message) -> None:
         self._worker_waiters.append((client, message.body["request"], message.body["count"]))
@@ -164,13 +200,21 @@ class Broker:
         if peer_id in self.peers:
             self._remove_peer(peer_id, "said goodbye")
 
-    # --- liveness -----------------------------------------------------------------------
+    # --- liveness and time --------------------------------------------------------------
 
     def _on_heartbeat_tick(self) -> None:
         for peer_id in self.liveness.expired(time.monotonic()):
             self._remove_peer(peer_id, f"missed heartbeats for {self.liveness.grace:.1f}s")
         for peer_id in list(self.peers):
             self.link.send(peer_id, protocol.HEARTBEAT)
+        self.jobs.release_due(time.time())
+        self._schedule_flush()
+
+    def _expire_results(self) -> None:
+        removed = self.journal.expire(time.time(), self.result_ttl)
+        if removed:
+            log.debug("removed {} outcomes past their TTL", removed)
+        self._schedule_flush()
 
     def _on_unreachable(self, peer_id: bytes) -> None:
         if peer_id in self.peers:
@@ -183,8 +227,7 @@ class Broker:
         self._worker_waiters = [w for w in self._worker_waiters if w[0] != peer_id]
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
-            for job in self.scheduler.worker_left(peer_id):
-                log.bind(job=job.id).warning("requeued: worker {} left during attempt {}", peer.name, job.attempt)
+            self.jobs.worker_lost(peer_id, time.time())
             self._schedule_flush()
 
     # --- outgoing -----------------------------------------------------------------------
@@ -195,22 +238,28 @@ class Broker:
             self.loop.at_end_of_turn(self._flush)
 
     def _flush(self) -> None:
-        """Send what this turn produced: acknowledgements, leases, outcomes."""
+        """Commit the turn's journal writes, then send what the turn decided."""
         self._flush_scheduled = False
-        accepted, self._accepted = self._accepted, collections.defaultdict(list)
-        for client, ids in accepted.items():
+        outbox = self.jobs.take_outbox()
+        self.journal.commit()
+        for client, ids in outbox.accepted.items():
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
-        for worker, jobs in self.scheduler.dispatch():
-            rows = [[job.id, job.attempt, job.task, job.pool, job.payload] for job in jobs]
+        for worker, ids in outbox.stop_jobs.items():
+            self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
+        for worker, jobs in outbox.leases:
+            rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout] for job in jobs]
             for job in jobs:
                 log.bind(job=job.id).debug("leased to {} (attempt {})", self.peers[worker].name, job.attempt)
             self.link.send(worker, protocol.JOBS, {"jobs": rows})
-        outcomes, self._outcomes = self._outcomes, collections.defaultdict(list)
-        for client, rows in outcomes.items():
+        for client, rows in outbox.outcomes.items():
             if client in self.peers:
                 self.link.send(client, protocol.OUTCOMES, {"outcomes": rows})
             else:
-                log.warning("dropped {} outcomes for client {!r}, which is gone", len(rows), client)
+                log.info("kept {} outcomes for client {!r}, which is away, until it asks again", len(rows), client)
+
+    def _reply(self, peer_id: bytes, message: protocol.Message, answer: dict) -> None:
+        self.link.send(peer_id, protocol.REPLY, {"request": message.body["request"], **answer})
+        self._schedule_flush()
 
     def _send_error(self, peer_id: bytes, text: str, code: str = "invalid") -> None:
         self.link.send(peer_id, protocol.ERROR, {"message": text, "code": code})
@@ -229,22 +278,29 @@ class Broker:
 
     def status(self) -> dict:
         """A snapshot of workers, queues and jobs, for ``client.status()``."""
+        scheduler = self.jobs.scheduler
         workers = []
         for peer in self.peers.values():
-            if peer.role != "worker":
+            slot = scheduler.workers.get(peer.id) if peer.role == "worker" else None
+            if slot is None:
                 continue
-            slot = self.scheduler.workers.get(peer.id)
-            running = dict(slot.in_flight) if slot else {}
+            running = {pool: count for pool, count in slot.in_flight.items() if count}
             workers.append({
-                "id": peer.name, "host": peer.host, "pid": peer.pid, "queues": peer.queues,
-                "slots": peer.slots, "running": sum(running.values()), "running_by_pool": running,
+                "id": peer.name, "host": peer.host, "pid": peer.pid, "queues": peer.queues, "slots": peer.slots,
+                "running": sum(running.values()), "running_by_pool": running, "draining": not slot.credit,
             })
-        pending = self.scheduler.pending_by_queue()
-        held = len(self.scheduler.jobs)
+        pending = scheduler.pending_by_queue()
+        waiting = sum(pending.values())
+        running_total = sum(len(slot.leased) for slot in scheduler.workers.values())
+        final = self.journal.count_by_state()
         return {
-            "broker": {"id": self.id, "address": self.address, "pid": os.getpid(), "host": socket_module.gethostname()},
+            "broker": {"id": self.id, "address": self.address, "pid": os.getpid(), "host": socket_module.gethostname(),
+                       "journal": self.journal.path},
             "workers": workers,
             "clients": sum(1 for peer in self.peers.values() if peer.role == "client"),
             "queues": pending,
-            "jobs": {"pending": sum(pending.values()), "running": held - sum(pending.values())},
+            "jobs": {"pending": waiting, "running": running_total,
+                     "retrying": len(scheduler.jobs) - waiting - running_total,
+                     "done": final.get("done", 0), "failed": final.get("failed", 0),
+                     "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         }

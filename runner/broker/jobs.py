@@ -1,0 +1,225 @@
+"""The life of every job in the broker, from acceptance to the outcome its client sees.
+
+``JobBook`` takes events (jobs submitted, a worker joined, reported results, was
+lost; a cancel; time passing) and decides: what to journal, what to lease to
+whom (through the Scheduler), what to retry and when (through the retry rules),
+and which outcomes go to which client. It touches no socket: what it decides
+to send accumulates in an ``Outbox`` that the server takes after committing the
+journal, so nothing is acknowledged or delivered before it is durable.
+
+Guarantees (docs/guarantees.md): every accepted job reaches exactly one final
+state (done, failed, dead or cancelled); a result counts only from the worker
+holding the lease, for the attempt leased; the client gets each final outcome
+until it acknowledges it.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from runner import protocol
+from runner.broker import journal as states
+from runner.errors import WorkerLostError, error_blob
+from runner.broker.journal import Journal
+from runner.broker.retry import RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
+from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
+
+log = logger.bind(component="jobs")
+
+
+@dataclass
+class Outbox:
+    """What a turn decided to send; taken by the server after the journal commits."""
+
+    accepted: dict[bytes, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
+    outcomes: dict[bytes, list[list]] = field(default_factory=lambda: collections.defaultdict(list))
+    stop_jobs: dict[bytes, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
+    leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.accepted or self.outcomes or self.stop_jobs or self.leases)
+
+
+class JobBook:
+    """Every job the broker holds, and every decision about it."""
+
+    def __init__(self, journal: Journal, *, rng: random.Random | None = None) -> None:
+        self.journal = journal
+        self.scheduler = Scheduler()
+        self.rng = rng or random.Random()
+        self.outbox = Outbox()
+        self._deferred: list[tuple[float, int, Job]] = []  # retries waiting for their time
+        self._deferred_order = itertools.count()
+        self._draining: set[bytes] = set()
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Queue again every journaled job without a final outcome (after a restart)."""
+        count = 0
+        for stored in self.journal.unfinished():
+            job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
+                      stored.client, RetryRules.from_wire(stored.options))
+            job.attempt = stored.attempts
+            self.scheduler.submit(job)
+            count += 1
+        return count
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def submit(self, client: bytes, rows: list[list], resend: bool, now: float) -> None:
+        """Accept jobs; a resent id is recognised: held jobs are not doubled, finished ones answered."""
+        fresh = []
+        for job_id, task, pool, queue, priority, payload, options in rows:
+            if job_id in self.scheduler.jobs:
+                self.scheduler.jobs[job_id].client = client
+            elif resend and self._answer_from_journal(client, job_id):
+                pass
+            else:
+                job = Job(job_id, task, pool, queue, priority, payload, client, RetryRules.from_wire(options))
+                self.scheduler.submit(job)
+                fresh.append((job_id, client, task, pool, queue, priority, payload, options))
+                log.bind(job=job_id).debug("accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
+            self.outbox.accepted[client].append(job_id)
+        if fresh:
+            self.journal.add_jobs(fresh)
+
+    def _answer_from_journal(self, client: bytes, job_id: str) -> bool:
+        stored = self.journal.get(job_id)
+        if stored is None or stored.state not in states.FINAL_STATES:
+            return False
+        self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
+        return True
+
+    def acknowledge(self, job_ids: list[str], now: float) -> None:
+        """The client has these outcomes; the TTL starts."""
+        self.journal.delivered(job_ids, now)
+
+    def cancel(self, job_id: str, force: bool, now: float) -> str:
+        """Cancel a job: 'cancelled', 'running' (refused without force), 'finished' or 'unknown'."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is None:
+            return "finished" if self.journal.get(job_id) is not None else "unknown"
+        if job.state == PENDING:
+            self.scheduler.cancel(job_id)
+        elif job.state == DEFERRED:
+            self._deferred = [entry for entry in self._deferred if entry[2] is not job]
+            heapq.heapify(self._deferred)
+        elif not force:
+            return "running"
+        else:
+            self.outbox.stop_jobs[job.worker].append(job_id)
+            self.scheduler.drop_lease(job)
+        self._finish(job, states.CANCELLED, protocol.CANCELLED, b"", now)
+        return "cancelled"
+
+    def requeue(self, job_id: str, client: bytes) -> bool:
+        """Run a failed or dead job again, with fresh attempts, for ``client``; False if not final."""
+        stored = self.journal.get(job_id)
+        if stored is None or stored.state not in (states.FAILED, states.DEAD):
+            return False
+        self.journal.requeue(job_id, client)
+        job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
+                  client, RetryRules.from_wire(stored.options))
+        self.scheduler.submit(job)
+        return True
+
+    # --- workers ------------------------------------------------------------------------------
+
+    def worker_joined(self, worker: bytes, queues: list[str], slots: dict[str, int],
+                      running: list[list], now: float) -> None:
+        """A worker (re)registered; it keeps the runs it still has that nobody else holds."""
+        self._draining.discard(worker)
+        self.scheduler.worker_joined(worker, queues, slots)
+        for job_id, attempt in running:
+            job = self.scheduler.jobs.get(job_id)
+            if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
+                log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)
+            else:
+                self.outbox.stop_jobs[worker].append(job_id)
+
+    def worker_draining(self, worker: bytes) -> None:
+        """The worker is shutting down: no new leases, its results still count."""
+        self._draining.add(worker)
+        self.scheduler.set_credit(worker, {})
+
+    def worker_lost(self, worker: bytes, now: float) -> None:
+        """The worker died or left: its leased jobs run again, or are dead after too many losses."""
+        self._draining.discard(worker)
+        for job in self.scheduler.worker_left(worker):
+            if may_run_again_after_worker_loss(job.rules, job.attempt):
+                log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
+                self.scheduler.requeue(job, front=True)
+                self.journal.set_attempts(job.id, job.attempt)
+            else:
+                message = (f"job {job.id} was lost with its worker {job.attempt} times "
+                           f"(max_attempts={job.rules.attempt_limit})")
+                log.bind(job=job.id).error("dead: {}", message)
+                self._finish(job, states.DEAD, protocol.FAILED, error_blob(WorkerLostError.raised_here(message), attempts=job.attempt), now)
+
+    def results(self, worker: bytes, rows: list[list], now: float) -> None:
+        """Outcomes from a worker; each counts only for the lease it answers."""
+        for job_id, attempt, status, payload in rows:
+            job = self.scheduler.job_finished(worker, job_id, attempt)
+            if job is None:
+                log.bind(job=job_id).info("ignored a stale {} result for attempt {}", status, attempt)
+            elif status == protocol.OK:
+                self._finish(job, states.DONE, protocol.OK, payload, now)
+            elif status == protocol.REQUEUE:
+                job.attempt -= 1  # given back unrun: no attempt is charged
+                self.scheduler.requeue(job, front=True)
+            else:
+                self._failed(job, payload, now)
+
+    def _failed(self, job: Job, error: bytes, now: float) -> None:
+        if should_retry(job.rules, job.attempt):
+            delay = retry_delay(job.rules, job.attempt, self.rng)
+            log.bind(job=job.id).info("attempt {} failed; retrying in {:.2f}s", job.attempt, delay)
+            self.journal.set_attempts(job.id, job.attempt)
+            self.scheduler.defer(job)
+            heapq.heappush(self._deferred, (now + delay, next(self._deferred_order), job))
+            return
+        state = states.DEAD if job.rules.retries else states.FAILED
+        self._finish(job, state, protocol.FAILED, _with_attempts(error, job.attempt), now)
+
+    def _finish(self, job: Job, state: str, status: str, outcome: bytes, now: float) -> None:
+        self.scheduler.jobs.pop(job.id, None)
+        self.journal.finish(job.id, state, status, outcome, job.attempt, now)
+        self.outbox.outcomes[job.client].append([job.id, status, outcome])
+        log.bind(job=job.id).debug("final: {} after {} attempts", state, job.attempt)
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def release_due(self, now: float) -> None:
+        """Retries whose backoff has passed go back to their queues."""
+        while self._deferred and self._deferred[0][0] <= now:
+            _, _, job = heapq.heappop(self._deferred)
+            if job.state == DEFERRED:
+                self.scheduler.requeue(job)
+
+    def next_due(self) -> float | None:
+        return self._deferred[0][0] if self._deferred else None
+
+    # --- the turn's decisions -----------------------------------------------------------------
+
+    def take_outbox(self) -> Outbox:
+        """Leases for workers with credit, plus everything decided this turn; resets the outbox."""
+        self.outbox.leases = self.scheduler.dispatch()
+        outbox, self.outbox = self.outbox, Outbox()
+        return outbox
+
+
+def _with_attempts(error: bytes, attempts: int) -> bytes:
+    """The task's packed error, with the number of attempts it took."""
+    try:
+        details = protocol.unpack(error)
+        details["attempts"] = attempts
+        return protocol.pack(details)
+    except Exception:
+        return error

@@ -1,0 +1,216 @@
+"""The broker's durable memory: every accepted job, its state and its outcome, in SQLite.
+
+A job is acknowledged to its client only after the row that records it is
+committed, so a broker killed at any moment loses nothing it acknowledged. Writes
+made during a loop turn are grouped into one transaction (``commit`` at the end
+of the turn), so durability costs one fsync-free WAL commit per turn, not per job.
+
+WAL with ``synchronous=NORMAL`` survives the broker process dying (kill -9); a
+power cut may lose the last commits. ``:memory:`` turns durability off.
+
+States: ``pending`` (waiting or running: a restart queues it again), ``done``,
+``failed`` and ``dead`` (final outcomes, kept until delivered plus a TTL),
+``cancelled`` (never runs).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from runner import protocol
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+FINAL_STATES = (DONE, FAILED, DEAD, CANCELLED)
+
+#: Undelivered outcomes are kept at least this long, even with a shorter result TTL.
+UNCLAIMED_KEEP = 24 * 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    client BLOB NOT NULL,
+    task TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    options BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT,
+    outcome BLOB,
+    finished_at REAL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS queue_items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    item BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class StoredJob:
+    """A job as the journal keeps it."""
+
+    id: str
+    client: bytes
+    task: str
+    pool: str
+    queue: str
+    priority: int
+    payload: bytes
+    options: dict
+    state: str
+    attempts: int
+    status: str | None = None
+    outcome: bytes | None = None
+
+
+class Journal:
+    """SQLite-backed record of jobs; call ``commit()`` once per loop turn."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.durable = path != ":memory:"
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._in_transaction = False
+        self.rows_written = 0
+
+    # --- writes (grouped until commit) ----------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            self._db.execute("BEGIN")
+            self._in_transaction = True
+
+    def add_jobs(self, rows: Iterable[tuple]) -> None:
+        """Record accepted jobs: (id, client, task, pool, queue, priority, payload, options)."""
+        self._begin()
+        cursor = self._db.executemany(
+            "INSERT OR IGNORE INTO jobs (id, client, task, pool, queue, priority, payload, options, state) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}')",
+            ((*row[:7], protocol.pack(row[7])) for row in rows),
+        )
+        self.rows_written += cursor.rowcount
+
+    def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:
+        """Record a job's final outcome."""
+        self._begin()
+        self._db.execute(
+            "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=? WHERE id=?",
+            (state, status, outcome, attempts, now, job_id),
+        )
+
+    def set_attempts(self, job_id: str, attempts: int) -> None:
+        """Record attempts spent (on a requeue or retry, not on every dispatch)."""
+        self._begin()
+        self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
+
+    def cancel(self, job_id: str, now: float) -> None:
+        self._begin()
+        self._db.execute(
+            "UPDATE jobs SET state=?, status=?, finished_at=? WHERE id=?", (CANCELLED, CANCELLED, now, job_id)
+        )
+
+    def requeue(self, job_id: str, client: bytes) -> None:
+        """Make a failed or dead job pending again, with fresh attempts, for ``client``."""
+        self._begin()
+        self._db.execute(
+            "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL, "
+            "delivered_at=NULL WHERE id=?",
+            (PENDING, client, job_id),
+        )
+
+    def delivered(self, job_ids: Iterable[str], now: float) -> None:
+        """The client has these outcomes: from now on only the TTL keeps them."""
+        self._begin()
+        self._db.executemany("UPDATE jobs SET delivered_at=? WHERE id=?", ((now, job_id) for job_id in job_ids))
+
+    def expire(self, now: float, result_ttl: float) -> int:
+        """Delete outcomes delivered more than ``result_ttl`` ago, or never claimed for long."""
+        self._begin()
+        cursor = self._db.execute(
+            "DELETE FROM jobs WHERE state IN (?, ?, ?, ?) AND "
+            "((delivered_at IS NOT NULL AND delivered_at < ?) OR finished_at < ?)",
+            (*FINAL_STATES, now - result_ttl, now - max(result_ttl, UNCLAIMED_KEEP)),
+        )
+        return cursor.rowcount
+
+    def commit(self) -> None:
+        """Make this turn's writes durable; the caller acknowledges only after this."""
+        if self._in_transaction:
+            self._db.execute("COMMIT")
+            self._in_transaction = False
+
+    # --- queue items of the cluster-wide queues -----------------------------------------------
+
+    def queue_put(self, name: str, item: bytes) -> None:
+        self._begin()
+        self._db.execute("INSERT INTO queue_items (name, item) VALUES (?, ?)", (name, item))
+
+    def queue_take(self, name: str, item: bytes) -> None:
+        """Remove the oldest stored copy of ``item`` in queue ``name``."""
+        self._begin()
+        self._db.execute(
+            "DELETE FROM queue_items WHERE seq = (SELECT seq FROM queue_items WHERE name=? AND item=? ORDER BY seq LIMIT 1)",
+            (name, item),
+        )
+
+    def queue_contents(self) -> dict[str, list[bytes]]:
+        contents: dict[str, list[bytes]] = {}
+        for name, item in self._db.execute("SELECT name, item FROM queue_items ORDER BY seq"):
+            contents.setdefault(name, []).append(item)
+        return contents
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def unfinished(self) -> Iterator[StoredJob]:
+        """Every job without a final outcome, in the order they were accepted."""
+        cursor = self._db.execute(
+            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts "
+            "FROM jobs WHERE state=? ORDER BY rowid",
+            (PENDING,),
+        )
+        for row in cursor:
+            yield StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
+
+    def get(self, job_id: str) -> StoredJob | None:
+        row = self._db.execute(
+            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
+            "FROM jobs WHERE id=?",
+            (job_id,),
+        ).fetchone()
+        return None if row is None else StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
+
+    def dead_letters(self, limit: int = 1000) -> list[StoredJob]:
+        cursor = self._db.execute(
+            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
+            "FROM jobs WHERE state=? ORDER BY finished_at LIMIT ?",
+            (DEAD, limit),
+        )
+        return [StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:]) for row in cursor]
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+
+def now() -> float:
+    """Wall-clock time as the journal stores it (survives restarts, unlike monotonic time)."""
+    return time.time()
