@@ -18,3 +18,11 @@ def pid_after(seconds: float) -> int:
 def unsendable_result() -> set:
     """Return a set, which msgpack cannot carry back."""
     return {1, 2}
+
+
+def note_pid_after(seconds: float, path: str) -> int:
+    """Sleep, then append this process's id to the file at ``path``, and return it."""
+    time.sleep(seconds)
+    with open(path, "a") as marker:
+        marker.write(f"{os.getpid()}\n")
+    return os.getpid()
