@@ -1,5 +1,6 @@
 """Task functions only the tests use: a pool child that dies, and where a job ran."""
 
+import builtins
 import os
 import time
 
@@ -26,3 +27,64 @@ def note_pid_after(seconds: float, path: str) -> int:
     with open(path, "a") as marker:
         marker.write(f"{os.getpid()}\n")
     return os.getpid()
+
+
+# --- used by tests/test_reliability_rules.py --------------------------------------------------
+# Each run appends one line to a file the test names, so the test sees every attempt, where it
+# ran and when it started, even across processes and workers.
+
+
+def _append_line(path: str, text: str) -> int:
+    """Append one line (a single write, so lines never interleave); return the lines now there."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, (text + "\n").encode())
+    finally:
+        os.close(descriptor)
+    with open(path) as recorded:
+        return sum(1 for _ in recorded)
+
+
+def flaky(path: str, failures: int, kinds: list | None = None) -> dict:
+    """Record this attempt's start time; the first ``failures`` attempts raise, later ones succeed.
+
+    Attempt n raises the builtin exception named ``kinds[(n - 1) % len(kinds)]``.
+    """
+    started = time.time()
+    attempt = _append_line(path, repr(started))
+    if attempt <= failures:
+        kinds = kinds or ["RuntimeError"]
+        kind = getattr(builtins, kinds[(attempt - 1) % len(kinds)])
+        raise kind(f"attempt {attempt} failed on purpose")
+    return {"attempt": attempt, "started": started}
+
+
+def lingering(path: str, long_runs: int, seconds: float, value=None) -> dict:
+    """Record this run's process id; the first ``long_runs`` runs sleep ``seconds``, later ones return at once."""
+    run = _append_line(path, str(os.getpid()))
+    if run <= long_runs:
+        time.sleep(seconds)
+    return {"run": run, "pid": os.getpid(), "value": value}
+
+
+def touch(path: str) -> str:
+    """Create the file: proof that the job ran."""
+    with open(path, "a"):
+        pass
+    return path
+
+
+def segfault() -> None:
+    """Kill the pool process with SIGSEGV, as a crash in native code would (no core file)."""
+    import resource
+    import signal
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(10)  # not reached: the signal ends the process
+
+
+def crash_after(seconds: float, code: int = 13) -> None:
+    """Live a while (long enough for the worker to sample memory), then end the process."""
+    time.sleep(seconds)
+    os._exit(code)
