@@ -16,10 +16,15 @@ queue_put(name, item, maxsize, now, timeout, blocking) {"put": True} / {"error":
 queue_get(name, now, timeout, blocking)               {"item": blob} / {"error": "empty", "kind": "Empty"}
 queue_size(name)                                      {"size": items stored, not counting waiting puts}
 
-Errors are ``{"error": text, "kind": exception name}``, "ValueError" for bad arguments.
-Waiters are served first come, first served. Memory stays bounded: a name is forgotten
-once nothing is held, waiting or stored, except a lock's last fencing token and an event
-left set. For the journal, stored queue items change only by ``Change(PUT, ...)``
+Errors are ``{"error": text, "kind": exception name}``: "ValueError" for bad arguments or
+a limit (maxsize) other than the one the name is in use with. A Lock is a semaphore of
+limit 1; ``owner`` names one Lock/Semaphore object of a client (two objects, two holders);
+``token`` is a fencing token, strictly increasing over every grant of a name, ever.
+Waiters are served first come, first served; ``expire(now)`` answers those whose deadline
+passed, ``next_deadline()`` says when to call it; ``peer_gone(peer)`` frees what the peer
+held and drops its waits (a waiting put's item is discarded: that put never succeeded).
+Memory stays bounded: a name is forgotten once nothing is held, waiting or stored, except
+a lock's last token and an event left set. For the journal, stored queue items change only by ``Change(PUT, ...)``
 (appended) and ``Change(TAKE, ...)`` (taken from the head), drained in order with
 ``drain_changes()``; ``restore_queue`` loads items back at start-up. An item handed
 straight to a waiting getter is never stored, so it makes no change.
@@ -30,19 +35,21 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 PUT = "put"
 TAKE = "take"
-FULL = {"error": "full", "kind": "Full"}
-EMPTY = {"error": "empty", "kind": "Empty"}
+FULL: dict[str, Any] = {"error": "full", "kind": "Full"}
+EMPTY: dict[str, Any] = {"error": "empty", "kind": "Empty"}
 # What a wait is told when its deadline passes, by kind of wait (copied before sending).
-_TIMED_OUT = {"acquire": {"acquired": False}, "event": {"set": False}, "get": EMPTY, "put": FULL}
+_TIMED_OUT: dict[str, dict[str, Any]] = {
+    "acquire": {"acquired": False}, "event": {"set": False}, "get": EMPTY, "put": FULL}
 # The deadline heap is rebuilt when it holds this many more answered waits than live
 # ones, so waits answered long before their deadline do not pile up in it.
 _HEAP_SLACK = 64
+# A timeout longer than this (about 31 years, or inf) waits forever: no deadline to overflow.
+_FOREVER = 1e9
 # Error messages show at most this many characters of a bad value.
 _SHOW_LIMIT = 80
 
@@ -370,12 +377,14 @@ class SyncState:
         return self._deadlines.earliest()
 
     def peer_gone(self, peer: bytes) -> list[Reply]:
-        """Drop the peer's waits and release all it holds; return replies to other peers."""
+        """Drop the peer's waits, then release all it holds; return the replies to others.
+
+        Dropping the waits first means no slot freed here can be granted back to the peer.
+        """
         for wait in list(self._waits.get(peer, {}).values()):
             self._finish(wait)
             self._tidy(wait.kind, wait.name)
-        replies = [reply for name in list(self._held.get(peer, ())) for reply in self._release_all(peer, name)]
-        return [reply for reply in replies if reply.peer != peer]
+        return [reply for name in list(self._held.get(peer, ())) for reply in self._release_all(peer, name)]
 
     def stats(self) -> dict[str, int]:
         """Sizes of the state: for status pages, and to check memory stays bounded."""
@@ -390,7 +399,7 @@ class SyncState:
         """Queue the request in ``line``; one that may not wait gets its timeout reply now."""
         if not blocking or timeout == 0:
             return [Reply(peer, request, dict(_TIMED_OUT[kind]))]
-        deadline = None if timeout is None or math.isinf(timeout) else now + timeout
+        deadline = None if timeout is None or timeout > _FOREVER else now + timeout
         wait = _Wait(next(self._seq), peer, request, kind, name, deadline, line, owner, item)
         line[wait.seq] = wait
         self._waits.setdefault(peer, {})[wait.seq] = wait
