@@ -7,7 +7,7 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 from loguru import logger
 
 from runner.client import BrokerUnreachable, Client, ClientClosed, ClusterExecutor
-from runner.errors import RemoteTraceback, TaskError
+from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
 from runner.local import LocalCluster
 from runner.tasks import Task, task
 
@@ -20,6 +20,9 @@ __all__ = [
     "RemoteTraceback",
     "Task",
     "TaskError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "WorkerPoolError",
     "task",
 ]
 

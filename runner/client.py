@@ -230,7 +230,7 @@ class Client:
         """Run a failed or dead job again with fresh attempts; a Future of the new run."""
         future = JobFuture(self, job_id)
         self._futures[job_id] = future
-        if not self._request(protocol.REQUEUE, {"id": job_id}, timeout)["requeued"]:
+        if not self._request(protocol.REQUEUE_JOB, {"id": job_id}, timeout)["requeued"]:
             self._forget(job_id)
             raise ValueError(f"job {job_id!r} is not failed or dead (see client.dead_letters()); it was not requeued")
         return future

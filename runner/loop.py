@@ -176,6 +176,8 @@ class EventLoop:
     def _serve_sockets(self) -> None:
         """Serve every socket whose EVENTS says it can be read (or written, if asked)."""
         for watched in list(self._watched):
+            if watched not in self._watched:  # a callback removed (and closed) it this turn
+                continue
             events = watched.socket.getsockopt(zmq.EVENTS)
             if watched.want_write and events & zmq.POLLOUT:
                 watched.want_write = False

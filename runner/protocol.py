@@ -46,7 +46,7 @@ WAIT_WORKERS = "wait_workers"  # client: answer once at least n workers are conn
 CANCEL = "cancel"  # client: cancel a job (force: even while it runs)
 ACK = "ack"  # client: these outcomes arrived; the broker may forget them after the TTL
 FETCH = "fetch"  # client: the state or outcome of a job, by id
-REQUEUE = "requeue"  # client: run a failed or dead job again
+REQUEUE_JOB = "requeue"  # client: run a failed or dead job again
 DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 BYE = "bye"  # peer: leaving on purpose
@@ -180,7 +180,7 @@ def check_job_options(options: Any) -> None:
         raise ProtocolError(f"job options must be a map, got {type(options).__name__}")
     unknown = set(options) - set(JOB_OPTIONS)
     if unknown:
-        raise ProtocolError(f"unknown job options {sorted(unknown)!r:.80}; known: {JOB_OPTIONS}")
+        raise ProtocolError(f"unknown job options {sorted(map(repr, unknown))}; known: {JOB_OPTIONS}")
     if "retries" in options:
         _integer(options["retries"], "retries", 0, 1000)
     if "backoff" in options:
@@ -219,7 +219,7 @@ def _check_hello(body: dict) -> None:
     if role == "worker":
         slots = _need(body, "slots", dict, "a map of pool to job slots")
         if set(slots) - set(POOLS):
-            raise ProtocolError(f"slots may only name pools {POOLS}, got {sorted(slots)!r:.80}")
+            raise ProtocolError(f"slots may only name pools {POOLS}, got {sorted(map(repr, slots))}")
         for pool, count in slots.items():
             _integer(count, f"slots[{pool}]", 0, 1_000_000)
         queues = _need(body, "queues", list, "a list of queue names")
@@ -229,7 +229,10 @@ def _check_hello(body: dict) -> None:
             _name(queue, "queue name")
         if "epoch" in body:
             _integer(body["epoch"], "epoch", 0, 2**62)
-        for pair in body.get("running", []):
+        running = body.get("running", [])
+        if not isinstance(running, list) or len(running) > MAX_BATCH:
+            raise ProtocolError(f"running must be a list of at most {MAX_BATCH} [job id, attempt] pairs")
+        for pair in running:
             if not isinstance(pair, list) or len(pair) != 2:
                 raise ProtocolError(f"running must list [job id, attempt] pairs, got {pair!r:.80}")
             _name(pair[0], "job id")
@@ -324,7 +327,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     CANCEL: _check_cancel,
     ACK: _job_ids,
     FETCH: _request_for_job,
-    REQUEUE: _request_for_job,
+    REQUEUE_JOB: _request_for_job,
     DEAD_LETTERS: _request_id,
     DRAIN: _nothing,
     BYE: _nothing,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cluster import EXAMPLES, Processes
+from cluster import EXAMPLES, ROOT, Processes, wait_until
 
 sys.path.insert(0, str(EXAMPLES))  # the task functions of examples/tasks.py
 
@@ -83,3 +83,11 @@ def no_process_left_behind():
     yield
     left = [command for command in _live_children(os.getpid()) if "runner" in command]
     assert not left, f"the test left processes running: {left}"
+    def orphans() -> list[str]:
+        return [command for command in _live_children(1) if "multiprocessing.forkserver" in command and str(ROOT) in command]
+
+    # A killed worker's pool children notice within moments (pidfd), then their forkserver.
+    try:
+        wait_until(lambda: not orphans(), timeout=15, message="no orphaned pool processes")
+    except AssertionError:
+        raise AssertionError(f"pool processes outlived their workers: {orphans()[:3]}") from None

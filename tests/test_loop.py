@@ -518,8 +518,6 @@ def test_router_link_reports_an_unknown_peer(loop, context):
     assert unreachable == [b"ghost"]
 
 
-@pytest.mark.xfail(reason="EventLoop._serve_sockets still serves a socket a callback removed and closed",
-                   strict=True)
 def test_a_callback_may_remove_and_close_another_socket(loop, context):
     first_in, first_out = pair_sockets(context, "inproc", "first")
     second_in, _second_out = pair_sockets(context, "inproc", "second")

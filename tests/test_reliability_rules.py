@@ -74,9 +74,6 @@ def assert_keeps_serving(client: runner.Client, worker: subprocess.Popen, pool: 
     assert worker_entry(client, worker.pid) is not None, "the worker must stay registered"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner/__init__.py exports TaskError and RemoteTraceback but not TaskTimeoutError, WorkerLostError or "
-    "WorkerPoolError: `except runner.TaskTimeoutError` raises AttributeError; they are only in runner.errors"))
 def test_the_reliability_errors_are_exported_from_the_runner_package():
     assert runner.TaskTimeoutError is TaskTimeoutError
     assert runner.WorkerLostError is WorkerLostError
@@ -317,11 +314,6 @@ def test_a_task_that_kills_its_pool_process_fails_with_worker_pool_error_after_i
     assert_keeps_serving(client, worker, "process")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workers/pools.py ProcessPool.describe_death adds 'peak RSS' only when sample_memory (every 1.0 s, "
-    "workers/worker.py run) saw the child alive; a child that dies within its first second (a fresh pool "
-    "after each rebuild) is reported as 'pool process N exited with code 13' or '... was killed by SIGSEGV' "
-    "with no peak RSS"))
 @pytest.mark.parametrize(("task", "arguments", "how"), SELF_KILLING_TASKS)
 def test_the_worker_pool_error_of_a_child_that_dies_at_once_names_its_peak_rss(
         processes, broker_address, client_factory, task, arguments, how):

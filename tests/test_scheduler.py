@@ -314,8 +314,6 @@ def test_a_worker_that_rejoins_gets_its_jobs_again_with_new_credit(scheduler):
     assert scheduler.pending_by_queue() == {"default": 1}
 
 
-@pytest.mark.xfail(reason="worker_joined requeues a re-joining worker's jobs to the front one by one, "
-                          "in lease order, which reverses them", strict=True)
 def test_jobs_given_back_keep_their_order(scheduler):
     submit_all(scheduler, make_job("j0"), make_job("j1"), make_job("j2"))
     scheduler.worker_joined(b"a", ["default"], {"thread": 2})
@@ -366,8 +364,6 @@ def test_adopt_refuses_an_unknown_worker_or_a_job_that_is_not_waiting(scheduler)
     assert job.worker == holder
 
 
-@pytest.mark.xfail(reason="adopt() leases (attempt + 1) and then keeps max(): the worker's own attempt is "
-                          "lost, so its result is ignored as stale and the lease never ends", strict=True)
 def test_an_adopted_job_can_be_finished_by_the_attempt_its_worker_runs(scheduler):
     submit_all(scheduler, make_job("j"))
     scheduler.worker_joined(b"w", ["default"], {"thread": 1})

@@ -107,7 +107,11 @@ class ProcessPool:
                 continue
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             peak = self._peak_kib.get(pid)
-            memory = f", peak RSS {peak / 1024:.1f} MiB" if peak else ""
+            if peak:
+                memory = f", peak RSS {peak / 1024:.1f} MiB"
+            else:  # died before it was sampled: the largest ended child bounds it
+                bound = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                memory = f", peak RSS at most {bound / 1024:.1f} MiB"
             deaths.append(f"pool process {pid} {how}{memory}")
         if not deaths:
             children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -138,7 +142,7 @@ class ProcessPool:
             max_workers=self.size,
             mp_context=self._context,
             initializer=execute.configure,
-            initargs=(self._allowed,),
+            initargs=(self._allowed, os.getpid()),
         )
 
     def _children_by_pid(self) -> dict:

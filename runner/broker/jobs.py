@@ -152,7 +152,7 @@ class JobBook:
     def worker_lost(self, worker: bytes, now: float) -> None:
         """The worker died or left: its leased jobs run again, or are dead after too many losses."""
         self._draining.discard(worker)
-        for job in self.scheduler.worker_left(worker):
+        for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
             if may_run_again_after_worker_loss(job.rules, job.attempt):
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
                 self.scheduler.requeue(job, front=True)

@@ -12,7 +12,7 @@ class Liveness:
     """Deadlines of every known peer."""
 
     def __init__(self, interval: float, liveness: int) -> None:
-        if interval <= 0 or liveness < 1:
+        if not interval > 0 or not liveness >= 1:  # written so that NaN fails too
             raise ValueError(
                 f"heartbeat interval must be > 0 and liveness >= 1, got {interval!r} and {liveness!r}"
             )

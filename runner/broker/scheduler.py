@@ -139,7 +139,7 @@ class Scheduler:
     def worker_joined(self, worker_id: bytes, queues: list[str], credit: dict[str, int]) -> None:
         """A worker is ready to take jobs from ``queues`` up to ``credit`` per pool."""
         if worker_id in self.workers:  # joined again without leaving: its jobs wait again
-            for job in self.worker_left(worker_id):
+            for job in reversed(self.worker_left(worker_id)):  # front pushes: last first keeps order
                 self.requeue(job, front=True)
         self.workers[worker_id] = WorkerSlot(
             worker_id, tuple(queues), dict(credit), order=next(self._join_order)
@@ -172,11 +172,11 @@ class Scheduler:
     def adopt(self, worker_id: bytes, job: Job, attempt: int) -> bool:
         """Lease a waiting job to the worker that says it still runs it; False if it cannot."""
         worker = self.workers.get(worker_id)
-        if worker is None or job.state != PENDING:
+        if worker is None or job.state != PENDING or attempt < job.attempt:
             return False
         self._waiting[(job.queue, job.pool)].remove(job)
         self._lease(job, worker)
-        job.attempt = max(job.attempt, attempt)
+        job.attempt = attempt  # the lease is for the run the worker has, not a new one
         return True
 
     def drop_lease(self, job: Job) -> None:

@@ -72,6 +72,7 @@ class Broker:
         self.liveness = Liveness(heartbeat, liveness)
         self.peers: dict[bytes, Peer] = {}
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
+        self._replies: list[tuple[bytes, dict]] = []  # sent after the turn's journal commit
         self._flush_scheduled = False
         self._handlers: dict[str, Callable[[bytes, protocol.Message], None]] = {
             protocol.HELLO: self._on_hello,
@@ -83,7 +84,7 @@ class Broker:
             protocol.CANCEL: self._on_cancel,
             protocol.ACK: self._on_ack,
             protocol.FETCH: self._on_fetch,
-            protocol.REQUEUE: self._on_requeue,
+            protocol.REQUEUE_JOB: self._on_requeue,
             protocol.DEAD_LETTERS: self._on_dead_letters,
             protocol.DRAIN: self._on_drain,
             protocol.BYE: self._on_bye,
@@ -242,6 +243,9 @@ class Broker:
         self._flush_scheduled = False
         outbox = self.jobs.take_outbox()
         self.journal.commit()
+        replies, self._replies = self._replies, []
+        for peer_id, body in replies:
+            self.link.send(peer_id, protocol.REPLY, body)
         for client, ids in outbox.accepted.items():
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
         for worker, ids in outbox.stop_jobs.items():
@@ -258,7 +262,8 @@ class Broker:
                 log.info("kept {} outcomes for client {!r}, which is away, until it asks again", len(rows), client)
 
     def _reply(self, peer_id: bytes, message: protocol.Message, answer: dict) -> None:
-        self.link.send(peer_id, protocol.REPLY, {"request": message.body["request"], **answer})
+        """Answer a request once this turn's journal writes are committed."""
+        self._replies.append((peer_id, {"request": message.body["request"], **answer}))
         self._schedule_flush()
 
     def _send_error(self, peer_id: bytes, text: str, code: str = "invalid") -> None:
