@@ -6,9 +6,10 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import BrokerUnreachable, Client, ClientClosed, ClusterExecutor
+from runner.client import BrokerUnreachable, Client, ClientClosed, ClusterExecutor, JobFuture, get_client
 from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
 from runner.local import LocalCluster
+from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
@@ -16,6 +17,12 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClusterExecutor",
+    "Event",
+    "JobFuture",
+    "Lock",
+    "Queue",
+    "Semaphore",
+    "get_client",
     "LocalCluster",
     "RemoteTraceback",
     "Task",

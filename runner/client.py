@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import zmq
 from loguru import logger
 
-from runner import protocol
+from runner import protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.loop import EventLoop
@@ -82,10 +82,11 @@ class Client:
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future] = {}
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
-        self._requests: dict[int, Future] = {}
+        self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
         self._outgoing: deque[list] = deque()
         self._send_scheduled = False
         self._closed = False
+        self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
         self.context = zmq.Context()
         self.connection = BrokerConnection(
@@ -101,6 +102,7 @@ class Client:
                 f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
                 "(set the address with --connect or RUNNER_BROKER)"
             )
+        _make_current(self)
 
     # --- submitting ---------------------------------------------------------------------
 
@@ -149,6 +151,19 @@ class Client:
 
         return results()
 
+    def Lock(self, name: str) -> "sync.Lock":  # noqa: N802 - the shape of threading.Lock
+        """A cluster-wide lock held by this client (see runner.sync)."""
+        return sync.Lock(name, client=self)
+
+    def Semaphore(self, name: str, value: int = 1) -> "sync.Semaphore":  # noqa: N802
+        return sync.Semaphore(name, value, client=self)
+
+    def Event(self, name: str) -> "sync.Event":  # noqa: N802
+        return sync.Event(name, client=self)
+
+    def Queue(self, name: str, maxsize: int = 0) -> "sync.Queue":  # noqa: N802
+        return sync.Queue(name, maxsize, client=self)
+
     def executor(self, **submit_defaults: Any) -> "ClusterExecutor":
         """A concurrent.futures.Executor that runs everything on this cluster."""
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
@@ -175,9 +190,9 @@ class Client:
         return self._request(protocol.STATUS, {}, timeout)["status"]
 
     def wait_for_workers(self, count: int, timeout: float | None = None) -> int:
-        """Block until at least ``count`` workers are connected; return how many are."""
+        """Block until at least ``count`` workers are connected (None: however long); return how many."""
         try:
-            return self._request(protocol.WAIT_WORKERS, {"count": count}, timeout)["workers"]
+            return self._request(protocol.WAIT_WORKERS, {"count": count}, timeout, forever=timeout is None)["workers"]
         except TimeoutError:
             connected = len(self.status()["workers"])
             raise TimeoutError(
@@ -239,17 +254,24 @@ class Client:
         self._futures.pop(job_id, None)
         self._unresolved.pop(job_id, None)
 
-    def _request(self, message_type: str, body: dict, timeout: float | None) -> dict:
+    def _request(self, message_type: str, body: dict, timeout: float | None, *, forever: bool = False) -> dict:
+        """Send a request and wait for its reply: ``timeout`` seconds (None: the client's), or ``forever``."""
         request = next(self._request_numbers)
         future: Future = Future()
-        self._requests[request] = future
-        self.loop.call_soon_threadsafe(lambda: self.connection.send(message_type, {**body, "request": request}))
+        body = {**body, "request": request}
+        self._requests[request] = (future, message_type, body)
+        self.loop.call_soon_threadsafe(lambda: self.connection.send(message_type, body))
         try:
-            return future.result(self.timeout if timeout is None else timeout)
+            return future.result(None if forever else self.timeout if timeout is None else timeout)
         except TimeoutError:
             raise TimeoutError(f"the broker at {self.address} did not answer {message_type} in time") from None
         finally:
             self._requests.pop(request, None)
+
+    def _sync(self, op: str, name: str, wait: float | None = None, **fields: Any) -> dict:
+        """One cluster-wide lock/semaphore/event/queue operation; ``wait`` None waits as long as it takes."""
+        budget = None if wait is None else wait + self.timeout  # the broker answers at the deadline
+        return self._request(protocol.SYNC, {"op": op, "name": name, **fields}, budget, forever=budget is None)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -260,13 +282,14 @@ class Client:
         self._closed = True
         self.loop.call_soon_threadsafe(self._say_goodbye)
         self._thread.join(timeout=5)
-        for future in list(self._futures.values()):
+        for future in list(self._futures.values()) + [pending[0] for pending in list(self._requests.values())]:
             if not future.done():
                 future.set_exception(ClientClosed("the client was closed before this job finished"))
         self._futures.clear()
         self._unresolved.clear()
         if self._cluster is not None:
             self._cluster.close()
+        _forget_current(self)
 
     def __enter__(self) -> "Client":
         return self
@@ -296,10 +319,12 @@ class Client:
         self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
-        if again:  # the broker forgot us: send every job without an outcome again
+        if again:  # the broker forgot us: send every job without an outcome, and every request, again
             rows = list(self._unresolved.values())
             log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
             self._send_rows(rows, resend=True)
+            for _, message_type, request_body in list(self._requests.values()):
+                self.connection.send(message_type, request_body)
 
     def _send_outgoing(self) -> None:
         self._send_scheduled = False  # before draining, so a later submit schedules again
@@ -320,9 +345,9 @@ class Client:
         if message.type == protocol.OUTCOMES:
             self._resolve(body["outcomes"])
         elif message.type == protocol.REPLY:
-            future = self._requests.get(body["request"])
-            if future is not None and not future.done():
-                future.set_result(body)
+            pending = self._requests.get(body["request"])
+            if pending is not None and not pending[0].done():
+                pending[0].set_result(body)
         elif message.type == protocol.ERROR:
             log.warning("the broker rejected a message: {}", body["message"])
         elif message.type != protocol.ACCEPTED:
@@ -345,6 +370,44 @@ class Client:
                 future.set_exception(exception_from_blob(blob))
         # The broker keeps each outcome until we say we have it.
         self.connection.send(protocol.ACK, {"ids": [row[0] for row in outcomes]})
+
+
+# --- the current client ------------------------------------------------------------------
+
+_current: Client | None = None  # the client get_client() returns in this process
+_current_lock = threading.Lock()  # guards _current: clients open and close on any thread
+_creating = threading.Lock()  # one task thread creates the process's client; the others wait for it
+
+
+def _make_current(client: Client) -> None:
+    global _current
+    with _current_lock:
+        _current = client
+
+
+def _forget_current(client: Client) -> None:
+    global _current
+    with _current_lock:
+        if _current is client:
+            _current = None
+
+
+def get_client() -> Client:
+    """The client of this process: the last one opened, or, inside a task, one to the worker's broker.
+
+    A task runs in a worker's thread or in a pool process that has no client of
+    its own; the worker puts its broker's address in RUNNER_BROKER, and the first
+    call here connects to it (once per process).
+    """
+    with _creating:
+        client = _current
+        if client is not None and not client._closed and client._pid == os.getpid():
+            return client
+        address = os.environ.get("RUNNER_BROKER")
+        if not address:
+            raise RuntimeError("there is no runner client in this process: create runner.Client(address) first, "
+                               "or set RUNNER_BROKER to the broker's address")
+        return Client(address)
 
 
 class ClusterExecutor(Executor):

@@ -49,6 +49,7 @@ FETCH = "fetch"  # client: the state or outcome of a job, by id
 REQUEUE_JOB = "requeue"  # client: run a failed or dead job again
 DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
+SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
 BYE = "bye"  # peer: leaving on purpose
 # Broker -> peers:
 WELCOME = "welcome"  # answer to hello
@@ -66,6 +67,9 @@ REQUEUE = "requeue"  # a worker gives a job back unrun (shutdown, a pool rebuilt
 CANCELLED = "cancelled"
 RESULT_STATUSES = (OK, FAILED, REQUEUE)
 OUTCOME_STATUSES = (OK, FAILED, CANCELLED)
+
+SYNC_OPS = ("acquire", "release", "locked", "event_set", "event_clear", "event_is_set", "event_wait",
+            "queue_put", "queue_get", "queue_size")
 
 # Per-job options in a submit row; all optional, absent means the default.
 JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts")
@@ -305,6 +309,14 @@ def _check_outcomes(body: dict) -> None:
         _payload(payload)
 
 
+def _check_sync(body: dict) -> None:
+    _request_id(body)
+    op = _need(body, "op", str, "a sync operation")
+    if op not in SYNC_OPS:
+        raise ProtocolError(f"unknown sync operation {op!r:.80}; known: {SYNC_OPS}")
+    _name(_need(body, "name", str, "the name of a lock, semaphore, event or queue"), "sync name")
+
+
 def _check_reply(body: dict) -> None:
     _request_id(body)
 
@@ -330,6 +342,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     REQUEUE_JOB: _request_for_job,
     DEAD_LETTERS: _request_id,
     DRAIN: _nothing,
+    SYNC: _check_sync,
     BYE: _nothing,
     WELCOME: _check_welcome,
     ACCEPTED: _job_ids,

@@ -71,6 +71,7 @@ class Worker:
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.grace = grace
         self.identity = b"w-" + uuid.uuid4().hex.encode()
+        os.environ["RUNNER_BROKER"] = connect  # tasks' runner.get_client() connects here (pool children inherit it)
         self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
         self.loop = EventLoop()
         self.context = zmq.Context()

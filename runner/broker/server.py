@@ -22,8 +22,10 @@ from runner import protocol
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
 from runner.broker.liveness import Liveness
+from runner.broker import sync_ops
 from runner.broker.scheduler import RUNNING, UnknownWorker
-from runner.loop import EventLoop
+from runner.broker.sync import PUT, Reply, SyncState
+from runner.loop import EventLoop, Timer
 from runner.transport import RouterLink, bind_router
 
 log = logger.bind(component="broker")
@@ -64,6 +66,10 @@ class Broker:
         self.journal = Journal(journal)
         self.jobs = JobBook(self.journal)
         restored = self.jobs.restore()
+        self.sync = SyncState(journal=self.journal.durable)
+        for name, items in self.journal.queue_contents().items():
+            self.sync.restore_queue(name, items)
+        self._sync_timer: Timer | None = None
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -87,6 +93,7 @@ class Broker:
             protocol.REQUEUE_JOB: self._on_requeue,
             protocol.DEAD_LETTERS: self._on_dead_letters,
             protocol.DRAIN: self._on_drain,
+            protocol.SYNC: self._on_sync,
             protocol.BYE: self._on_bye,
         }
         self.loop.call_every(heartbeat, self._on_heartbeat_tick)
@@ -190,6 +197,29 @@ class Broker:
         log.info("worker {} is draining: no new jobs for it", self.peers[worker].name)
         self.jobs.worker_draining(worker)
 
+    def _on_sync(self, peer_id: bytes, message: protocol.Message) -> None:
+        replies = sync_ops.handle(self.sync, peer_id, message.body["request"], message.body, time.monotonic())
+        self._sync_replies(replies)
+
+    def _sync_replies(self, replies: list[Reply]) -> None:
+        """Journal queue changes, queue the replies for after the commit, re-arm the deadline timer."""
+        for change in self.sync.drain_changes():
+            if change.op == PUT:
+                self.journal.queue_put(change.name, change.item)
+            else:
+                self.journal.queue_take(change.name, change.item)
+        self._replies.extend((reply.peer, {"request": reply.request, **reply.body}) for reply in replies)
+        self._schedule_flush()
+        deadline = self.sync.next_deadline()
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+        if deadline is not None:
+            self._sync_timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire_sync)
+
+    def _expire_sync(self) -> None:
+        self._sync_timer = None
+        self._sync_replies(self.sync.expire(time.monotonic()))
+
     def _on_status(self, peer_id: bytes, message: protocol.Message) -> None:
         self._reply(peer_id, message, {"status": self.status()})
 
@@ -229,7 +259,7 @@ class Broker:
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
             self.jobs.worker_lost(peer_id, time.time())
-            self._schedule_flush()
+        self._sync_replies(self.sync.peer_gone(peer_id))  # its locks and semaphore slots are free again
 
     # --- outgoing -----------------------------------------------------------------------
 

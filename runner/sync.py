@@ -1,0 +1,184 @@
+"""Cluster-wide Lock, Semaphore, Event and Queue: the shapes of ``threading`` and ``queue``.
+
+These are proxies: the state lives in the broker (runner/broker/sync.py), and
+every call is one request that the broker answers, so a blocking call waits on
+the broker's reply, never by polling. A lock or semaphore slot is a lease held by
+this client's connection: if the process dies or its heartbeats stop, the broker
+frees it within the heartbeat liveness (docs/sync.md). Each grant comes with a
+fencing ``token`` that strictly increases per name.
+"""
+
+from __future__ import annotations
+
+import queue as stdlib_queue
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from runner import protocol
+
+if TYPE_CHECKING:
+    from runner.client import Client
+
+
+def _client(client: "Client | None") -> "Client":
+    if client is not None:
+        return client
+    from runner.client import get_client
+
+    return get_client()
+
+
+def _wait_for(blocking: bool, timeout: float | None) -> float | None:
+    """The broker-side timeout of a call shaped like threading's (None: forever)."""
+    if not blocking:
+        if timeout is not None and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return 0.0
+    if timeout is None or timeout == -1:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    return float(timeout)
+
+
+def _raise_for(answer: dict) -> dict:
+    kind = answer.get("kind")
+    if "error" not in answer:
+        return answer
+    if kind == "RuntimeError":
+        raise RuntimeError(answer["error"])
+    if kind == "Full":
+        raise stdlib_queue.Full
+    if kind == "Empty":
+        raise stdlib_queue.Empty
+    raise ValueError(answer["error"])
+
+
+class Semaphore:
+    """At most ``value`` holders across the cluster; waiters are served first come, first served."""
+
+    _limit_name = "value"
+
+    def __init__(self, name: str, value: int = 1, *, client: "Client | None" = None) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{self._limit_name} must be an integer >= 1, got {value!r}")
+        self.name = name
+        self.value = value
+        self._client = _client(client)
+        self._owner = uuid.uuid4().hex  # this object is one holder, apart from others in this client
+        self._tokens: list[int] = []
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the newest slot this object holds (None when it holds none)."""
+        return self._tokens[-1] if self._tokens else None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take a slot; False if ``blocking`` is False or ``timeout`` passed first."""
+        wait = _wait_for(blocking, timeout)
+        answer = _raise_for(self._client._sync("acquire", self.name, wait, limit=self.value, owner=self._owner,
+                                               timeout=wait, blocking=blocking))
+        if answer["acquired"]:
+            self._tokens.append(answer["token"])
+        return answer["acquired"]
+
+    def release(self) -> None:
+        """Give a slot back; RuntimeError if this object holds none, as threading raises."""
+        _raise_for(self._client._sync("release", self.name, owner=self._owner))
+        if self._tokens:
+            self._tokens.pop(0)
+
+    def locked(self) -> bool:
+        """True when no slot is free."""
+        return _raise_for(self._client._sync("locked", self.name))["locked"]
+
+    def __enter__(self) -> "Semaphore":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<runner.{type(self).__name__} {self.name!r} token={self.token}>"
+
+
+class Lock(Semaphore):
+    """A cluster-wide mutex: a Semaphore of one."""
+
+    def __init__(self, name: str, *, client: "Client | None" = None) -> None:
+        super().__init__(name, 1, client=client)
+
+
+class Event:
+    """A flag every process of the cluster can set, clear and wait for."""
+
+    def __init__(self, name: str, *, client: "Client | None" = None) -> None:
+        self.name = name
+        self._client = _client(client)
+
+    def set(self) -> None:
+        _raise_for(self._client._sync("event_set", self.name))
+
+    def clear(self) -> None:
+        _raise_for(self._client._sync("event_clear", self.name))
+
+    def is_set(self) -> bool:
+        return _raise_for(self._client._sync("event_is_set", self.name))["set"]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the event is set (True) or ``timeout`` passes (False)."""
+        wait = _wait_for(True, timeout)
+        return _raise_for(self._client._sync("event_wait", self.name, wait, timeout=wait))["set"]
+
+    def __repr__(self) -> str:
+        return f"<runner.Event {self.name!r}>"
+
+
+class Queue:
+    """A FIFO of msgpack values shared by the cluster; ``maxsize`` > 0 makes producers wait.
+
+    A ``get`` removes the item for good: each item goes to one consumer at most once.
+    Items put (and acknowledged) survive a broker restart when its journal is on.
+    """
+
+    def __init__(self, name: str, maxsize: int = 0, *, client: "Client | None" = None) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
+            raise ValueError(f"maxsize must be an integer >= 0, got {maxsize!r}")
+        self.name = name
+        self.maxsize = maxsize
+        self._client = _client(client)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Add an item, waiting for room if the queue is full; queue.Full if none came in time."""
+        try:
+            blob = protocol.pack(item)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"a {type(item).__name__} cannot go in a runner Queue ({exc}); use msgpack types") from None
+        wait = _wait_for(block, timeout)
+        _raise_for(self._client._sync("queue_put", self.name, wait, item=blob, maxsize=self.maxsize,
+                                      timeout=wait, blocking=block))
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return the oldest item, waiting for one; queue.Empty if none came in time."""
+        wait = _wait_for(block, timeout)
+        answer = _raise_for(self._client._sync("queue_get", self.name, wait, timeout=wait, blocking=block))
+        return protocol.unpack(answer["item"])
+
+    def put_nowait(self, item: Any) -> None:
+        self.put(item, block=False)
+
+    def get_nowait(self) -> Any:
+        return self.get(block=False)
+
+    def qsize(self) -> int:
+        return _raise_for(self._client._sync("queue_size", self.name))["size"]
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= self.qsize()
+
+    def __repr__(self) -> str:
+        return f"<runner.Queue {self.name!r} maxsize={self.maxsize}>"
