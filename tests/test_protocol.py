@@ -41,6 +41,7 @@ VALID_BODIES: dict[str, dict] = {
     protocol.REQUEUE_JOB: {"request": 11, "id": "job-2"},
     protocol.DEAD_LETTERS: {"request": 12},
     protocol.DRAIN: {},
+    protocol.SYNC: {"request": 12, "op": "acquire", "name": "lock-a", "limit": 1, "owner": "o", "timeout": None},
     protocol.BYE: {},
     protocol.WELCOME: {"heartbeat": 0.5, "liveness": 3, "broker": "broker-1"},
     protocol.ACCEPTED: {"ids": ["job-1", "job-2"]},
@@ -485,3 +486,14 @@ def test_fuzz_truncated_and_flipped_frames(message_type, data):
     frame[position] ^= data.draw(st.integers(1, 255), label="flip")
     decodes_or_rejects(bytes(frame[:cut]))
     decodes_or_rejects(bytes(frame))
+
+
+@pytest.mark.parametrize("body, complaint", [
+    ({"request": 1, "op": "explode", "name": "x"}, "unknown sync operation"),
+    ({"request": 1, "op": "acquire"}, "name"),
+    ({"request": 1, "op": "acquire", "name": ""}, "sync name"),
+    ({"op": "acquire", "name": "x"}, "request"),
+    ({"request": 1, "op": 7, "name": "x"}, "op"),
+])
+def test_sync_requests_are_checked(body, complaint):
+    rejected(protocol.encode(protocol.SYNC, body), complaint)
