@@ -1,0 +1,286 @@
+"""The journal on real SQLite files: what survives a reopen, what a crash takes back, expiry, queues."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+
+import pytest
+
+from runner.broker import journal as states
+from runner.broker.journal import UNCLAIMED_KEEP, Journal
+
+CLIENT = b"client-1"
+
+
+def row(job_id: str, *, options: dict | None = None, priority: int = 0) -> tuple:
+    """A row as JobBook journals it: (id, client, task, pool, queue, priority, payload, options)."""
+    return (job_id, CLIENT, "tasks:add", "thread", "default", priority, b"\x92\x01\x02", options or {})
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    return str(tmp_path / "journal.db")
+
+
+@pytest.fixture
+def journal(path):
+    opened = Journal(path)
+    yield opened
+    with contextlib.suppress(sqlite3.ProgrammingError):  # a simulated crash already closed it
+        opened.close()
+
+
+def reopen(journal: Journal) -> Journal:
+    """What a restarted broker sees: commit, close, a new Journal on the same file."""
+    journal.close()
+    return Journal(journal.path)
+
+
+def crash(journal: Journal) -> Journal:
+    """A broker killed mid-turn: the connection goes away without COMMIT."""
+    journal._db.close()
+    return Journal(journal.path)
+
+
+def unfinished_ids(journal: Journal) -> list[str]:
+    return [stored.id for stored in journal.unfinished()]
+
+
+def finish(journal: Journal, job_id: str, state: str, now: float, *, status: str = "ok") -> None:
+    journal.finish(job_id, state, status, b"outcome", 1, now)
+
+
+# --- durability --------------------------------------------------------------------------------
+
+
+def test_committed_jobs_are_seen_after_reopen_in_acceptance_order(journal):
+    ids = ["zeta", "alpha", "mid", "beta"]
+    journal.add_jobs([row(job_id) for job_id in ids[:2]])
+    journal.commit()
+    journal.add_jobs([row(job_id) for job_id in ids[2:]])
+    journal.commit()
+    reopened = reopen(journal)
+    try:
+        assert unfinished_ids(reopened) == ids
+        stored = next(reopened.unfinished())
+        assert (stored.client, stored.task, stored.pool, stored.queue, stored.priority, stored.payload) == (
+            CLIENT, "tasks:add", "thread", "default", 0, b"\x92\x01\x02")
+        assert (stored.state, stored.attempts, stored.options) == (states.PENDING, 0, {})
+    finally:
+        reopened.close()
+
+
+def test_options_round_trip(journal):
+    options = {"retries": 2, "backoff": 0.5, "timeout": None, "max_attempts": 4}
+    journal.add_jobs([row("a", options=options)])
+    journal.commit()
+    assert journal.get("a").options == options
+
+
+def test_uncommitted_writes_are_lost_in_a_crash(journal):
+    journal.add_jobs([row("kept")])
+    journal.commit()
+    journal.add_jobs([row("lost")])
+    finish(journal, "kept", states.DONE, 10.0)
+    assert journal.get("lost") is not None, "the broker's own connection sees its turn's writes"
+    recovered = crash(journal)
+    try:
+        assert recovered.get("lost") is None
+        assert unfinished_ids(recovered) == ["kept"]
+        assert recovered.get("kept").state == states.PENDING
+    finally:
+        recovered.close()
+
+
+def test_close_commits_the_last_turn(journal):
+    journal.add_jobs([row("a")])
+    reopened = reopen(journal)
+    try:
+        assert unfinished_ids(reopened) == ["a"]
+    finally:
+        reopened.close()
+
+
+def test_adding_a_known_id_again_changes_nothing(journal):
+    journal.add_jobs([row("a", priority=1)])
+    journal.commit()
+    finish(journal, "a", states.DONE, 5.0)
+    journal.add_jobs([row("a", priority=7)])
+    journal.commit()
+    stored = journal.get("a")
+    assert (stored.priority, stored.state) == (1, states.DONE)
+
+
+def test_memory_journal_works_without_a_file():
+    journal = Journal(":memory:")
+    try:
+        assert not journal.durable
+        journal.add_jobs([row("a"), row("b")])
+        journal.commit()
+        finish(journal, "a", states.DONE, 1.0)
+        journal.commit()
+        assert unfinished_ids(journal) == ["b"]
+        assert journal.count_by_state() == {states.DONE: 1, states.PENDING: 1}
+    finally:
+        journal.close()
+
+
+def test_a_file_journal_is_durable(journal):
+    assert journal.durable
+
+
+# --- states --------------------------------------------------------------------------------------
+
+
+def test_finish_records_the_outcome_and_leaves_unfinished(journal):
+    journal.add_jobs([row("a"), row("b")])
+    journal.finish("a", states.FAILED, "failed", b"error", 3, 42.0)
+    journal.commit()
+    stored = journal.get("a")
+    assert (stored.state, stored.status, stored.outcome, stored.attempts) == (states.FAILED, "failed", b"error", 3)
+    assert unfinished_ids(journal) == ["b"]
+
+
+def test_cancel_is_final(journal):
+    journal.add_jobs([row("a")])
+    journal.cancel("a", 1.0)
+    journal.commit()
+    stored = journal.get("a")
+    assert (stored.state, stored.status) == (states.CANCELLED, "cancelled")
+    assert unfinished_ids(journal) == []
+
+
+def test_set_attempts_survives_reopen(journal):
+    journal.add_jobs([row("a")])
+    journal.set_attempts("a", 2)
+    reopened = reopen(journal)
+    try:
+        assert [(stored.id, stored.attempts) for stored in reopened.unfinished()] == [("a", 2)]
+    finally:
+        reopened.close()
+
+
+def test_requeue_makes_a_dead_job_pending_with_fresh_attempts_for_the_new_client(journal):
+    journal.add_jobs([row("a"), row("b")])
+    journal.finish("a", states.DEAD, "failed", b"error", 3, 1.0)
+    journal.delivered(["a"], 2.0)
+    journal.requeue("a", b"client-2")
+    journal.commit()
+    stored = journal.get("a")
+    assert (stored.state, stored.attempts, stored.status, stored.outcome, stored.client) == (
+        states.PENDING, 0, None, None, b"client-2")
+    assert unfinished_ids(journal) == ["a", "b"], "a requeued job keeps its place in acceptance order"
+    assert journal.expire(10**9, 1.0) == 0, "its old delivery time is forgotten"
+
+
+def test_get_of_an_unknown_id_is_none(journal):
+    assert journal.get("nope") is None
+
+
+def test_count_by_state(journal):
+    journal.add_jobs([row(f"j{i}") for i in range(6)])
+    finish(journal, "j0", states.DONE, 1.0)
+    finish(journal, "j1", states.DONE, 1.0)
+    finish(journal, "j2", states.DEAD, 1.0, status="failed")
+    journal.cancel("j3", 1.0)
+    journal.commit()
+    assert journal.count_by_state() == {states.PENDING: 2, states.DONE: 2, states.DEAD: 1, states.CANCELLED: 1}
+
+
+def test_dead_letters_are_only_dead_jobs_oldest_first_and_limited(journal):
+    journal.add_jobs([row(f"j{i}") for i in range(5)])
+    finish(journal, "j0", states.DEAD, 30.0, status="failed")
+    finish(journal, "j1", states.FAILED, 5.0, status="failed")
+    finish(journal, "j2", states.DEAD, 10.0, status="failed")
+    finish(journal, "j3", states.DEAD, 20.0, status="failed")
+    journal.commit()
+    assert [job.id for job in journal.dead_letters()] == ["j2", "j3", "j0"]
+    assert [job.id for job in journal.dead_letters(limit=2)] == ["j2", "j3"]
+    letter = journal.dead_letters()[0]
+    assert (letter.state, letter.status, letter.outcome) == (states.DEAD, "failed", b"outcome")
+
+
+# --- expiry ----------------------------------------------------------------------------------------
+
+
+def test_delivered_outcomes_expire_after_the_ttl(journal):
+    journal.add_jobs([row("old"), row("recent")])
+    finish(journal, "old", states.DONE, 100.0)
+    finish(journal, "recent", states.DONE, 100.0)
+    journal.delivered(["old"], 100.0)
+    journal.delivered(["recent"], 150.0)
+    journal.commit()
+    assert journal.expire(now=161.0, result_ttl=60.0) == 1
+    journal.commit()
+    assert journal.get("old") is None
+    assert journal.get("recent").state == states.DONE
+
+
+def test_undelivered_outcomes_are_kept_for_unclaimed_keep(journal):
+    journal.add_jobs([row("a")])
+    journal.finish("a", states.FAILED, "failed", b"error", 1, 100.0)
+    journal.commit()
+    assert journal.expire(now=100.0 + 10 * 60.0, result_ttl=60.0) == 0
+    assert journal.expire(now=100.0 + UNCLAIMED_KEEP - 1, result_ttl=60.0) == 0
+    assert journal.get("a") is not None
+    assert journal.expire(now=100.0 + UNCLAIMED_KEEP + 1, result_ttl=60.0) == 1
+    assert journal.get("a") is None
+
+
+def test_a_ttl_longer_than_unclaimed_keep_holds_undelivered_outcomes_too(journal):
+    ttl = 2 * UNCLAIMED_KEEP
+    journal.add_jobs([row("a")])
+    journal.cancel("a", 0.0)
+    journal.commit()
+    assert journal.expire(now=UNCLAIMED_KEEP + 1, result_ttl=ttl) == 0
+    assert journal.expire(now=ttl + 1, result_ttl=ttl) == 1
+
+
+def test_pending_jobs_never_expire(journal):
+    journal.add_jobs([row("waiting"), row("retrying")])
+    journal.set_attempts("retrying", 2)
+    journal.delivered(["waiting"], 0.0)  # a stray acknowledgement must not make it expire
+    journal.commit()
+    assert journal.expire(now=10**12, result_ttl=0.0) == 0
+    journal.commit()
+    assert unfinished_ids(journal) == ["waiting", "retrying"]
+
+
+# --- cluster-wide queue items ------------------------------------------------------------------------
+
+
+def test_queue_items_are_fifo_per_name_and_survive_reopen(journal):
+    for name, item in [("q", b"1"), ("other", b"x"), ("q", b"2"), ("q", b"3"), ("other", b"y")]:
+        journal.queue_put(name, item)
+    journal.queue_take("q", b"1")
+    reopened = reopen(journal)
+    try:
+        assert reopened.queue_contents() == {"q": [b"2", b"3"], "other": [b"x", b"y"]}
+    finally:
+        reopened.close()
+
+
+def test_queue_take_removes_only_the_oldest_copy_in_that_queue(journal):
+    for name, item in [("q", b"dup"), ("q", b"mid"), ("q", b"dup"), ("other", b"dup")]:
+        journal.queue_put(name, item)
+    journal.queue_take("q", b"dup")
+    journal.commit()
+    assert journal.queue_contents() == {"q": [b"mid", b"dup"], "other": [b"dup"]}
+    journal.queue_take("q", b"absent")
+    journal.queue_take("q", b"mid")
+    journal.queue_take("q", b"dup")
+    journal.commit()
+    assert journal.queue_contents() == {"other": [b"dup"]}
+
+
+def test_uncommitted_queue_writes_are_lost_in_a_crash(journal):
+    journal.queue_put("q", b"kept")
+    journal.commit()
+    journal.queue_put("q", b"lost")
+    journal.queue_take("q", b"kept")
+    recovered = crash(journal)
+    try:
+        assert recovered.queue_contents() == {"q": [b"kept"]}
+    finally:
+        recovered.close()
