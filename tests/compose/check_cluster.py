@@ -1,7 +1,7 @@
 """Host-side checks against a running compose cluster (run by tests/compose/run.sh).
 
     python tests/compose/check_cluster.py --connect tcp://127.0.0.1:5555 \
-        --container ID [--container ID ...] [--docker docker]
+        --container ID [--container ID ...] [--docker docker] [--compose "docker-compose -p P -f FILE"]
 
 It talks to the broker through its published port with the public client API only
 (``runner.Client``, ``submit``, ``result``, ``wait_for_workers``) and checks:
@@ -9,7 +9,13 @@ It talks to the broker through its published port with the public client API onl
 1. spread: 300 jobs, every result is right, and at least 2 distinct worker containers ran them;
 2. kill: while 200 jobs of 100 ms run, one worker container that is running some of them is
    killed with ``docker kill``; every one of the 200 still completes (the broker requeues the
-   dead worker's jobs once its heartbeats expire).
+   dead worker's jobs once its heartbeats expire);
+3. restart (with ``--compose``): the broker says its journal is /data/journal.db (the named
+   volume); 20 jobs are submitted on a queue no worker serves, and 5 more by a second client that
+   then leaves; ``compose restart broker``; the second client's jobs are still known to the new
+   broker process (only the journal can tell it: nobody resends them); a worker for that queue
+   is started with ``compose run -d -e RUNNER_QUEUES=...``, and the first client's 20 futures,
+   pending all along, resolve with the right values, as do the other 5 jobs.
 
 The worker containers are given by id (``docker-compose ps -q worker``); the job results name
 the container's hostname, which ``docker inspect`` maps back to the container. Exits non-zero
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shlex
 import subprocess
 import sys
 import time
@@ -29,6 +36,10 @@ import runner
 SPREAD_JOBS = 300
 KILL_JOBS = 200
 KILL_JOB_SECONDS = 0.1
+RESTART_QUEUE = "restartq"
+RESTART_JOBS = 20
+ORPHAN_JOBS = 5
+JOURNAL = "/data/journal.db"
 
 
 class CheckFailed(Exception):
@@ -168,6 +179,98 @@ def check_kill(client, hosts: dict[str, str], docker: str) -> None:
         raise CheckFailed(f"{what}: no job ran on a surviving worker")
 
 
+def wait_until(condition, deadline: float, what: str, interval: float = 0.2):
+    """Poll ``condition()`` until it returns something true; its last error is the reason."""
+    reason = "never checked"
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+            reason = f"got {value!r}"
+        except Exception as exc:  # noqa: BLE001 - the broker may be away for a moment
+            reason = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"{what}: not within the deadline ({reason})")
+        time.sleep(interval)
+
+
+def compose_run(compose: list[str], *args: str, timeout: float = 60) -> str:
+    done = subprocess.run(
+        [*compose, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    if done.returncode != 0:
+        raise CheckFailed(
+            f"{shlex.join(args)} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-500:]}"
+        )
+    return done.stdout
+
+
+def check_restart(client, address: str, compose: list[str]) -> None:
+    what = f"restart ({RESTART_JOBS} + {ORPHAN_JOBS} jobs on queue {RESTART_QUEUE!r})"
+    started = time.monotonic()
+    journal = client.status()["broker"].get("journal")
+    if journal != JOURNAL:
+        raise CheckFailed(f"{what}: the broker's journal is {journal!r}, expected {JOURNAL!r} (the named volume)")
+    futures = [
+        client.submit("tasks:add", i, 2000, queue=RESTART_QUEUE, pool="thread")
+        for i in range(RESTART_JOBS)
+    ]
+    # Jobs of a client that is gone: after the restart only the journal knows them.
+    with runner.Client(address) as other:
+        orphans = [
+            other.submit("tasks:add", i, 3000, queue=RESTART_QUEUE, pool="thread").job_id
+            for i in range(ORPHAN_JOBS)
+        ]
+    wait_until(
+        lambda: client.status()["queues"].get(RESTART_QUEUE) == RESTART_JOBS + ORPHAN_JOBS,
+        time.monotonic() + 20,
+        f"{what}: {RESTART_JOBS + ORPHAN_JOBS} jobs pending before the restart",
+    )
+    old = client.status()["broker"]
+    compose_run(compose, "restart", "-t", "10", "broker")
+    restarted_at = time.monotonic()
+    log(f"{what}: jobs pending, broker restarted in {restarted_at - started:.2f} s")
+    def new_broker():
+        broker = client.status(timeout=2)["broker"]
+        return broker if broker["id"] != old["id"] else None
+
+    new = wait_until(
+        new_broker,
+        restarted_at + 30,
+        f"{what}: a new broker process answers",
+    )
+    if new.get("journal") != JOURNAL:
+        raise CheckFailed(f"{what}: after the restart the journal is {new.get('journal')!r}")
+    if any(f.done() for f in futures):
+        raise CheckFailed(f"{what}: a future resolved although no worker serves {RESTART_QUEUE!r}")
+    with runner.Client(address) as fresh:
+        states = [fresh.fetch(job_id, timeout=10)["state"] for job_id in orphans]
+    if states != ["pending"] * ORPHAN_JOBS:
+        raise CheckFailed(
+            f"{what}: after the restart the leaving client's jobs are {states}, expected all pending "
+            "(were they restored from the journal?)"
+        )
+    log(f"{what}: new broker answers {time.monotonic() - restarted_at:.2f} s after the restart; "
+        f"the {ORPHAN_JOBS} jobs of the client that left are still pending")
+    container = compose_run(
+        compose, "run", "-d", "-e", f"RUNNER_QUEUES={RESTART_QUEUE}", "worker"
+    ).strip().splitlines()
+    log(f"{what}: started a worker for {RESTART_QUEUE!r}: {container[-1] if container else '?'}")
+    sums = collect(futures, time.monotonic() + 60, what, total=RESTART_JOBS)
+    if sums != [i + 2000 for i in range(RESTART_JOBS)]:
+        raise CheckFailed(f"{what}: wrong results {sums}")
+
+    def orphans_done():
+        views = [client.fetch(job_id, timeout=5) for job_id in orphans]
+        return views if all(v["state"] == "done" for v in views) else None
+    views = wait_until(orphans_done, time.monotonic() + 30, f"{what}: the left client's jobs done")
+    if [v.get("result") for v in views] != [i + 3000 for i in range(ORPHAN_JOBS)]:
+        raise CheckFailed(f"{what}: wrong results for the left client's jobs: {views}")
+    log(f"{what}: all {RESTART_JOBS} futures and {ORPHAN_JOBS} journaled jobs done "
+        f"{time.monotonic() - restarted_at:.2f} s after the restart ({time.monotonic() - started:.2f} s in all)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -182,6 +285,11 @@ def main(argv=None) -> int:
         help="a worker container id (repeat)",
     )
     parser.add_argument("--docker", default="docker", help="the docker command")
+    parser.add_argument(
+        "--compose",
+        help="the compose command of the cluster, one string (\"docker-compose -p P -f FILE\"); "
+        "with it, the broker-restart check runs too",
+    )
     args = parser.parse_args(argv)
     try:
         hosts = container_hostnames(args.docker, args.container)
@@ -191,6 +299,8 @@ def main(argv=None) -> int:
             log(f"{len(hosts)} workers registered ({time.monotonic() - started:.2f} s)")
             check_spread(client, hosts)
             check_kill(client, hosts, args.docker)
+            if args.compose:
+                check_restart(client, args.connect, shlex.split(args.compose))
     except CheckFailed as exc:
         print(f"check_cluster: FAILED: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -10,8 +10,8 @@
 # 3. Build, `up -d --scale worker=3`, wait for the broker's health; from the host, through the
 #    published loopback port: `runner status`, `runner submit --wait`, then
 #    tests/compose/check_cluster.py (300 jobs over at least 2 workers; a worker container killed
-#    while 200 jobs of 100 ms run, and all of them still complete); the example producer;
-#    finally `down -v`.
+#    while 200 jobs of 100 ms run, and all of them still complete; the journal on the named
+#    volume survives `restart broker`); the example producer; finally `down -v`.
 #
 # Exits 0 when every check passed, 1 when one failed, 2 when the Docker engine cannot run here
 # (said in one line). Whatever happens, it removes the containers, network and volume it made
@@ -221,6 +221,15 @@ mapfile -t WORKER_IDS < <(timeout 30 "${COMPOSE[@]}" ps -q worker)
 [ "${#WORKER_IDS[@]}" = "$WORKERS" ] || fail "expected $WORKERS worker containers, found ${#WORKER_IDS[@]}"
 log "broker healthy; $WORKERS worker containers running"
 
+# The journal lives on the named volume, written by a non-root user.
+uid="$(timeout 30 docker exec "$BROKER" id -u)" || fail "docker exec id -u in the broker failed"
+[ "$uid" != 0 ] || fail "the broker runs as root"
+mount="$(timeout 30 docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Type}} {{.Name}}{{end}}{{end}}' "$BROKER")"
+[ "$mount" = "volume ${PROJECT}_journal" ] || fail "/data in the broker is '$mount', expected the named volume ${PROJECT}_journal"
+timeout 30 docker exec "$BROKER" sh -c 'test -w /data && test -s /data/journal.db' \
+    || fail "/data is not writable by the broker's user (uid $uid), or it has no journal.db"
+log "broker runs as uid $uid; /data is the volume ${PROJECT}_journal, writable, with journal.db"
+
 # --- 5. checks from the host -----------------------------------------------------------------
 within 30 "${RUNNER_CLI[@]}" status --connect "$ADDR" >"$WORK/status.txt" 2>&1 \
     || { cat "$WORK/status.txt"; fail "runner status --connect $ADDR failed from the host"; }
@@ -235,6 +244,7 @@ log "runner submit tasks:add 1 2 --wait from the host: $out"
 CONTAINER_ARGS=()
 for id in "${WORKER_IDS[@]}"; do CONTAINER_ARGS+=(--container "$id"); done
 within 240 "$PY" "$REPO/tests/compose/check_cluster.py" --connect "$ADDR" "${CONTAINER_ARGS[@]}" \
+    --compose "$(printf '%q ' "${COMPOSE[@]}")" \
     || fail "tests/compose/check_cluster.py"
 # For the record (not a check: log wording may change): what the broker said about the kill.
 timeout 30 "${COMPOSE[@]}" logs --no-color broker 2>/dev/null | grep -E "left|requeued" | grep -v "client" \
@@ -248,7 +258,7 @@ grep -q '^60 jobs' "$WORK/producer.log" || { sed 's/^/    /' "$WORK/producer.log
 grep -v '^\(Creating\|Starting\|Removing\)' "$WORK/producer.log" | sed 's/^/    /'
 
 if within 30 "${RUNNER_CLI[@]}" status --connect "$ADDR" --json >"$WORK/status.json" 2>/dev/null; then
-    log "runner status --json after the kill: $("$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(len(s["workers"]), "workers:", sorted(w.get("host") for w in s["workers"]))' "$WORK/status.json" 2>&1)"
+    log "runner status --json at the end (after the kill and the broker restart): $("$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(len(s["workers"]), "workers:", sorted(w.get("host") for w in s["workers"]))' "$WORK/status.json" 2>&1)"
 fi
 
 # --- 6. down -v -----------------------------------------------------------------------------
