@@ -419,11 +419,6 @@ class JobBookMachine(RuleBasedStateMachine):
 
     def _join(self, worker: SimWorker) -> None:
         """Register ``worker`` with the claims a real worker sends: every run it still has."""
-        for job_id, attempt in list(worker.runs.items()):
-            held = self.book.scheduler.jobs.get(job_id)
-            if held is not None and held.state == PENDING and attempt > held.attempt + 1:
-                # Known gap (test_a_claim_from_before_a_requeue_*): the broker would adopt it.
-                worker.orphans.append((job_id, worker.runs.pop(job_id)))
         claims = sorted(worker.runs.items())
         adoptable = {job_id for job_id, attempt in claims if self._adoptable(job_id, attempt)}
         self.book.worker_joined(worker.id, worker.queues, worker.slots, [list(claim) for claim in claims], self.now)
@@ -541,9 +536,8 @@ class JobBookMachine(RuleBasedStateMachine):
         for job_id, job in self.book.scheduler.jobs.items():
             stored = self.journal.get(job_id)
             # A running job's own attempt is journaled only when it ends; one adopted after its
-            # worker was lost runs the attempt that loss already journaled. A waiting job may be
-            # one over after such a run was given back (test_a_give_back_after_adoption_*).
-            spent = (job.attempt - 1, job.attempt) if job.state == RUNNING else (job.attempt, job.attempt + 1)
+            # worker was lost runs the attempt that loss already journaled.
+            spent = (job.attempt - 1, job.attempt) if job.state == RUNNING else (job.attempt,)
             assert stored.state == states.PENDING and stored.attempts in spent, (job, stored)
             self.committed_attempt[job_id] = stored.attempts
 
@@ -606,19 +600,6 @@ def test_a_claim_after_being_declared_dead_and_a_restart_keeps_the_attempt_it_ru
         journal.close()
 
 
-GIVE_BACK_GAP = (
-    "JobBook.results, status requeue: job.attempt -= 1 is not journaled; after a run adopted at the attempt "
-    "its loss already journaled is given back, memory says one attempt fewer than the journal, and a restart "
-    "restores the job with an attempt it never spent"
-)
-REQUEUE_ZOMBIE_GAP = (
-    "Scheduler.adopt refuses only attempt < job.attempt: a run from before a client requeued a dead job "
-    "(attempt > job.attempt + 1) is adopted, so the fresh job starts with those attempts spent and is "
-    "dead again after one loss; adopt should also refuse attempt > job.attempt + 1"
-)
-
-
-@pytest.mark.xfail(reason=GIVE_BACK_GAP, strict=True)
 def test_a_give_back_after_adoption_journals_the_attempts_left(tmp_path):
     journal, book = _book_with_one_leased_job(str(tmp_path / "journal.db"))
     book.worker_lost(b"w", 2.0)
@@ -634,7 +615,6 @@ def test_a_give_back_after_adoption_journals_the_attempts_left(tmp_path):
         journal.close()
 
 
-@pytest.mark.xfail(reason=REQUEUE_ZOMBIE_GAP, strict=True)
 def test_a_claim_from_before_a_requeue_is_refused(tmp_path):
     journal = Journal(str(tmp_path / "journal.db"))
     book = JobBook(journal, rng=random.Random(1))

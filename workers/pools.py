@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
@@ -76,6 +77,8 @@ class ProcessPool:
         self._allowed = allowed_modules
         self._context = multiprocessing.get_context("forkserver")
         self._peak_kib: dict[int, int] = {}  # child pid -> highest VmHWM seen
+        # The loop thread samples and replaces; pool callbacks read the children when one dies.
+        self._children_lock = threading.Lock()
         self._executor = self._start()
 
     def groups(self, jobs: list[JobRow]) -> Iterable[list[JobRow]]:
@@ -101,12 +104,14 @@ class ProcessPool:
     def describe_death(self) -> str:
         """Which children died, how, and how much memory they had reached."""
         deaths = []
-        for pid, process in self._children_by_pid().items():
+        with self._children_lock:
+            children, peaks = self._children_by_pid(), dict(self._peak_kib)
+        for pid, process in children.items():
             code = process.exitcode
             if code is None or code == -signal.SIGTERM:  # alive, or ended by the pool's own clean-up
                 continue
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            peak = self._peak_kib.get(pid)
+            peak = peaks.get(pid)
             if peak:
                 memory = f", peak RSS {peak / 1024:.1f} MiB"
             else:  # died before it was sampled: the largest ended child bounds it
@@ -120,10 +125,11 @@ class ProcessPool:
 
     def sample_memory(self) -> None:
         """Remember each child's high-water RSS, to report it if the child dies."""
-        for pid in list(self._children_by_pid()):
-            peak = _high_water_kib(pid)
-            if peak:
-                self._peak_kib[pid] = max(peak, self._peak_kib.get(pid, 0))
+        with self._children_lock:
+            for pid in self._children_by_pid():
+                peak = _high_water_kib(pid)
+                if peak:
+                    self._peak_kib[pid] = max(peak, self._peak_kib.get(pid, 0))
 
     def shutdown(self, wait: bool) -> None:
         if not wait:
@@ -134,8 +140,9 @@ class ProcessPool:
 
     def _replace(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._peak_kib.clear()
-        self._executor = self._start()
+        with self._children_lock:
+            self._peak_kib.clear()
+            self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

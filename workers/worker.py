@@ -80,6 +80,8 @@ class Worker:
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
+        # Credit left per pool: the broker never leases more, and this count checks that it does not.
+        self._free_slots = dict(self.pools.slots())
         # Pool callbacks hand finished rows to the loop thread through this queue.
         self._finished: queue.Queue[list[ResultRow]] = queue.Queue()
         self._drain_requested = False
@@ -138,6 +140,12 @@ class Worker:
             return
         batches: dict[tuple[str, bool], list] = collections.defaultdict(list)
         for job_id, attempt, task, pool, payload, timeout in rows:
+            if self._free_slots.get(pool, 1) <= 0:  # a pool this worker lacks fails in Pools.run instead
+                log.bind(job=job_id).error("the broker leased more {} jobs than this worker's credit; giving it back", pool)
+                self._send_results([[job_id, attempt, protocol.REQUEUE, b""]])
+                continue
+            if pool in self._free_slots:
+                self._free_slots[pool] -= 1
             log.bind(job=job_id).debug("starting {} in the {} pool (attempt {})", task, pool, attempt)
             entry = self.running[job_id] = Running(attempt, pool)
             if timeout is not None:
@@ -185,8 +193,12 @@ class Worker:
 
     def _release(self, job_id: str) -> Running | None:
         entry = self.running.pop(job_id, None)
-        if entry is not None and entry.timer is not None:
+        if entry is None:
+            return None
+        if entry.timer is not None:
             entry.timer.cancel()
+        if entry.pool in self._free_slots:
+            self._free_slots[entry.pool] += 1
         return entry
 
     # --- results -----------------------------------------------------------------------

@@ -149,11 +149,18 @@ class JobBook:
         self._draining.add(worker)
         self.scheduler.set_credit(worker, {})
 
-    def worker_lost(self, worker: bytes, now: float) -> None:
-        """The worker died or left: its leased jobs run again, or are dead after too many losses."""
+    def worker_lost(self, worker: bytes, now: float, charged: bool = True) -> None:
+        """The worker died or left: its leased jobs run again, or are dead after too many losses.
+
+        ``charged`` False (the worker only registered again) costs the jobs no attempt.
+        """
         self._draining.discard(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
-            if may_run_again_after_worker_loss(job.rules, job.attempt):
+            if not charged:
+                job.attempt -= 1
+                self.scheduler.requeue(job, front=True)
+                self.journal.set_attempts(job.id, job.attempt)
+            elif may_run_again_after_worker_loss(job.rules, job.attempt):
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
                 self.scheduler.requeue(job, front=True)
                 self.journal.set_attempts(job.id, job.attempt)
@@ -173,6 +180,7 @@ class JobBook:
                 self._finish(job, states.DONE, protocol.OK, payload, now)
             elif status == protocol.REQUEUE:
                 job.attempt -= 1  # given back unrun: no attempt is charged
+                self.journal.set_attempts(job.id, job.attempt)
                 self.scheduler.requeue(job, front=True)
             else:
                 self._failed(job, payload, now)

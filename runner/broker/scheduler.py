@@ -172,7 +172,9 @@ class Scheduler:
     def adopt(self, worker_id: bytes, job: Job, attempt: int) -> bool:
         """Lease a waiting job to the worker that says it still runs it; False if it cannot."""
         worker = self.workers.get(worker_id)
-        if worker is None or job.state != PENDING or attempt < job.attempt:
+        # The claimed run is the one already counted, or the next (a restart forgot its lease);
+        # anything else is a run from before the job was requeued afresh.
+        if worker is None or job.state != PENDING or not job.attempt <= attempt <= job.attempt + 1:
             return False
         self._waiting[(job.queue, job.pool)].remove(job)
         self._lease(job, worker)

@@ -139,8 +139,8 @@ class Broker:
 
     def _on_hello(self, peer_id: bytes, message: protocol.Message) -> None:
         body = message.body
-        if peer_id in self.peers:
-            self._remove_peer(peer_id, "said hello again")
+        if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
+            self._remove_peer(peer_id, "said hello again", charged=False)
         peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"])
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
@@ -251,14 +251,14 @@ class Broker:
         if peer_id in self.peers:
             self._remove_peer(peer_id, "is unreachable")
 
-    def _remove_peer(self, peer_id: bytes, reason: str) -> None:
+    def _remove_peer(self, peer_id: bytes, reason: str, charged: bool = True) -> None:
         peer = self.peers.pop(peer_id)
         self.liveness.forget(peer_id)
         self.link.forget(peer_id)
         self._worker_waiters = [w for w in self._worker_waiters if w[0] != peer_id]
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
-            self.jobs.worker_lost(peer_id, time.time())
+            self.jobs.worker_lost(peer_id, time.time(), charged)
         self._sync_replies(self.sync.peer_gone(peer_id))  # its locks and semaphore slots are free again
 
     # --- outgoing -----------------------------------------------------------------------
