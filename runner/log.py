@@ -7,10 +7,20 @@ a job's life, ``job`` (its id); loggers get them with ``logger.bind``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from loguru import logger
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+#: Whether per-job DEBUG lines are shown; checked first, since they sit on the hot path.
+_job_lines = False
+
+
+def debug_job(log: Any, job_id: str, message: str, *args: Any) -> None:
+    """A DEBUG line about one job's life, built only when DEBUG is on."""
+    if _job_lines:
+        log.bind(job=job_id).debug(message, *args)
 
 _FORMAT = (
     "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -30,6 +40,8 @@ def setup_logging(level: str = "INFO", json: bool = False) -> None:
     level = level.upper()
     if level not in LEVELS:
         raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    global _job_lines
+    _job_lines = LEVELS.index(level) <= LEVELS.index("DEBUG")
     logger.remove()
     logger.configure(patcher=_add_labels)
     logger.enable("runner")

@@ -50,6 +50,7 @@ REQUEUE_JOB = "requeue"  # client: run a failed or dead job again
 DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
+CREDIT = "credit"  # worker: how many jobs per pool it can hold now (slots plus prefetch)
 BYE = "bye"  # peer: leaving on purpose
 # Broker -> peers:
 WELCOME = "welcome"  # answer to hello
@@ -213,6 +214,14 @@ def check_job_row(row: list) -> None:
     _payload(payload)
 
 
+def _check_slots(body: dict) -> None:
+    slots = _need(body, "slots", dict, "a map of pool to job slots")
+    if set(slots) - set(POOLS):
+        raise ProtocolError(f"slots may only name pools {POOLS}, got {sorted(map(repr, slots))}")
+    for pool, count in slots.items():
+        _integer(count, f"slots[{pool}]", 0, 1_000_000)
+
+
 def _check_hello(body: dict) -> None:
     role = _need(body, "role", str, "'client' or 'worker'")
     if role not in ROLES:
@@ -221,11 +230,7 @@ def _check_hello(body: dict) -> None:
     _integer(_need(body, "pid", int, "a process id"), "pid", 0, 2**31)
     _name(_need(body, "host", str, "a host name"), "host name")
     if role == "worker":
-        slots = _need(body, "slots", dict, "a map of pool to job slots")
-        if set(slots) - set(POOLS):
-            raise ProtocolError(f"slots may only name pools {POOLS}, got {sorted(map(repr, slots))}")
-        for pool, count in slots.items():
-            _integer(count, f"slots[{pool}]", 0, 1_000_000)
+        _check_slots(body)
         queues = _need(body, "queues", list, "a list of queue names")
         if not queues or len(queues) > 1000:
             raise ProtocolError("a worker must serve from 1 to 1000 queues")
@@ -270,9 +275,10 @@ def _check_welcome(body: dict) -> None:
     _integer(_need(body, "liveness", int, "a number of missed heartbeats"), "liveness", 1, 1000)
 
 
-# Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout]
+# Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]
 def _check_jobs(body: dict) -> None:
-    for job_id, attempt, task, pool, payload, timeout in _batch(body, "jobs", 6, "jobs"):
+    for job_id, attempt, task, pool, payload, timeout, priority in _batch(body, "jobs", 7, "jobs"):
+        _integer(priority, "priority", -(2**31), 2**31)
         _name(job_id, "job id")
         _integer(attempt, "attempt", 1, 2**31)
         _name(task, "task reference")
@@ -343,6 +349,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     DEAD_LETTERS: _request_id,
     DRAIN: _nothing,
     SYNC: _check_sync,
+    CREDIT: _check_slots,
     BYE: _nothing,
     WELCOME: _check_welcome,
     ACCEPTED: _job_ids,

@@ -401,7 +401,7 @@ class JobBookMachine(RuleBasedStateMachine):
         self.holds()
         assert not self.book.scheduler.jobs, f"never finished: {self.book.scheduler.jobs}"
         assert all(job.outcomes == 1 for job in self.jobs.values()), "every job gets exactly one outcome"
-        assert states.PENDING not in self.journal.count_by_state()
+        assert self.journal.counts[states.PENDING] == 0
 
     # --- helpers ----------------------------------------------------------------------------------
 

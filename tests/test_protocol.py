@@ -41,12 +41,13 @@ VALID_BODIES: dict[str, dict] = {
     protocol.REQUEUE_JOB: {"request": 11, "id": "job-2"},
     protocol.DEAD_LETTERS: {"request": 12},
     protocol.DRAIN: {},
+    protocol.CREDIT: {"slots": {"process": 66, "thread": 40}},
     protocol.SYNC: {"request": 12, "op": "acquire", "name": "lock-a", "limit": 1, "owner": "o", "timeout": None},
     protocol.BYE: {},
     protocol.WELCOME: {"heartbeat": 0.5, "liveness": 3, "broker": "broker-1"},
     protocol.ACCEPTED: {"ids": ["job-1", "job-2"]},
-    protocol.JOBS: {"jobs": [["job-1", 1, "tasks:add", "process", PAYLOAD, None],
-                             ["job-2", 2, "tasks:mul", "thread", b"", 2.5]]},
+    protocol.JOBS: {"jobs": [["job-1", 1, "tasks:add", "process", PAYLOAD, None, 0],
+                             ["job-2", 2, "tasks:mul", "thread", b"", 2.5, -3]]},
     protocol.STOP_JOBS: {"ids": ["job-1"]},
     protocol.OUTCOMES: {"outcomes": [["job-1", protocol.OK, PAYLOAD], ["job-2", protocol.FAILED, b"x"],
                                      ["job-3", protocol.CANCELLED, b""]]},
@@ -120,7 +121,7 @@ def test_encode_without_a_body_sends_an_empty_map():
 
 def test_payload_bytes_and_strings_keep_their_types():
     body = protocol.decode(protocol.encode(protocol.JOBS, VALID_BODIES[protocol.JOBS])).body
-    job_id, _, task, _, payload, _ = body["jobs"][0]
+    job_id, _, task, _, payload, _, _ = body["jobs"][0]
     assert type(job_id) is str and type(task) is str and type(payload) is bytes
 
 
@@ -344,9 +345,10 @@ BAD_BODIES = {
     "ack-id-empty": (protocol.ACK, {"ids": [""]}, ["job id"]),
     "stop-jobs-not-list": (protocol.STOP_JOBS, {"ids": {"job-1": 1}}, ["field 'ids'", "got dict"]),
     # jobs
-    "jobs-row-long": (protocol.JOBS, {"jobs": [["job-1", 1, "tasks:add", "process", b"", None, 0]]},
-                      ["array of 6 fields"]),
-    "jobs-row-short": (protocol.JOBS, {"jobs": [["job-1", 1, "tasks:add", "process", b""]]}, ["array of 6 fields"]),
+    "jobs-row-long": (protocol.JOBS, {"jobs": [["job-1", 1, "tasks:add", "process", b"", None, 0, 0]]},
+                      ["array of 7 fields"]),
+    "jobs-row-short": (protocol.JOBS, {"jobs": [["job-1", 1, "tasks:add", "process", b""]]}, ["array of 7 fields"]),
+    "jobs-priority-text": (protocol.JOBS, with_cell(protocol.JOBS, "jobs", 6, "high"), ["priority"]),
     "jobs-timeout-zero": (protocol.JOBS, with_cell(protocol.JOBS, "jobs", 5, 0), ["timeout must be a number"]),
     "jobs-timeout-string": (protocol.JOBS, with_cell(protocol.JOBS, "jobs", 5, "10"), ["timeout"]),
     "jobs-id-too-long": (protocol.JOBS, with_cell(protocol.JOBS, "jobs", 0, "j" * 257), ["job id"]),

@@ -7,6 +7,8 @@ threads is unsafe); ``ThreadPool`` runs I/O-bound jobs in a
 jobs can share one trip into a child process, and both report through a
 callback that may run on any thread.
 
+Which jobs go together in one submission is the backlog's decision (backlog.py).
+
 They differ in what can be stopped: a process-pool job is stopped by ending the
 pool's processes and starting new ones (``kill``); a thread cannot be stopped,
 so a thread-pool job past its time is abandoned and left to finish unseen.
@@ -19,9 +21,10 @@ import os
 import resource
 import signal
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable
+from typing import Callable
 
 from loguru import logger
 
@@ -31,12 +34,9 @@ from workers import execute
 
 log = logger.bind(component="pools")
 
-#: Jobs at most in one process-pool submission.
-MAX_GROUP = 64
-
 JobRow = tuple[str, int, str, bytes]  # (job id, attempt, task, payload)
 ResultRow = tuple[str, int, str, bytes]  # (job id, attempt, status, blob)
-OnDone = Callable[[list[ResultRow]], None]
+OnDone = Callable[[str, list[ResultRow], float], None]  # (pool, result rows, seconds taken)
 
 
 class ThreadPool:
@@ -48,10 +48,6 @@ class ThreadPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="runner-thread")
-
-    def groups(self, jobs: list[JobRow]) -> Iterable[list[JobRow]]:
-        """One job per submission: a sleeping job must not hold back its neighbours."""
-        return ([job] for job in jobs)
 
     def submit(self, jobs: list[JobRow]) -> Future:
         return self._executor.submit(execute.run_batch, jobs)
@@ -80,11 +76,6 @@ class ProcessPool:
         # The loop thread samples and replaces; pool callbacks read the children when one dies.
         self._children_lock = threading.Lock()
         self._executor = self._start()
-
-    def groups(self, jobs: list[JobRow]) -> Iterable[list[JobRow]]:
-        """Split into about two submissions per process when many wait, else one job each."""
-        group = max(1, min(MAX_GROUP, len(jobs) // (2 * self.size)))
-        return (jobs[i : i + group] for i in range(0, len(jobs), group))
 
     def submit(self, jobs: list[JobRow]) -> Future:
         try:
@@ -175,22 +166,14 @@ class Pools:
         """How many jobs each pool runs at once."""
         return {name: pool.size for name, pool in self.by_name.items()}
 
-    def run(self, pool_name: str, jobs: list[JobRow], on_done: OnDone, alone: bool = False) -> list[tuple[list[JobRow], Future]]:
-        """Start ``jobs`` on the named pool (``alone``: one per submission); return the submissions.
-
-        ``on_done`` gets result rows, from any thread.
-        """
-        pool = self.by_name.get(pool_name)
-        if pool is None:
-            error = execute.encode_error(ValueError(f"this worker has no {pool_name} pool; it was started with 0 of them"))
-            on_done([(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs])
-            return []
-        submissions = []
-        for group in ([job] for job in jobs) if alone else pool.groups(jobs):
-            future = pool.submit(group)
-            future.add_done_callback(lambda done, group=group, pool=pool: on_done(_outcome(done, group, pool)))
-            submissions.append((group, future))
-        return submissions
+    def submit(self, pool_name: str, jobs: list[JobRow], on_done: OnDone) -> Future:
+        """Start ``jobs`` as one submission; ``on_done`` gets their result rows, from any thread."""
+        pool = self.by_name[pool_name]
+        started = time.monotonic()
+        future = pool.submit(jobs)
+        future.add_done_callback(
+            lambda done: on_done(pool_name, _outcome(done, jobs, pool), time.monotonic() - started))
+        return future
 
     def sample_memory(self) -> None:
         for pool in self.by_name.values():

@@ -13,7 +13,6 @@ cancel, and give them back on shutdown.
 
 from __future__ import annotations
 
-import collections
 import os
 import queue
 import signal
@@ -26,12 +25,15 @@ from dataclasses import dataclass
 import zmq
 from loguru import logger
 
+from runner.log import debug_job
 from runner import protocol
 from runner.connection import BrokerConnection
 from runner.errors import TaskTimeoutError
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
+from workers.backlog import Backlog
+from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
 
 log = logger.bind(component="worker")
@@ -80,8 +82,11 @@ class Worker:
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
-        # Credit left per pool: the broker never leases more, and this count checks that it does not.
-        self._free_slots = dict(self.pools.slots())
+        self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
+        self.credit = CreditGauge(self.pools.slots())  # how many jobs to ask for, per pool
+        # Jobs held per pool (waiting or running): the broker never leases more than the credit,
+        # and this count checks that it does not.
+        self._held = {pool: 0 for pool in self.pools.slots()}
         # Pool callbacks hand finished rows to the loop thread through this queue.
         self._finished: queue.Queue[list[ResultRow]] = queue.Queue()
         self._drain_requested = False
@@ -123,6 +128,8 @@ class Worker:
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
         if self._draining.is_set():
             self.connection.send(protocol.DRAIN)
+        elif self.credit.announced != self.credit.slots:  # hello announced the bare slots
+            self.connection.send(protocol.CREDIT, {"slots": self.credit.announced})
 
     def _on_message(self, message: protocol.Message) -> None:
         if message.type == protocol.JOBS:
@@ -135,27 +142,37 @@ class Worker:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
     def _start_jobs(self, rows: list) -> None:
+        """Hold the leased jobs in the backlog and start what the pools have room for."""
         if self._draining.is_set():  # leased before the broker heard we drain: give them back
             self._send_results([[job_id, attempt, protocol.REQUEUE, b""] for job_id, attempt, *_ in rows])
             return
-        batches: dict[tuple[str, bool], list] = collections.defaultdict(list)
-        for job_id, attempt, task, pool, payload, timeout in rows:
-            if self._free_slots.get(pool, 1) <= 0:  # a pool this worker lacks fails in Pools.run instead
-                log.bind(job=job_id).error("the broker leased more {} jobs than this worker's credit; giving it back", pool)
-                self._send_results([[job_id, attempt, protocol.REQUEUE, b""]])
-                continue
-            if pool in self._free_slots:
-                self._free_slots[pool] -= 1
-            log.bind(job=job_id).debug("starting {} in the {} pool (attempt {})", task, pool, attempt)
-            entry = self.running[job_id] = Running(attempt, pool)
-            if timeout is not None:
-                entry.timer = self.loop.call_later(timeout, lambda job_id=job_id, t=timeout: self._timed_out(job_id, t))
-            batches[(pool, timeout is not None)].append((job_id, attempt, task, payload))
-        for (pool, alone), jobs in batches.items():
-            for group, future in self.pools.run(pool, jobs, self._on_pool_done, alone=alone):
-                for job_id, *_ in group:
-                    if job_id in self.running:
-                        self.running[job_id].future = future
+        refused, touched = [], set()
+        for job_id, attempt, task, pool, payload, timeout, priority in rows:
+            if pool not in self.backlog.slots:
+                error = execute.encode_error(ValueError(f"this worker has no {pool} pool (it was started with 0)"))
+                refused.append([job_id, attempt, protocol.FAILED, error])
+            elif self._held[pool] >= self.credit.ceiling[pool]:
+                log.bind(job=job_id).error("the broker leased more {} jobs than this worker's credit", pool)
+                refused.append([job_id, attempt, protocol.REQUEUE, b""])
+            else:
+                self._held[pool] += 1
+                self.running[job_id] = Running(attempt, pool)
+                self.backlog.add(pool, priority, (job_id, attempt, task, payload, timeout))
+                touched.add(pool)
+        self._send_results(refused)
+        for pool in touched:
+            self._feed(pool)
+
+    def _feed(self, pool: str) -> None:
+        """Submit waiting jobs to ``pool`` while it has free slots."""
+        while group := self.backlog.take(pool, self.running.__contains__):
+            future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
+            for job_id, _, task, _, timeout in group:
+                entry = self.running[job_id]
+                entry.future = future
+                debug_job(log, job_id, "started {} in the {} pool (attempt {})", task, pool, entry.attempt)
+                if timeout is not None:
+                    entry.timer = self.loop.call_later(timeout, lambda job_id=job_id, t=timeout: self._timed_out(job_id, t))
 
     # --- stopping jobs -------------------------------------------------------------------
 
@@ -180,14 +197,14 @@ class Worker:
             entry = self._release(job_id)
             if entry is not None:
                 log.bind(job=job_id).info("stopped by the broker (cancelled)")
-                kill = kill or entry.pool == "process"
+                kill = kill or (entry.pool == "process" and entry.future is not None)
         if kill:
             self._kill_process_pool()
 
     def _kill_process_pool(self) -> None:
         """End the process pool; jobs that shared it are given back without an attempt charged."""
         for entry in self.running.values():
-            if entry.pool == "process":
+            if entry.pool == "process" and entry.future is not None:  # waiting ones are not in the pool
                 entry.requeue_if_broken = True
         self.pools.by_name["process"].kill()
 
@@ -197,27 +214,29 @@ class Worker:
             return None
         if entry.timer is not None:
             entry.timer.cancel()
-        if entry.pool in self._free_slots:
-            self._free_slots[entry.pool] += 1
+        self._held[entry.pool] -= 1
         return entry
 
     # --- results -----------------------------------------------------------------------
 
-    def _on_pool_done(self, rows: list[ResultRow]) -> None:
+    def _on_pool_done(self, pool: str, rows: list[ResultRow], seconds: float) -> None:
         """Runs on a pool's thread: hand the rows over and wake the loop; nothing else."""
-        self._finished.put(rows)
+        self._finished.put((pool, rows, seconds))
         if not self._drain_requested:
             self._drain_requested = True
             self.loop.call_soon_threadsafe(self._send_finished)
 
     def _send_finished(self) -> None:
         self._drain_requested = False  # before draining, so a later put schedules again
-        results = []
+        results, freed = [], set()
         while True:
             try:
-                rows = self._finished.get_nowait()
+                pool, rows, seconds = self._finished.get_nowait()
             except queue.Empty:
                 break
+            self.backlog.finished(pool)
+            self.credit.observe(pool, seconds, len(rows))
+            freed.add(pool)
             for job_id, attempt, status, blob in rows:
                 entry = self.running.get(job_id)
                 if entry is None or entry.attempt != attempt:
@@ -227,14 +246,23 @@ class Worker:
                 self._release(job_id)
                 results.append([job_id, attempt, status, blob])
         self._send_results(results)
+        for pool in freed:
+            self._feed(pool)
+        self._announce_credit()
         if self._draining.is_set() and not self.running:
             self.loop.stop()
+
+    def _announce_credit(self) -> None:
+        credit = self.credit.changed()
+        if credit is not None and not self._draining.is_set():
+            log.debug("asking the broker for {} jobs per pool", credit)
+            self.connection.send(protocol.CREDIT, {"slots": credit})
 
     def _send_results(self, results: list[list]) -> None:
         if not results:
             return
         for job_id, _, status, _ in results:
-            log.bind(job=job_id).debug("finished: {}", status)
+            debug_job(log, job_id, "finished: {}", status)
         self.jobs_done += sum(1 for row in results if row[2] != protocol.REQUEUE)
         self.connection.send(protocol.RESULTS, {"results": results})
 
@@ -245,6 +273,8 @@ class Worker:
             return
         self._draining.set()
         self.connection.send(protocol.DRAIN)
+        waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if row[0] in self.running]
+        self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in waiting])
         if not self.running:
             self.loop.stop()
             return

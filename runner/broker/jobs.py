@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from runner.log import debug_job
 from runner import protocol
 from runner.broker import journal as states
 from runner.errors import WorkerLostError, error_blob
@@ -85,7 +86,7 @@ class JobBook:
                 job = Job(job_id, task, pool, queue, priority, payload, client, RetryRules.from_wire(options))
                 self.scheduler.submit(job)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
-                log.bind(job=job_id).debug("accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
+                debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
         if fresh:
             self.journal.add_jobs(fresh)
@@ -144,6 +145,11 @@ class JobBook:
             else:
                 self.outbox.stop_jobs[worker].append(job_id)
 
+    def worker_credit(self, worker: bytes, credit: dict[str, int]) -> None:
+        """The worker can hold this many jobs per pool now (a draining worker stays at none)."""
+        if worker not in self._draining:
+            self.scheduler.set_credit(worker, credit)
+
     def worker_draining(self, worker: bytes) -> None:
         """The worker is shutting down: no new leases, its results still count."""
         self._draining.add(worker)
@@ -200,7 +206,7 @@ class JobBook:
         self.scheduler.jobs.pop(job.id, None)
         self.journal.finish(job.id, state, status, outcome, job.attempt, now)
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
-        log.bind(job=job.id).debug("final: {} after {} attempts", state, job.attempt)
+        debug_job(log, job.id, "final: {} after {} attempts", state, job.attempt)
 
     # --- time -----------------------------------------------------------------------------------
 

@@ -49,7 +49,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     delivered_at REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS queue_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -87,7 +86,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
+        self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
         self.rows_written = 0
+        self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
 
     # --- writes (grouped until commit) ----------------------------------------------------
 
@@ -105,14 +106,14 @@ class Journal:
             ((*row[:7], protocol.pack(row[7])) for row in rows),
         )
         self.rows_written += cursor.rowcount
+        self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
 
     def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:
-        """Record a job's final outcome."""
+        """Record a job's final outcome (written with the rest of the turn's at commit)."""
         self._begin()
-        self._db.execute(
-            "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=? WHERE id=?",
-            (state, status, outcome, attempts, now, job_id),
-        )
+        self._finished.append((state, status, outcome, attempts, now, job_id))
+        self.counts[state] = self.counts.get(state, 0) + 1
+        self.counts[PENDING] -= 1
 
     def set_attempts(self, job_id: str, attempts: int) -> None:
         """Record attempts spent (on a requeue or retry, not on every dispatch)."""
@@ -120,14 +121,15 @@ class Journal:
         self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
 
     def cancel(self, job_id: str, now: float) -> None:
-        self._begin()
-        self._db.execute(
-            "UPDATE jobs SET state=?, status=?, finished_at=? WHERE id=?", (CANCELLED, CANCELLED, now, job_id)
-        )
+        self.finish(job_id, CANCELLED, CANCELLED, b"", 0, now)
 
     def requeue(self, job_id: str, client: bytes) -> None:
         """Make a failed or dead job pending again, with fresh attempts, for ``client``."""
         self._begin()
+        self._write_finished()
+        state = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        self.counts[state] -= 1
+        self.counts[PENDING] = self.counts.get(PENDING, 0) + 1
         self._db.execute(
             "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL, "
             "delivered_at=NULL WHERE id=?",
@@ -142,18 +144,23 @@ class Journal:
     def expire(self, now: float, result_ttl: float) -> int:
         """Delete outcomes delivered more than ``result_ttl`` ago, or never claimed for long."""
         self._begin()
-        cursor = self._db.execute(
+        self._write_finished()
+        removed = self._db.execute(
             "DELETE FROM jobs WHERE state IN (?, ?, ?, ?) AND "
-            "((delivered_at IS NOT NULL AND delivered_at < ?) OR finished_at < ?)",
+            "((delivered_at IS NOT NULL AND delivered_at < ?) OR finished_at < ?) RETURNING state",
             (*FINAL_STATES, now - result_ttl, now - max(result_ttl, UNCLAIMED_KEEP)),
-        )
-        return cursor.rowcount
+        ).fetchall()
+        for (state,) in removed:
+            self.counts[state] -= 1
+        return len(removed)
 
     def commit(self) -> None:
         """Make this turn's writes durable; the caller acknowledges only after this."""
-        if self._in_transaction:
-            self._db.execute("COMMIT")
-            self._in_transaction = False
+        if not self._in_transaction:
+            return
+        self._write_finished()
+        self._db.execute("COMMIT")
+        self._in_transaction = False
 
     # --- queue items of the cluster-wide queues -----------------------------------------------
 
@@ -188,6 +195,7 @@ class Journal:
             yield StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
 
     def get(self, job_id: str) -> StoredJob | None:
+        self._write_finished()
         row = self._db.execute(
             "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
             "FROM jobs WHERE id=?",
@@ -196,6 +204,7 @@ class Journal:
         return None if row is None else StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
 
     def dead_letters(self, limit: int = 1000) -> list[StoredJob]:
+        self._write_finished()
         cursor = self._db.execute(
             "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
             "FROM jobs WHERE state=? ORDER BY finished_at LIMIT ?",
@@ -203,8 +212,17 @@ class Journal:
         )
         return [StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:]) for row in cursor]
 
-    def count_by_state(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    def _write_finished(self) -> None:
+        """Write the outcomes buffered this turn (before a commit, or a read that must see them)."""
+        if self._finished:
+            self._db.executemany(
+                "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=? WHERE id=?", self._finished)
+            self._finished.clear()
+
+    def _count_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys((PENDING, *FINAL_STATES), 0)
+        counts.update(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return counts
 
     def close(self) -> None:
         self.commit()

@@ -18,6 +18,7 @@ from typing import Callable
 import zmq
 from loguru import logger
 
+from runner.log import debug_job
 from runner import protocol
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
@@ -94,6 +95,7 @@ class Broker:
             protocol.DEAD_LETTERS: self._on_dead_letters,
             protocol.DRAIN: self._on_drain,
             protocol.SYNC: self._on_sync,
+            protocol.CREDIT: self._on_credit,
             protocol.BYE: self._on_bye,
         }
         self.loop.call_every(heartbeat, self._on_heartbeat_tick)
@@ -193,6 +195,10 @@ class Broker:
                 for job in self.journal.dead_letters()]
         self._reply(client, message, {"jobs": jobs})
 
+    def _on_credit(self, worker: bytes, message: protocol.Message) -> None:
+        self.jobs.worker_credit(worker, message.body["slots"])
+        self._schedule_flush()
+
     def _on_drain(self, worker: bytes, message: protocol.Message) -> None:
         log.info("worker {} is draining: no new jobs for it", self.peers[worker].name)
         self.jobs.worker_draining(worker)
@@ -281,9 +287,10 @@ class Broker:
         for worker, ids in outbox.stop_jobs.items():
             self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
         for worker, jobs in outbox.leases:
-            rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout] for job in jobs]
+            rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout, job.priority]
+                    for job in jobs]
             for job in jobs:
-                log.bind(job=job.id).debug("leased to {} (attempt {})", self.peers[worker].name, job.attempt)
+                debug_job(log, job.id, "leased to {} (attempt {})", self.peers[worker].name, job.attempt)
             self.link.send(worker, protocol.JOBS, {"jobs": rows})
         for client, rows in outbox.outcomes.items():
             if client in self.peers:
@@ -327,7 +334,7 @@ class Broker:
         pending = scheduler.pending_by_queue()
         waiting = sum(pending.values())
         running_total = sum(len(slot.leased) for slot in scheduler.workers.values())
-        final = self.journal.count_by_state()
+        final = self.journal.counts
         return {
             "broker": {"id": self.id, "address": self.address, "pid": os.getpid(), "host": socket_module.gethostname(),
                        "journal": self.journal.path},

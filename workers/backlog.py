@@ -1,0 +1,77 @@
+"""Jobs a worker holds but has not started: per pool, by priority, handed to the pool in groups.
+
+The broker may lease a worker more jobs than its pools run at once (credit.py).
+They wait here, highest priority first and FIFO within a priority, and go to the
+pool whenever it has a free slot. Many small jobs waiting for the process pool go
+in groups (one trip into a child process for several jobs); a job with a timeout
+always goes alone, so that stopping it stops nothing else by surprise.
+Decisions only: the worker calls ``take`` and submits what it returns.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable
+
+#: Jobs at most in one process-pool submission.
+MAX_GROUP = 64
+
+Row = tuple[str, int, str, bytes, "float | None"]  # (job id, attempt, task, payload, timeout)
+
+
+class Backlog:
+    """Waiting jobs and busy slots of each pool."""
+
+    def __init__(self, slots: dict[str, int]) -> None:
+        self.slots = dict(slots)
+        self.busy = {pool: 0 for pool in slots}  # submissions running in each pool
+        self._waiting: dict[str, list[tuple[int, int, Row]]] = {pool: [] for pool in slots}
+        self._order = itertools.count()
+
+    def add(self, pool: str, priority: int, row: Row) -> None:
+        heapq.heappush(self._waiting[pool], (-priority, next(self._order), row))
+
+    def waiting(self, pool: str) -> int:
+        return len(self._waiting[pool])
+
+    def take(self, pool: str, still_wanted: Callable[[str], bool]) -> list[Row]:
+        """The next group to submit to ``pool`` (empty if no slot is free or nothing waits).
+
+        Jobs no longer ``still_wanted`` (stopped or given back while waiting) are dropped.
+        """
+        if self.busy[pool] >= self.slots[pool]:
+            return []
+        waiting = self._waiting[pool]
+        group: list[Row] = []
+        limit = self._group_limit(pool)
+        while waiting and len(group) < limit:
+            row = waiting[0][2]
+            if not still_wanted(row[0]):
+                heapq.heappop(waiting)
+                continue
+            if row[4] is not None and group:  # a timed job goes alone, in a group of its own
+                break
+            heapq.heappop(waiting)
+            group.append(row)
+            if row[4] is not None:
+                break
+        if group:
+            self.busy[pool] += 1
+        return group
+
+    def finished(self, pool: str) -> None:
+        """A submission to ``pool`` ended: its slot is free."""
+        self.busy[pool] -= 1
+
+    def drain(self, pool: str) -> list[Row]:
+        """Every waiting job of ``pool``, removed (the worker is shutting down)."""
+        rows = [entry[2] for entry in sorted(self._waiting[pool])]
+        self._waiting[pool].clear()
+        return rows
+
+    def _group_limit(self, pool: str) -> int:
+        if pool != "process":
+            return 1  # a sleeping thread-pool job must not hold back its neighbours
+        free = self.slots[pool] - self.busy[pool]
+        return max(1, min(MAX_GROUP, len(self._waiting[pool]) // max(1, 2 * free)))

@@ -1,0 +1,52 @@
+"""How many jobs a worker asks the broker for, per pool: its slots plus an adaptive prefetch.
+
+A pool with free slots and nothing queued locally waits a broker round trip for
+work; with short jobs that round trip dominates. So the worker holds, beyond its
+slots, as many jobs as its pool finishes in about PREFETCH_WINDOW seconds. Long
+jobs get no prefetch (another worker may be idle), no-op jobs get hundreds.
+Decisions only: the worker reports finished submissions and sends the credit
+this returns (sans-IO, clock passed in by the caller's measurements).
+"""
+
+from __future__ import annotations
+
+PREFETCH_WINDOW = 0.02  # seconds of work a worker keeps queued beyond its running jobs
+MAX_PREFETCH = 512  # jobs a worker keeps queued at most, per pool
+SMOOTHING = 0.2  # weight of the newest measurement in the moving average
+CHANGE_THRESHOLD = 0.25  # tell the broker only about changes larger than this fraction
+
+
+class CreditGauge:
+    """The credit of each pool: slots plus a prefetch sized by how fast jobs finish."""
+
+    def __init__(self, slots: dict[str, int]) -> None:
+        self.slots = dict(slots)
+        self._seconds_per_job: dict[str, float] = {}
+        self.announced = dict(slots)  # what the broker was last told
+        # The most ever announced: leases sent before a lowered credit arrived may reach it.
+        self.ceiling = dict(slots)
+
+    def observe(self, pool: str, seconds: float, jobs: int) -> None:
+        """A submission of ``jobs`` jobs took ``seconds`` in ``pool``."""
+        if jobs <= 0 or pool not in self.slots:
+            return
+        sample = max(seconds, 1e-6) / jobs
+        previous = self._seconds_per_job.get(pool)
+        self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
+
+    def credit(self, pool: str) -> int:
+        """Slots plus prefetch for ``pool`` as of the measurements so far."""
+        per_job = self._seconds_per_job.get(pool)
+        prefetch = 0 if per_job is None else min(MAX_PREFETCH, int(PREFETCH_WINDOW * self.slots[pool] / per_job))
+        return self.slots[pool] + prefetch
+
+    def changed(self) -> dict[str, int] | None:
+        """The new credit of every pool if any changed enough to tell the broker, else None."""
+        wanted = {pool: self.credit(pool) for pool in self.slots}
+        for pool, credit in wanted.items():
+            old = self.announced[pool]
+            if abs(credit - old) > CHANGE_THRESHOLD * old:
+                self.announced = wanted
+                self.ceiling = {name: max(self.ceiling[name], wanted[name]) for name in wanted}
+                return wanted
+        return None
