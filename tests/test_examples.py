@@ -11,6 +11,11 @@ from cluster import EXAMPLES, ROOT
 
 EXAMPLE_RUNS = {
     "quickstart.py": [],
+    "locks.py": [],
+    "semaphore.py": [],
+    "events.py": [],
+    "producer_consumer.py": ["--quick"],
+    "cpu_vs_io.py": ["--quick"],
 }
 
 
