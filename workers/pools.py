@@ -123,11 +123,12 @@ class ProcessPool:
                     self._peak_kib[pid] = max(peak, self._peak_kib.get(pid, 0))
 
     def shutdown(self, wait: bool) -> None:
+        """Stop the pool; without ``wait`` its children are ended first, so joining is quick."""
         if not wait:
             for process in self._children():
                 if process.is_alive():
                     process.terminate()
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _replace(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

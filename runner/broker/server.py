@@ -275,10 +275,19 @@ class Broker:
             self.loop.at_end_of_turn(self._flush)
 
     def _flush(self) -> None:
-        """Commit the turn's journal writes, then send what the turn decided."""
+        """Send what the turn decided: what a crash may repeat first, then commit, then the rest.
+
+        Leases and results may leave before the commit: if the broker dies first, the
+        job is still pending in the journal and runs again (at least once), and a
+        client ignores an outcome it already has. Acknowledgements, replies and
+        cancellations wait for the commit: they promise what the journal must keep.
+        """
         self._flush_scheduled = False
         outbox = self.jobs.take_outbox()
+        self._send_leases(outbox.leases)
+        self._send_outcomes(outbox.outcomes, final=False)
         self.journal.commit()
+        self._send_outcomes(outbox.outcomes, final=True)
         replies, self._replies = self._replies, []
         for peer_id, body in replies:
             self.link.send(peer_id, protocol.REPLY, body)
@@ -286,13 +295,21 @@ class Broker:
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
         for worker, ids in outbox.stop_jobs.items():
             self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
-        for worker, jobs in outbox.leases:
+
+    def _send_leases(self, leases: list) -> None:
+        for worker, jobs in leases:
             rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout, job.priority]
                     for job in jobs]
             for job in jobs:
                 debug_job(log, job.id, "leased to {} (attempt {})", self.peers[worker].name, job.attempt)
             self.link.send(worker, protocol.JOBS, {"jobs": rows})
-        for client, rows in outbox.outcomes.items():
+
+    def _send_outcomes(self, outcomes: dict[bytes, list[list]], final: bool) -> None:
+        """Results (``final`` False), or cancellations (``final`` True: after the commit)."""
+        for client, rows in outcomes.items():
+            rows = [row for row in rows if (row[1] == protocol.CANCELLED) == final]
+            if not rows:
+                continue
             if client in self.peers:
                 self.link.send(client, protocol.OUTCOMES, {"outcomes": rows})
             else:
