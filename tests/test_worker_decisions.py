@@ -1,0 +1,103 @@
+"""The worker's decisions without sockets: its backlog of held jobs and its adaptive credit."""
+
+from __future__ import annotations
+
+from workers.backlog import MAX_GROUP, Backlog
+from workers.credit import MAX_PREFETCH, PREFETCH_WINDOW, CreditGauge
+
+
+def row(job_id: str, timeout: float | None = None) -> tuple:
+    return (job_id, 1, "tasks:noop", b"\x92\x90\x80", timeout)
+
+
+def everything(job_id: str) -> bool:
+    return True
+
+
+def test_higher_priority_first_and_fifo_within_a_priority():
+    backlog = Backlog({"thread": 1})
+    for job_id, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("mid", 2)]:
+        backlog.add("thread", priority, row(job_id))
+    order = []
+    while group := backlog.take("thread", everything):
+        order += [job[0] for job in group]
+        backlog.finished("thread")
+    assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_no_more_submissions_than_slots():
+    backlog = Backlog({"thread": 2})
+    for n in range(5):
+        backlog.add("thread", 0, row(f"j{n}"))
+    assert backlog.take("thread", everything) and backlog.take("thread", everything)
+    assert backlog.take("thread", everything) == []  # both slots busy
+    backlog.finished("thread")
+    assert [job[0] for job in backlog.take("thread", everything)] == ["j2"]
+
+
+def test_many_small_process_jobs_share_a_submission_but_few_go_alone():
+    backlog = Backlog({"process": 1})
+    backlog.add("process", 0, row("only"))
+    assert len(backlog.take("process", everything)) == 1
+    backlog.finished("process")
+    for n in range(500):
+        backlog.add("process", 0, row(f"j{n}"))
+    assert len(backlog.take("process", everything)) == MAX_GROUP
+
+
+def test_thread_jobs_never_share_a_submission():
+    backlog = Backlog({"thread": 1})
+    for n in range(100):
+        backlog.add("thread", 0, row(f"j{n}"))
+    assert len(backlog.take("thread", everything)) == 1
+
+
+def test_a_job_with_a_timeout_goes_alone():
+    backlog = Backlog({"process": 1})
+    for n in range(10):
+        backlog.add("process", 0, row(f"a{n}"))
+    backlog.add("process", 9, row("timed", timeout=1.0))
+    for n in range(10):
+        backlog.add("process", 0, row(f"b{n}"))
+    assert [job[0] for job in backlog.take("process", everything)] == ["timed"]
+    backlog.finished("process")
+    assert all(job[4] is None for job in backlog.take("process", everything))
+
+
+def test_jobs_no_longer_wanted_are_dropped_and_drain_empties():
+    backlog = Backlog({"thread": 1})
+    for n in range(4):
+        backlog.add("thread", n, row(f"j{n}"))
+    wanted = {"j0", "j1"}
+    assert [job[0] for job in backlog.take("thread", wanted.__contains__)] == ["j1"]
+    assert backlog.waiting("thread") == 1
+    assert [job[0] for job in backlog.drain("thread")] == ["j0"]
+    assert backlog.waiting("thread") == 0
+
+
+def test_credit_starts_at_the_slots_and_grows_for_short_jobs():
+    gauge = CreditGauge({"process": 2, "thread": 8})
+    assert gauge.credit("process") == 2 and gauge.changed() is None
+    gauge.observe("process", 0.001, 10)  # 0.1 ms a job
+    expected = 2 + min(MAX_PREFETCH, int(PREFETCH_WINDOW * 2 / 0.0001))
+    assert gauge.credit("process") == expected
+    assert gauge.changed() == {"process": expected, "thread": 8}
+    assert gauge.changed() is None  # told once
+    assert gauge.ceiling["process"] == expected
+
+
+def test_long_jobs_get_no_prefetch_and_the_ceiling_remembers_the_past():
+    gauge = CreditGauge({"thread": 4})
+    gauge.observe("thread", 0.0001, 1)
+    high = gauge.changed()["thread"]
+    for _ in range(60):
+        gauge.observe("thread", 5.0, 1)  # jobs became slow
+    assert gauge.credit("thread") == 4
+    assert gauge.changed() == {"thread": 4}
+    assert gauge.ceiling["thread"] == high  # leases sent under the old credit are still accepted
+
+
+def test_small_changes_are_not_announced():
+    gauge = CreditGauge({"thread": 100})
+    gauge.observe("thread", 1.0, 1)  # prefetch int(0.02 * 100 / 1.0) = 2: 102 is within 25%
+    assert gauge.credit("thread") == 102 and gauge.changed() is None
