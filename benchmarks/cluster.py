@@ -1,0 +1,157 @@
+"""The runner processes the benchmark starts: one broker and its workers on 127.0.0.1.
+
+Every process is recorded and stopped by its PID (SIGTERM, then SIGKILL) from the
+caller's ``finally``; each also gets SIGTERM from the kernel if the harness dies
+first (PR_SET_PDEATHSIG), so no cluster outlives a killed benchmark. Broker and
+workers log at WARNING to files beside the journal, which the report summarises.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.settings import HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT, THREADS_PER_WORKER
+
+ROOT = Path(os.path.abspath(__file__)).parent.parent  # abspath, not resolve: the runner beside this folder
+TASKS_MODULE = "benchmarks.tasks"
+LOG_LEVEL = "WARNING"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Cluster:
+    """A broker on its own journal, and workers started later; ``stop()`` ends them all."""
+
+    def __init__(self, scratch: Path, name: str) -> None:
+        self.scratch = scratch
+        self.name = name
+        self.journal = scratch / f"{name}-journal.db"
+        self.address: str | None = None
+        self.broker: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.log_files: list[Path] = []
+
+    def start_broker(self, bind: str = f"tcp://{HOST}:*", timeout: float = START_TIMEOUT) -> str:
+        """Start a broker on this cluster's journal; return the address it printed once ready."""
+        command = ["broker", "--bind", bind, "--journal", str(self.journal)]
+        self.broker = self._spawn("broker", command, stdout=subprocess.PIPE)
+        self.address = read_address(self.broker, timeout)
+        return self.address
+
+    def start_workers(self, count: int) -> None:
+        """Start ``count`` workers of 1 process and 32 threads that may run benchmarks.tasks."""
+        for _ in range(count):
+            number = len(self.workers) + 1
+            command = ["worker", "--connect", self.address, "--import", TASKS_MODULE,
+                       "--processes", str(PROCESSES_PER_WORKER), "--threads", str(THREADS_PER_WORKER),
+                       "--name", f"bench-{self.name}-{number}"]
+            self.workers.append(self._spawn(f"worker-{number}", command))
+
+    @property
+    def broker_pid(self) -> int:
+        assert self.broker is not None, "the broker is not started"
+        return self.broker.pid
+
+    def kill_broker(self) -> None:
+        """SIGKILL the broker, as a crash would, and reap it."""
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.kill()
+        if self.broker is not None:
+            self.broker.wait(STOP_TIMEOUT)
+            _close_pipes(self.broker)
+
+    def stop(self) -> None:
+        """Stop the workers, then the broker, by PID: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
+        processes = [*reversed(self.workers), *([self.broker] if self.broker else [])]
+        for process in processes:
+            stop_process(process)
+        self.workers.clear()
+
+    def _spawn(self, role: str, arguments: list[str], stdout: int | None = None) -> subprocess.Popen:
+        earlier = sum(1 for path in self.log_files if path.stem.startswith(f"{self.name}-{role}"))
+        log_path = self.scratch / f"{self.name}-{role}{f'-{earlier + 1}' if earlier else ''}.log"
+        self.log_files.append(log_path)
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "runner", *arguments, "--log-level", LOG_LEVEL],
+                stdout=stdout, stderr=log_file, cwd=ROOT, env=child_environment(), preexec_fn=_die_with_parent,
+            )
+
+
+def stop_process(process: subprocess.Popen) -> int | None:
+    """SIGTERM one process we started, SIGKILL it after STOP_TIMEOUT; return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+    _close_pipes(process)
+    return process.returncode
+
+
+def read_address(process: subprocess.Popen, timeout: float) -> str:
+    """The address line a broker prints on stdout once it is bound and has restored its journal."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"the broker (pid {process.pid}) printed no address within {timeout:g}s")
+    line = process.stdout.readline().decode().strip()
+    if not line.startswith("tcp://"):
+        raise RuntimeError(f"the broker (pid {process.pid}) exited ({process.poll()}) without an address: {line!r}")
+    return line
+
+
+def child_environment() -> dict[str, str]:
+    """This environment, with the repository first on the import path (runner, workers, benchmarks)."""
+    environment = dict(os.environ)
+    paths = [str(ROOT), environment.get("PYTHONPATH", "")]
+    environment["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+    environment.pop("RUNNER_BROKER", None)
+    return environment
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process now (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return int(match.group(1)) * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (utime + stime of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _close_pipes(process: subprocess.Popen) -> None:
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+
+
+def _load_libc():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()  # loaded here, not in the forked child, where other threads' locks may be held
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the harness dies, so no process is left behind."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

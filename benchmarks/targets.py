@@ -1,0 +1,87 @@
+"""The table's rows: which number each shows, against what, and the target issue 5 sets for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from benchmarks.settings import Sizes
+
+Check = Callable[[float, "float | None"], "bool | None"]  # (runner median, reference median) -> met? None: not judged
+FULL_SCALE = 1_000_000  # the restart target is set for this many jobs
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    check: Check
+
+
+def at_least(value: float, unit: str) -> Target:
+    return Target(f">= {value:,g} {unit}", lambda median, reference: median >= value)
+
+
+def at_most(value: float, unit: str) -> Target:
+    return Target(f"<= {value:,g} {unit}", lambda median, reference: median <= value)
+
+
+def ratio_at_least(times: float, of: str) -> Target:
+    return Target(f">= {times:g}x {of}", lambda median, reference: reference is not None and median >= times * reference)
+
+
+def ratio_at_most(times: float, of: str) -> Target:
+    return Target(f"<= {times:g}x {of}", lambda median, reference: reference is not None and median <= times * reference)
+
+
+def unjudged(text: str) -> Target:
+    """A target shown but not checked (it does not apply to this run's sizes)."""
+    return Target(text, lambda median, reference: None)
+
+
+def all_of(*targets: Target) -> Target:
+    return Target(" and ".join(target.text for target in targets),
+                  lambda median, reference: all(target.check(median, reference) for target in targets))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a runner metric, optionally a reference to compare with, a target."""
+
+    label: str
+    case: str
+    metric: str  # "side.key" within one run of the case, e.g. "runner.jobs_per_s"
+    unit: str
+    reference: str | None = None  # "side.key" of the same case, or "case/side.key" of another
+    reference_name: str = "PPE"
+    target: Target | None = None
+
+
+def rows(sizes: Sizes) -> list[Row]:
+    """The table of issue 5, labelled with this run's sizes."""
+    s = sizes
+    return [
+        Row(f"1. submit {s.submit_jobs:,} no-ops, then gather", "submit", "runner.jobs_per_s", "jobs/s",
+            "ppe.jobs_per_s", "PPE", ratio_at_least(1.0, "PPE")),
+        Row(f"2. map {s.map_jobs:,} no-ops (PPE: submit+result)", "map", "runner.jobs_per_s", "jobs/s",
+            "ppe.jobs_per_s", "PPE", all_of(ratio_at_least(3.0, "PPE"), at_least(40_000, "jobs/s"))),
+        Row(f"   map vs PPE.map(chunksize={s.ppe_map_chunksize:,}), for information", "map", "runner.jobs_per_s",
+            "jobs/s", "ppe_map.jobs_per_s", "PPE.map"),
+        Row(f"3. round trip p50 ({s.roundtrip_jobs:,} sequential)", "roundtrip", "runner.p50_us", "µs",
+            "ppe.p50_us", "PPE", ratio_at_most(2.0, "PPE")),
+        Row("3. round trip p99", "roundtrip", "runner.p99_us", "µs", "ppe.p99_us", "PPE", at_most(3_000, "µs")),
+        Row(f"4. CPU-bound {s.cpu_jobs:,} x ~20 ms", "cpu", "runner.jobs_per_s", "jobs/s", "ppe.jobs_per_s", "PPE",
+            ratio_at_least(0.95, "PPE")),
+        Row(f"5. I/O-bound {s.io_jobs:,} x 10 ms sleep, 64 threads", "io", "runner.jobs_per_s", "jobs/s",
+            "ideal.jobs_per_s", "ideal", ratio_at_least(0.90, "ideal")),
+        Row(f"6. scale: broker RSS per pending job ({s.scale_jobs:,})", "scale", "runner.rss_bytes_per_job", "B",
+            target=at_most(600, "B")),
+        Row("6. scale: journal bytes per pending job", "scale", "runner.journal_bytes_per_job", "B"),
+        Row(f"6. scale: time to queue {s.scale_jobs:,}", "scale", "runner.queue_s", "s"),
+        Row("6. scale: restart until the address is printed", "scale", "runner.restart_address_s", "s"),
+        Row("6. scale: restart until all are queued again", "scale", "runner.restart_s", "s",
+            target=at_most(15, "s") if s.scale_jobs >= FULL_SCALE else unjudged("<= 15 s for 1,000,000")),
+        Row("6. scale: drain with 2 workers (vs case 2)", "scale", "runner.drain_jobs_per_s", "jobs/s",
+            "map/runner.jobs_per_s", "map", ratio_at_least(1.0, "map")),
+        Row("7. broker CPU per job in case 2", "map", "runner.broker_cpu_us_per_job", "µs", target=at_most(25, "µs")),
+        Row("   client CPU per job in case 2, for information", "map", "runner.client_cpu_us_per_job", "µs"),
+    ]

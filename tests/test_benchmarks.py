@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark harness: a tiny run end to end, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cluster import ROOT, environment
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
+
+from benchmarks import report
+
+
+def test_tiny_run_measures_submit_and_round_trip(tmp_path):
+    output = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--cases", "submit,roundtrip", "--runs", "1",
+         "--output", str(output), "--no-docs"],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert set(results["cases"]) == {"submit", "roundtrip"}
+    (submit,) = results["cases"]["submit"]["runs"]
+    (roundtrip,) = results["cases"]["roundtrip"]["runs"]
+    for side in ("runner", "ppe"):
+        assert submit[side]["jobs_per_s"] > 0
+        assert 0 < roundtrip[side]["p50_us"] <= roundtrip[side]["p99_us"]
+    assert results["machine"]["cores"] >= 1
+    labels = [line["label"] for line in results["table"]]
+    assert any(label.startswith("1. submit") for label in labels)
+    assert "round trip p50" in done.stdout
+
+
+def test_docs_section_is_replaced_between_markers(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nHand-written.\n")
+    report.write_docs(docs, "first table")
+    report.write_docs(docs, "second table")
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written.\n")
+    assert "second table" in text and "first table" not in text
+    assert text.count(report.START_MARK) == 1 and text.count(report.END_MARK) == 1
