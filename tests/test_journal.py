@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from runner import protocol
 from runner.broker import journal as states
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
 
@@ -44,7 +45,7 @@ def crash(journal: Journal) -> Journal:
 
 
 def unfinished_ids(journal: Journal) -> list[str]:
-    return [stored.id for stored in journal.unfinished()]
+    return [stored[0] for stored in journal.unfinished()]
 
 
 def finish(journal: Journal, job_id: str, state: str, now: float, *, status: str = "ok") -> None:
@@ -63,10 +64,10 @@ def test_committed_jobs_are_seen_after_reopen_in_acceptance_order(journal):
     reopened = reopen(journal)
     try:
         assert unfinished_ids(reopened) == ids
-        stored = next(reopened.unfinished())
-        assert (stored.client, stored.task, stored.pool, stored.queue, stored.priority, stored.payload) == (
-            CLIENT, "tasks:add", "thread", "default", 0, b"\x92\x01\x02")
-        assert (stored.state, stored.attempts, stored.options) == (states.PENDING, 0, {})
+        job_id, client, task, pool, queue, priority, payload, options, attempts = next(reopened.unfinished())
+        assert (client, task, pool, queue, priority, payload) == (CLIENT, "tasks:add", "thread", "default", 0,
+                                                                   b"\x92\x01\x02")
+        assert (attempts, protocol.unpack(options)) == (0, {})
     finally:
         reopened.close()
 
@@ -156,7 +157,7 @@ def test_set_attempts_survives_reopen(journal):
     journal.set_attempts("a", 2)
     reopened = reopen(journal)
     try:
-        assert [(stored.id, stored.attempts) for stored in reopened.unfinished()] == [("a", 2)]
+        assert [(stored[0], stored[-1]) for stored in reopened.unfinished()] == [("a", 2)]
     finally:
         reopened.close()
 

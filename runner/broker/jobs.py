@@ -19,6 +19,7 @@ import collections
 import heapq
 import itertools
 import random
+import sys
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -28,10 +29,12 @@ from runner import protocol
 from runner.broker import journal as states
 from runner.errors import WorkerLostError, error_blob
 from runner.broker.journal import Journal
-from runner.broker.retry import RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
+from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
 
 log = logger.bind(component="jobs")
+
+EMPTY_OPTIONS = protocol.pack({})  # how the journal stores the default options
 
 
 @dataclass
@@ -64,10 +67,12 @@ class JobBook:
     def restore(self) -> int:
         """Queue again every journaled job without a final outcome (after a restart)."""
         count = 0
-        for stored in self.journal.unfinished():
-            job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
-                      stored.client, RetryRules.from_wire(stored.options))
-            job.attempt = stored.attempts
+        shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
+        for job_id, client, task, pool, queue, priority, payload, options, attempts in self.journal.unfinished():
+            rules = DEFAULT_RULES if options == EMPTY_OPTIONS else RetryRules.from_wire(protocol.unpack(options))
+            job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
+                      shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
+            job.attempt = attempts
             self.scheduler.submit(job)
             count += 1
         return count
@@ -83,7 +88,9 @@ class JobBook:
             elif resend and self._answer_from_journal(client, job_id):
                 pass
             else:
-                job = Job(job_id, task, pool, queue, priority, payload, client, RetryRules.from_wire(options))
+                # Interned: a million waiting jobs share a few task, pool and queue names.
+                job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
+                          RetryRules.from_wire(options))
                 self.scheduler.submit(job)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)

@@ -184,15 +184,17 @@ class Journal:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def unfinished(self) -> Iterator[StoredJob]:
-        """Every job without a final outcome, in the order they were accepted."""
-        cursor = self._db.execute(
-            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts "
+    def unfinished(self) -> Iterator[tuple]:
+        """Every job without a final outcome, in the order they were accepted.
+
+        Rows of (id, client, task, pool, queue, priority, payload, options blob, attempts):
+        a restart reads a million of them, so they stay plain tuples.
+        """
+        return self._db.execute(
+            "SELECT id, client, task, pool, queue, priority, payload, options, attempts "
             "FROM jobs WHERE state=? ORDER BY rowid",
             (PENDING,),
         )
-        for row in cursor:
-            yield StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
 
     def get(self, job_id: str) -> StoredJob | None:
         self._write_finished()
