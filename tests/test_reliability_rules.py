@@ -63,6 +63,17 @@ def journal_rows(journal: Path, query: str = "SELECT COUNT(*) FROM jobs", *param
         return database.execute(query, parameters).fetchall()
 
 
+def wait_for_journal(journal: Path, job_id: str, expected: tuple) -> None:
+    """Wait until the journal records ``expected`` (attempts, state) for a job.
+
+    A result may reach the client before the broker's commit of that turn, so the
+    journal is read until it shows it (within a deadline), not once.
+    """
+    query = "SELECT attempts, state FROM jobs WHERE id=?"
+    wait_until(lambda: journal_rows(journal, query, job_id) == [expected], timeout=10,
+               message=f"journal shows {expected} for {job_id}")
+
+
 def worker_entry(client: runner.Client, pid: int) -> dict | None:
     return next((worker for worker in client.status()["workers"] if worker["pid"] == pid), None)
 
@@ -196,7 +207,7 @@ def test_a_process_pool_timeout_kills_the_child_and_gives_its_neighbour_back_unc
     result = neighbour.result(timeout=30)
     assert result["value"] == "neighbour" and result["run"] == 2
     assert result["pid"] not in (neighbour_pid, sleeper_pid)
-    assert journal_rows(journal, "SELECT attempts, state FROM jobs WHERE id=?", neighbour.job_id) == [(1, "done")]
+    wait_for_journal(journal, neighbour.job_id, (1, "done"))
     assert_keeps_serving(client, worker, "process")
 
 
@@ -400,7 +411,7 @@ def test_sigterm_with_a_short_grace_gives_unfinished_jobs_back_without_charging_
     moved = process_job.result(timeout=30)
     assert moved["run"] == 2 and moved["value"] == "process" and moved["pid"] != first_process_pid
     for job in (thread_job, process_job):
-        assert journal_rows(journal, "SELECT attempts, state FROM jobs WHERE id=?", job.job_id) == [(1, "done")]
+        wait_for_journal(journal, job.job_id, (1, "done"))
 
 
 def test_sigterm_stops_the_broker_cleanly_and_its_journal_keeps_pending_jobs(processes, tmp_path, client_factory):
