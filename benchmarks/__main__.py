@@ -10,6 +10,7 @@ completed (missed targets included), 1 when a run failed, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     results["seconds"] = time.perf_counter() - started
+    results["load_average_end"] = list(os.getloadavg())  # others' work on the machine moves the numbers
     return finish(arguments, sizes, results)
 
 

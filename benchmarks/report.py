@@ -39,7 +39,7 @@ def _evaluate_row(row: Row, cases: dict[str, Any]) -> dict[str, Any]:
         line["ratio"] = line["runner"]["median"] / line["reference"]["median"]
     if row.target:
         reference = line["reference"]["median"] if line["reference"] else None
-        if line["runner"]:
+        if line["runner"] and (reference is not None or not row.reference):
             line["met"] = row.target.check(line["runner"]["median"], reference)
         elif errors:
             line["met"] = False  # it failed: a missed target
@@ -121,8 +121,8 @@ def docs_section(results: dict[str, Any], lines: list[dict[str, Any]], json_name
         (f"Run {results['started']} ({results['mode']} mode, {sizes['runs']} runs a case, "
          f"{results['seconds']:.0f} s in all), saved as `benchmarks/results/{json_name}`."),
         "",
-        (f"Machine: {one_line(results['machine'])}. Load average at the start: "
-         f"{', '.join(f'{load:.2f}' for load in results['machine']['load_average'])}."),
+        (f"Machine: {one_line(results['machine'])}. Load average (1, 5, 15 min) at the start: "
+         f"{_loads(results['machine']['load_average'])}; at the end: {_loads(results.get('load_average_end'))}."),
         f"Code: commit `{(results['machine']['git_commit'] or 'unknown')[:12]}`"
         + (f", with uncommitted changes to {', '.join(results['machine']['git_changed'])}."
            if results["machine"]["git_changed"] else "."),
@@ -139,6 +139,10 @@ def docs_section(results: dict[str, Any], lines: list[dict[str, Any]], json_name
         parts += ["", "Broker and worker logs (WARNING and above) had lines: "
                   + ", ".join(f"{name} {log['lines']}" for name, log in noisy.items()) + " (excerpts in the JSON)."]
     return "\n".join(parts)
+
+
+def _loads(loads: list[float] | None) -> str:
+    return ", ".join(f"{load:.2f}" for load in loads) if loads else "unknown"
 
 
 def write_docs(path: Path, section: str) -> None:

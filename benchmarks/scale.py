@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ SUBMIT_CHECK = 10_000  # submits between deadline checks while queueing
 def case_scale(scratch: Path, sizes: Sizes, run: int, clusters: list[Cluster]) -> dict[str, Any]:
     """One run of case 6; metrics of the phases that completed, and the error that stopped it, if any."""
     jobs = sizes.scale_jobs
-    metrics: dict[str, Any] = {"jobs": jobs}
+    metrics: dict[str, Any] = {"jobs": jobs, "timeline": {}}  # timeline: wall-clock times, to read beside the logs
     cluster = Cluster(scratch, f"scale{run}")
     clusters.append(cluster)
     clients: list[runner.Client] = []
@@ -60,6 +61,7 @@ def queue_jobs(cluster: Cluster, jobs: int, metrics: dict, clients: list) -> lis
     client = runner.Client(address, timeout=REQUEST_TIMEOUT, name="bench-scale")
     clients.append(client)
     rss_before = rss_bytes(cluster.broker_pid)
+    _mark(metrics, "submitting")
     started = time.perf_counter()
     deadline = started + budget(jobs, MIN_QUEUE_RATE)
     futures = []
@@ -70,6 +72,7 @@ def queue_jobs(cluster: Cluster, jobs: int, metrics: dict, clients: list) -> lis
     metrics["submit_s"] = time.perf_counter() - started
     wait_pending(client, jobs, max(1.0, deadline - time.perf_counter()))
     metrics["queue_s"] = time.perf_counter() - started
+    _mark(metrics, "all pending")
     rss_after = rss_bytes(cluster.broker_pid)
     metrics.update(rss_before_bytes=rss_before, rss_after_bytes=rss_after,
                    rss_bytes_per_job=(rss_after - rss_before) / jobs,
@@ -81,14 +84,17 @@ def restart_broker(cluster: Cluster, jobs: int, metrics: dict, clients: list) ->
     """SIGKILL the broker, start it on the same journal and address; time until all jobs are pending again."""
     address = cluster.address
     cluster.kill_broker()
+    _mark(metrics, "broker killed")
     seconds = budget(jobs, MIN_RESTORE_RATE)
     started = time.perf_counter()
     cluster.start_broker(bind=address, timeout=seconds)
     metrics["restart_address_s"] = time.perf_counter() - started  # bound, and (today) the journal restored
+    _mark(metrics, "restarted broker printed its address")
     watcher = runner.Client(address, timeout=REQUEST_TIMEOUT, name="bench-scale-watcher")
     clients.append(watcher)
     wait_pending(watcher, jobs, max(1.0, seconds - metrics["restart_address_s"]))
     metrics["restart_s"] = time.perf_counter() - started
+    _mark(metrics, "all pending again")
     metrics["rss_after_restart_bytes"] = rss_bytes(cluster.broker_pid)
     return watcher
 
@@ -96,9 +102,11 @@ def restart_broker(cluster: Cluster, jobs: int, metrics: dict, clients: list) ->
 def drain(cluster: Cluster, watcher: runner.Client, futures: list[Future], metrics: dict) -> None:
     """Start the workers; from the first one's arrival, time until every future has its outcome."""
     started = time.perf_counter()
+    _mark(metrics, "starting workers")
     cluster.start_workers(WORKERS)
     watcher.wait_for_workers(1, timeout=START_TIMEOUT)
     ready = time.perf_counter()
+    _mark(metrics, "first worker joined")
     broker_cpu = cpu_seconds(cluster.broker_pid)
     metrics["workers_join_s"] = ready - started
     deadline = ready + budget(len(futures), MIN_DRAIN_RATE)
@@ -108,6 +116,8 @@ def drain(cluster: Cluster, watcher: runner.Client, futures: list[Future], metri
         if error is not None:
             failed, first_error = failed + 1, first_error or error
     elapsed = time.perf_counter() - ready
+    _mark(metrics, "every future resolved")
+    metrics["final_jobs"] = watcher.status(timeout=REQUEST_TIMEOUT)["jobs"]  # done should be every job, once
     metrics.update(drain_s=elapsed, drain_jobs_per_s=len(futures) / elapsed, failed_jobs=failed,
                    drain_broker_cpu_us_per_job=(cpu_seconds(cluster.broker_pid) - broker_cpu) / len(futures) * 1e6)
     if failed:
@@ -123,6 +133,10 @@ def wait_pending(client: runner.Client, jobs: int, timeout: float) -> float:
             return False
 
     return wait_for(all_pending, timeout, STATUS_POLL, f"{jobs:,} jobs pending in the broker")
+
+
+def _mark(metrics: dict, event: str) -> None:
+    metrics["timeline"][event] = datetime.now().strftime("%H:%M:%S.%f")[:-3]
 
 
 def _journal_bytes(journal: Path) -> int:
