@@ -24,6 +24,7 @@ from loguru import logger
 from runner import protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
+from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.transport import check_address
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
@@ -80,7 +81,7 @@ class Client:
         self._job_prefix = uuid.uuid4().hex[:16] + "-"
         self._job_numbers = itertools.count(1)
         self._request_numbers = itertools.count(1)
-        self._futures: dict[str, Future] = {}
+        self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
         self._outgoing: deque[list] = deque()
@@ -127,12 +128,13 @@ class Client:
             raise TypeError(f"map() got unexpected options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
         reference, defaults = resolve_task(fn)
         job_options = defaults.merged(options)
-        argument_tuples = iter(zip(*iterables))
-        window: deque[Future] = deque()
+        argument_tuples = enumerate(zip(*iterables))
+        call = MapCall()
+        window: deque[tuple[int, str]] = deque()  # (input index, job id) in flight, in order
 
         def fill() -> None:
-            for args in itertools.islice(argument_tuples, MAP_WINDOW - len(window)):
-                window.append(self._submit(reference, job_options, args, {}))
+            for index, args in itertools.islice(argument_tuples, MAP_WINDOW - len(window)):
+                window.append((index, self._enqueue(reference, job_options, args, {}, (call, index))))
 
         fill()  # work starts now, as with Executor.map, not at the first next()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -140,14 +142,14 @@ class Client:
         def results() -> Iterator[Any]:
             try:
                 while window:
-                    future = window.popleft()
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    yield future.result(remaining)
+                    index, _ = window[0]
+                    value = call.take(index, deadline)
+                    window.popleft()
+                    yield value
                     if len(window) < MAP_WINDOW // 2:
                         fill()
             finally:
-                for future in window:
-                    future.cancel()
+                self._abandon([job_id for _, job_id in window])
 
         return results()
 
@@ -169,19 +171,34 @@ class Client:
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
 
     def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
+        job_id = self._job_prefix + str(next(self._job_numbers))
+        future = JobFuture(self, job_id)
+        self._enqueue(reference, options, args, kwargs, future, job_id)
+        return future
+
+    def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
+                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
+        """Queue one job for the I/O thread, which sends all queued since its last turn at once."""
         if self._closed:
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
-        job_id = self._job_prefix + str(next(self._job_numbers))
-        future = JobFuture(self, job_id)
+        job_id = job_id or self._job_prefix + str(next(self._job_numbers))
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
-        self._futures[job_id] = future
+        self._futures[job_id] = waiter
         self._unresolved[job_id] = row
         self._outgoing.append(row)
         if not self._send_scheduled:
             self._send_scheduled = True
             self.loop.call_soon_threadsafe(self._send_outgoing)
-        return future
+        return job_id
+
+    def _abandon(self, job_ids: list[str]) -> None:
+        """Cancel jobs nobody waits for any more (an unfinished map), without waiting for answers."""
+        for job_id in job_ids:
+            self._forget(job_id)
+        if job_ids and not self._closed:
+            self.loop.call_soon_threadsafe(lambda: [
+                self.connection.send(protocol.CANCEL, {"request": 0, "id": job_id}) for job_id in job_ids])
 
     # --- cluster views ------------------------------------------------------------------
 
@@ -282,9 +299,12 @@ class Client:
         self._closed = True
         self.loop.call_soon_threadsafe(self._say_goodbye)
         self._thread.join(timeout=5)
-        for future in list(self._futures.values()) + [pending[0] for pending in list(self._requests.values())]:
-            if not future.done():
-                future.set_exception(ClientClosed("the client was closed before this job finished"))
+        closed = ClientClosed("the client was closed before this job finished")
+        for waiter in list(self._futures.values()) + [pending[0] for pending in list(self._requests.values())]:
+            if isinstance(waiter, tuple):
+                waiter[0].fail(closed)
+            elif not waiter.done():
+                waiter.set_exception(closed)
         self._futures.clear()
         self._unresolved.clear()
         if self._cluster is not None:
@@ -354,22 +374,30 @@ class Client:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
     def _resolve(self, outcomes: list) -> None:
+        for_maps: dict[MapCall, list] = {}
         for job_id, status, blob in outcomes:
             self._unresolved.pop(job_id, None)
-            future = self._futures.pop(job_id, None)
-            if future is None or future.done():
-                continue
-            if status == protocol.OK:
-                try:
-                    future.set_result(protocol.unpack(blob))
-                except Exception as exc:
-                    future.set_exception(ValueError(f"job {job_id}: the result could not be decoded: {exc}"))
-            elif status == protocol.CANCELLED:
-                Future.cancel(future)
-            else:
-                future.set_exception(exception_from_blob(blob))
+            waiter = self._futures.pop(job_id, None)
+            if isinstance(waiter, tuple):
+                call, index = waiter
+                for_maps.setdefault(call, []).append((index, job_id, status, blob))
+            elif waiter is not None and not waiter.done():
+                _settle(waiter, job_id, status, blob)
+        for call, delivered in for_maps.items():
+            call.deliver(delivered)
         # The broker keeps each outcome until we say we have it.
         self.connection.send(protocol.ACK, {"ids": [row[0] for row in outcomes]})
+
+
+def _settle(future: Future, job_id: str, status: str, blob: bytes) -> None:
+    """Resolve a job's future with its outcome."""
+    value, error = decode_outcome(job_id, status, blob)
+    if status == protocol.CANCELLED:
+        Future.cancel(future)
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 # --- the current client ------------------------------------------------------------------

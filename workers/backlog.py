@@ -16,6 +16,8 @@ from typing import Callable
 
 #: Jobs at most in one process-pool submission.
 MAX_GROUP = 64
+#: Seconds of work at most in one process-pool submission: only short jobs are grouped.
+GROUP_SECONDS = 0.002
 
 Row = tuple[str, int, str, bytes, "float | None"]  # (job id, attempt, task, payload, timeout)
 
@@ -35,16 +37,18 @@ class Backlog:
     def waiting(self, pool: str) -> int:
         return len(self._waiting[pool])
 
-    def take(self, pool: str, still_wanted: Callable[[str], bool]) -> list[Row]:
+    def take(self, pool: str, still_wanted: Callable[[str], bool], seconds_per_job: float | None = None) -> list[Row]:
         """The next group to submit to ``pool`` (empty if no slot is free or nothing waits).
 
         Jobs no longer ``still_wanted`` (stopped or given back while waiting) are dropped.
+        ``seconds_per_job`` (measured so far) keeps long jobs out of groups, where they
+        would queue behind each other on one process while another sits idle.
         """
         if self.busy[pool] >= self.slots[pool]:
             return []
         waiting = self._waiting[pool]
         group: list[Row] = []
-        limit = self._group_limit(pool)
+        limit = self._group_limit(pool, seconds_per_job)
         while waiting and len(group) < limit:
             row = waiting[0][2]
             if not still_wanted(row[0]):
@@ -70,8 +74,11 @@ class Backlog:
         self._waiting[pool].clear()
         return rows
 
-    def _group_limit(self, pool: str) -> int:
+    def _group_limit(self, pool: str, seconds_per_job: float | None) -> int:
         if pool != "process":
             return 1  # a sleeping thread-pool job must not hold back its neighbours
         free = self.slots[pool] - self.busy[pool]
-        return max(1, min(MAX_GROUP, len(self._waiting[pool]) // max(1, 2 * free)))
+        limit = max(1, min(MAX_GROUP, len(self._waiting[pool]) // max(1, 2 * free)))
+        if seconds_per_job is None:
+            return 1  # nothing measured yet: the first jobs go alone
+        return max(1, min(limit, int(GROUP_SECONDS / max(seconds_per_job, 1e-7))))

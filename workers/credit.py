@@ -34,6 +34,10 @@ class CreditGauge:
         previous = self._seconds_per_job.get(pool)
         self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
 
+    def seconds_per_job(self, pool: str) -> float | None:
+        """The moving average of a job's time in ``pool`` (None before the first one)."""
+        return self._seconds_per_job.get(pool)
+
     def credit(self, pool: str) -> int:
         """Slots plus prefetch for ``pool`` as of the measurements so far."""
         per_job = self._seconds_per_job.get(pool)

@@ -165,7 +165,7 @@ class Worker:
 
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
-        while group := self.backlog.take(pool, self.running.__contains__):
+        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job(pool)):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]
