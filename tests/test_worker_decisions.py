@@ -25,14 +25,25 @@ def test_higher_priority_first_and_fifo_within_a_priority():
     assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
 
 
-def test_no_more_submissions_than_slots():
+def test_no_more_submissions_than_two_per_slot():
     backlog = Backlog({"thread": 2})
-    for n in range(5):
+    for n in range(6):
         backlog.add("thread", 0, row(f"j{n}"))
-    assert backlog.take("thread", everything) and backlog.take("thread", everything)
-    assert backlog.take("thread", everything) == []  # both slots busy
+    for _ in range(2 * 2):
+        assert backlog.take("thread", everything)  # two running, two queued in the executor
+    assert backlog.take("thread", everything) == []
     backlog.finished("thread")
-    assert [job[0] for job in backlog.take("thread", everything)] == ["j2"]
+    assert [job[0] for job in backlog.take("thread", everything)] == ["j4"]
+
+
+def test_a_timed_job_waits_for_a_free_slot():
+    backlog = Backlog({"thread": 1})
+    backlog.add("thread", 0, row("plain"))
+    backlog.add("thread", 0, row("timed", timeout=1.0))
+    assert [job[0] for job in backlog.take("thread", everything)] == ["plain"]
+    assert backlog.take("thread", everything) == []  # its timeout must not run while it queues
+    backlog.finished("thread")
+    assert [job[0] for job in backlog.take("thread", everything)] == ["timed"]
 
 
 def test_many_small_process_jobs_share_a_submission_but_few_go_alone():

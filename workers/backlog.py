@@ -18,6 +18,11 @@ from typing import Callable
 MAX_GROUP = 64
 #: Seconds of work at most in one process-pool submission: only short jobs are grouped.
 GROUP_SECONDS = 0.002
+#: Submissions the thread pool holds per slot: one running and one queued inside the
+#: executor, so a thread that frees starts its next job at once, without a trip through the
+#: worker's loop. The process pool holds one per slot: a job queued behind a long one in a
+#: child would wait there while another worker's process sits idle.
+SUBMISSIONS_PER_SLOT = {"thread": 2, "process": 1}
 
 Row = tuple[str, int, str, bytes, "float | None"]  # (job id, attempt, task, payload, timeout)
 
@@ -44,9 +49,11 @@ class Backlog:
         ``seconds_per_job`` (measured so far) keeps long jobs out of groups, where they
         would queue behind each other on one process while another sits idle.
         """
-        if self.busy[pool] >= self.slots[pool]:
+        if self.busy[pool] >= self._capacity(pool):
             return []
         waiting = self._waiting[pool]
+        if self.busy[pool] >= self.slots[pool] and waiting and waiting[0][2][4] is not None:
+            return []  # a timed job waits for a free slot: its clock starts when it runs
         group: list[Row] = []
         limit = self._group_limit(pool, seconds_per_job)
         while waiting and len(group) < limit:
@@ -74,10 +81,13 @@ class Backlog:
         self._waiting[pool].clear()
         return rows
 
+    def _capacity(self, pool: str) -> int:
+        return SUBMISSIONS_PER_SLOT.get(pool, 1) * self.slots[pool]
+
     def _group_limit(self, pool: str, seconds_per_job: float | None) -> int:
         if pool != "process":
             return 1  # a sleeping thread-pool job must not hold back its neighbours
-        free = self.slots[pool] - self.busy[pool]
+        free = max(1, self._capacity(pool) - self.busy[pool])
         limit = max(1, min(MAX_GROUP, len(self._waiting[pool]) // max(1, 2 * free)))
         if seconds_per_job is None:
             return 1  # nothing measured yet: the first jobs go alone
