@@ -11,11 +11,12 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from runner.local import read_address
 
 from benchmarks.settings import HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT, THREADS_PER_WORKER
 
@@ -95,19 +96,6 @@ def stop_process(process: subprocess.Popen) -> int | None:
             process.wait(STOP_TIMEOUT)
     _close_pipes(process)
     return process.returncode
-
-
-def read_address(process: subprocess.Popen, timeout: float) -> str:
-    """The address line a broker prints on stdout once it is bound and has restored its journal."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise TimeoutError(f"the broker (pid {process.pid}) printed no address within {timeout:g}s")
-    line = process.stdout.readline().decode().strip()
-    if not line.startswith("tcp://"):
-        raise RuntimeError(f"the broker (pid {process.pid}) exited ({process.poll()}) without an address: {line!r}")
-    return line
 
 
 def child_environment() -> dict[str, str]:

@@ -40,7 +40,7 @@ class LocalCluster:
         try:
             self._broker = self._spawn(["broker", "--bind", bind, "--journal", self.journal,
                                         "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
-            self.address = _read_address(self._broker, START_TIMEOUT)
+            self.address = read_address(self._broker, START_TIMEOUT)
             worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat)]
             if processes is not None:
                 worker_args += ["--processes", str(processes)]
@@ -95,16 +95,22 @@ class LocalCluster:
         return process
 
 
-def _read_address(broker: subprocess.Popen, timeout: float) -> str:
-    """The address line the broker prints on stdout once it is bound."""
-    assert broker.stdout is not None
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The next line a child prints on stdout, waiting at most ``timeout`` seconds."""
+    assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
-        selector.register(broker.stdout, selectors.EVENT_READ)
+        selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout):
-            raise TimeoutError(f"the local broker did not start within {timeout}s")
-    line = broker.stdout.readline().decode().strip()
+            raise TimeoutError(f"pid {process.pid} printed nothing within {timeout:g}s")
+    return process.stdout.readline().decode().strip()
+
+
+def read_address(broker: subprocess.Popen, timeout: float) -> str:
+    """The address line a broker prints on stdout once it is bound and has restored its journal."""
+    line = read_line(broker, timeout)
     if not line.startswith("tcp://"):
-        raise RuntimeError(f"the local broker failed to start (exit code {broker.poll()}); see its log above")
+        raise RuntimeError(f"the broker (pid {broker.pid}) exited ({broker.poll()}) without an address: {line!r}; "
+                           "see its log above")
     return line
 
 

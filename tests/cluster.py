@@ -7,7 +7,6 @@ fixture calls it even when a test fails), by its PID, never by name.
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from runner.local import read_address, read_line  # noqa: F401 - read_line is used by the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -53,7 +54,7 @@ class Processes:
             journal = self.scratch / f"journal-{self._brokers}.db"
         process = self.runner("broker", "--bind", bind, "--journal", str(journal), "--log-level", log_level,
                               *arguments, stdout=subprocess.PIPE)
-        return process, read_line(process, START_TIMEOUT)
+        return process, read_address(process, START_TIMEOUT)
 
     def worker(self, address: str, *arguments: str, imports: tuple[str, ...] = ("tasks",)) -> subprocess.Popen:
         """Start a worker allowed to run the given modules."""
@@ -79,19 +80,6 @@ class Processes:
             self.stop(process)
         self.started.clear()
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def read_line(process: subprocess.Popen, timeout: float) -> str:
-    """The next line of a child's stdout, waiting at most ``timeout`` seconds."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise TimeoutError(f"pid {process.pid} printed nothing within {timeout}s")
-    line = process.stdout.readline().decode().strip()
-    if not line:
-        raise RuntimeError(f"pid {process.pid} exited ({process.poll()}) before printing its address")
-    return line
 
 
 def wait_until(condition, timeout: float, interval: float = 0.02, message: str = "condition") -> None:

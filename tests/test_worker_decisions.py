@@ -55,9 +55,9 @@ def test_many_small_process_jobs_share_a_submission_but_few_go_alone():
         backlog.add("process", 0, row(f"j{n}"))
     assert len(backlog.take("process", everything)) == 1  # nothing measured yet
     backlog.finished("process")
-    assert len(backlog.take("process", everything, seconds_per_job=0.00001)) == MAX_GROUP
+    assert len(backlog.take("process", everything, lambda task: 0.00001)) == MAX_GROUP
     backlog.finished("process")
-    assert len(backlog.take("process", everything, seconds_per_job=0.02)) == 1  # long jobs stay apart
+    assert len(backlog.take("process", everything, lambda task: 0.02)) == 1  # long jobs stay apart
 
 
 def test_thread_jobs_never_share_a_submission():
@@ -76,7 +76,7 @@ def test_a_job_with_a_timeout_goes_alone():
         backlog.add("process", 0, row(f"b{n}"))
     assert [job[0] for job in backlog.take("process", everything)] == ["timed"]
     backlog.finished("process")
-    assert all(job[4] is None for job in backlog.take("process", everything, seconds_per_job=1e-5))
+    assert all(job[4] is None for job in backlog.take("process", everything, lambda task: 1e-5))
 
 
 def test_jobs_no_longer_wanted_are_dropped_and_drain_empties():
@@ -93,7 +93,7 @@ def test_jobs_no_longer_wanted_are_dropped_and_drain_empties():
 def test_credit_starts_at_the_slots_and_grows_for_short_jobs():
     gauge = CreditGauge({"process": 2, "thread": 8})
     assert gauge.credit("process") == 2 and gauge.changed() is None
-    gauge.observe("process", 0.001, 10)  # 0.1 ms a job
+    gauge.observe("process", "tasks:noop", 0.001, 10)  # 0.1 ms a job
     expected = 2 + min(MAX_PREFETCH, int(PREFETCH_WINDOW * 2 / 0.0001))
     assert gauge.credit("process") == expected
     assert gauge.changed() == {"process": expected, "thread": 8}
@@ -103,10 +103,9 @@ def test_credit_starts_at_the_slots_and_grows_for_short_jobs():
 
 def test_long_jobs_get_no_prefetch_and_the_ceiling_remembers_the_past():
     gauge = CreditGauge({"thread": 4})
-    gauge.observe("thread", 0.0001, 1)
+    gauge.observe("thread", "tasks:noop", 0.0001, 1)
     high = gauge.changed()["thread"]
-    for _ in range(60):
-        gauge.observe("thread", 5.0, 1)  # jobs became slow
+    gauge.observe("thread", "tasks:sleep", 5.0, 1)  # jobs became slow: no waiting for an average
     assert gauge.credit("thread") == 4
     assert gauge.changed() == {"thread": 4}
     assert gauge.ceiling["thread"] == high  # leases sent under the old credit are still accepted
@@ -114,5 +113,29 @@ def test_long_jobs_get_no_prefetch_and_the_ceiling_remembers_the_past():
 
 def test_small_changes_are_not_announced():
     gauge = CreditGauge({"thread": 100})
-    gauge.observe("thread", 1.0, 1)  # prefetch int(0.02 * 100 / 1.0) = 2: 102 is within 25%
+    gauge.observe("thread", "tasks:sleep", 1.0, 1)  # prefetch int(0.02 * 100 / 1.0) = 2: 102 is within 25%
     assert gauge.credit("thread") == 102 and gauge.changed() is None
+
+
+def test_groups_hold_one_task_and_unknown_tasks_go_alone():
+    backlog = Backlog({"process": 1})
+    for n in range(200):
+        backlog.add("process", 0, (f"j{n}", 1, "tasks:noop" if n < 100 else "tasks:other", b"", None))
+    measured = {"tasks:noop": 1e-5}
+    group = backlog.take("process", everything, measured.get)
+    assert {job[2] for job in group} == {"tasks:noop"} and len(group) == MAX_GROUP
+    backlog.finished("process")
+    assert len(backlog.take("process", everything, measured.get)) == 100 - MAX_GROUP  # the rest of noop
+    backlog.finished("process")
+    assert len(backlog.take("process", everything, measured.get)) == 1  # tasks:other was never measured
+
+
+def test_jobs_beyond_a_lowered_credit_are_given_back_lowest_priority_first():
+    backlog = Backlog({"process": 1})
+    for n, priority in enumerate([5, 0, 9, 0]):
+        backlog.add("process", priority, (f"j{n}", 1, "tasks:noop", b"", None))
+    returned = backlog.give_back("process", 2, everything)
+    assert [job[0] for job in returned] == ["j1", "j3"]
+    assert backlog.waiting("process") == 2
+    gauge = CreditGauge({"process": 1})
+    assert gauge.excess("process", held=5) == 4 and gauge.excess("process", held=1) == 0

@@ -42,12 +42,13 @@ class Backlog:
     def waiting(self, pool: str) -> int:
         return len(self._waiting[pool])
 
-    def take(self, pool: str, still_wanted: Callable[[str], bool], seconds_per_job: float | None = None) -> list[Row]:
+    def take(self, pool: str, still_wanted: Callable[[str], bool],
+             seconds_per_job: Callable[[str], float | None] = lambda task: None) -> list[Row]:
         """The next group to submit to ``pool`` (empty if no slot is free or nothing waits).
 
         Jobs no longer ``still_wanted`` (stopped or given back while waiting) are dropped.
-        ``seconds_per_job`` (measured so far) keeps long jobs out of groups, where they
-        would queue behind each other on one process while another sits idle.
+        A group holds jobs of one task whose measured ``seconds_per_job`` is short: long
+        or unknown jobs go alone, so they never queue behind each other in one process.
         """
         if self.busy[pool] >= self._capacity(pool):
             return []
@@ -55,13 +56,15 @@ class Backlog:
         if self.busy[pool] >= self.slots[pool] and waiting and waiting[0][2][4] is not None:
             return []  # a timed job waits for a free slot: its clock starts when it runs
         group: list[Row] = []
-        limit = self._group_limit(pool, seconds_per_job)
+        limit = 1
         while waiting and len(group) < limit:
             row = waiting[0][2]
             if not still_wanted(row[0]):
                 heapq.heappop(waiting)
                 continue
-            if row[4] is not None and group:  # a timed job goes alone, in a group of its own
+            if not group:
+                limit = self._group_limit(pool, seconds_per_job(row[2]))
+            elif row[4] is not None or row[2] != group[0][2]:  # a timed job, or another task: next group
                 break
             heapq.heappop(waiting)
             group.append(row)
@@ -74,6 +77,14 @@ class Backlog:
     def finished(self, pool: str) -> None:
         """A submission to ``pool`` ended: its slot is free."""
         self.busy[pool] -= 1
+
+    def give_back(self, pool: str, count: int, still_wanted: Callable[[str], bool]) -> list[Row]:
+        """Remove up to ``count`` waiting jobs, lowest priority and newest first (for other workers)."""
+        live = sorted(entry for entry in self._waiting[pool] if still_wanted(entry[2][0]))
+        keep, returned = live[: max(0, len(live) - count)], live[max(0, len(live) - count):]
+        heapq.heapify(keep)
+        self._waiting[pool] = keep
+        return [entry[2] for entry in returned]
 
     def drain(self, pool: str) -> list[Row]:
         """Every waiting job of ``pool``, removed (the worker is shutting down)."""

@@ -14,6 +14,7 @@ PREFETCH_WINDOW = 0.02  # seconds of work a worker keeps queued beyond its runni
 MAX_PREFETCH = 512  # jobs a worker keeps queued at most, per pool
 SMOOTHING = 0.2  # weight of the newest measurement in the moving average
 CHANGE_THRESHOLD = 0.25  # tell the broker only about changes larger than this fraction
+SLOWER_JUMP = 4.0  # a job this many times slower than the average replaces it at once
 
 
 class CreditGauge:
@@ -21,28 +22,33 @@ class CreditGauge:
 
     def __init__(self, slots: dict[str, int]) -> None:
         self.slots = dict(slots)
-        self._seconds_per_job: dict[str, float] = {}
+        self._seconds_per_job: dict[str, float] = {}  # by pool: sizes the prefetch
+        self._seconds_per_task: dict[str, float] = {}  # by task: decides what may be grouped
         self.announced = dict(slots)  # what the broker was last told
         # The most ever announced: leases sent before a lowered credit arrived may reach it.
         self.ceiling = dict(slots)
 
-    def observe(self, pool: str, seconds: float, jobs: int) -> None:
-        """A submission of ``jobs`` jobs took ``seconds`` in ``pool``."""
+    def observe(self, pool: str, task: str, seconds: float, jobs: int) -> None:
+        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``."""
         if jobs <= 0 or pool not in self.slots:
             return
         sample = max(seconds, 1e-6) / jobs
-        previous = self._seconds_per_job.get(pool)
-        self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
+        _update(self._seconds_per_job, pool, sample)
+        _update(self._seconds_per_task, task, sample)
 
-    def seconds_per_job(self, pool: str) -> float | None:
-        """The moving average of a job's time in ``pool`` (None before the first one)."""
-        return self._seconds_per_job.get(pool)
+    def seconds_per_job(self, task: str) -> float | None:
+        """How long a job of ``task`` takes, as measured so far (None: never seen)."""
+        return self._seconds_per_task.get(task)
 
     def credit(self, pool: str) -> int:
         """Slots plus prefetch for ``pool`` as of the measurements so far."""
         per_job = self._seconds_per_job.get(pool)
         prefetch = 0 if per_job is None else min(MAX_PREFETCH, int(PREFETCH_WINDOW * self.slots[pool] / per_job))
         return self.slots[pool] + prefetch
+
+    def excess(self, pool: str, held: int) -> int:
+        """Jobs held beyond the current credit: jobs became slow, others should run them."""
+        return max(0, held - self.announced[pool])
 
     def changed(self) -> dict[str, int] | None:
         """The new credit of every pool if any changed enough to tell the broker, else None."""
@@ -54,3 +60,11 @@ class CreditGauge:
                 self.ceiling = {name: max(self.ceiling[name], wanted[name]) for name in wanted}
                 return wanted
         return None
+
+
+def _update(averages: dict[str, float], key: str, sample: float) -> None:
+    """A moving average that jumps when jobs turn much slower (the prefetch must stop at once),
+    but not for the noise of a single slow sample."""
+    previous = averages.get(key)
+    jumped = previous is None or sample > SLOWER_JUMP * previous
+    averages[key] = sample if jumped else previous + SMOOTHING * (sample - previous)

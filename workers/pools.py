@@ -36,7 +36,7 @@ log = logger.bind(component="pools")
 
 JobRow = tuple[str, int, str, bytes]  # (job id, attempt, task, payload)
 ResultRow = tuple[str, int, str, bytes]  # (job id, attempt, status, blob)
-OnDone = Callable[[str, list[ResultRow], float], None]  # (pool, result rows, seconds taken)
+OnDone = Callable[[str, str, list[ResultRow], float], None]  # (pool, task, result rows, seconds taken)
 
 
 class ThreadPool:
@@ -168,12 +168,12 @@ class Pools:
         return {name: pool.size for name, pool in self.by_name.items()}
 
     def submit(self, pool_name: str, jobs: list[JobRow], on_done: OnDone) -> Future:
-        """Start ``jobs`` as one submission; ``on_done`` gets their result rows, from any thread."""
+        """Start ``jobs`` (of one task) as one submission; ``on_done`` gets their result rows, from any thread."""
         pool = self.by_name[pool_name]
         started = time.monotonic()
         future = pool.submit(jobs)
         future.add_done_callback(
-            lambda done: on_done(pool_name, _outcome(done, jobs, pool), time.monotonic() - started))
+            lambda done: on_done(pool_name, jobs[0][2], _outcome(done, jobs, pool), time.monotonic() - started))
         return future
 
     def sample_memory(self) -> None:

@@ -165,7 +165,7 @@ class Worker:
 
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
-        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job(pool)):
+        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]
@@ -219,9 +219,9 @@ class Worker:
 
     # --- results -----------------------------------------------------------------------
 
-    def _on_pool_done(self, pool: str, rows: list[ResultRow], seconds: float) -> None:
+    def _on_pool_done(self, pool: str, task: str, rows: list[ResultRow], seconds: float) -> None:
         """Runs on a pool's thread: hand the rows over and wake the loop; nothing else."""
-        self._finished.put((pool, rows, seconds))
+        self._finished.put((pool, task, rows, seconds))
         if not self._drain_requested:
             self._drain_requested = True
             self.loop.call_soon_threadsafe(self._send_finished)
@@ -231,11 +231,11 @@ class Worker:
         results, freed = [], set()
         while True:
             try:
-                pool, rows, seconds = self._finished.get_nowait()
+                pool, task, rows, seconds = self._finished.get_nowait()
             except queue.Empty:
                 break
             self.backlog.finished(pool)
-            self.credit.observe(pool, seconds, len(rows))
+            self.credit.observe(pool, task, seconds, len(rows))
             freed.add(pool)
             for job_id, attempt, status, blob in rows:
                 entry = self.running.get(job_id)
@@ -253,10 +253,17 @@ class Worker:
             self.loop.stop()
 
     def _announce_credit(self) -> None:
+        """Tell the broker a changed credit; give back waiting jobs beyond a lowered one."""
         credit = self.credit.changed()
-        if credit is not None and not self._draining.is_set():
-            log.debug("asking the broker for {} jobs per pool", credit)
-            self.connection.send(protocol.CREDIT, {"slots": credit})
+        if credit is None or self._draining.is_set():
+            return
+        log.debug("asking the broker for {} jobs per pool", credit)
+        self.connection.send(protocol.CREDIT, {"slots": credit})
+        for pool in credit:
+            surplus = self.backlog.give_back(pool, self.credit.excess(pool, self._held[pool]), self.running.__contains__)
+            if surplus:
+                log.debug("giving {} waiting {} jobs back: they are slower than the prefetch assumed", len(surplus), pool)
+            self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in surplus])
 
     def _send_results(self, results: list[list]) -> None:
         if not results:

@@ -16,7 +16,6 @@ States: ``pending`` (waiting or running: a restart queues it again), ``done``,
 from __future__ import annotations
 
 import sqlite3
-import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -229,8 +228,3 @@ class Journal:
     def close(self) -> None:
         self.commit()
         self._db.close()
-
-
-def now() -> float:
-    """Wall-clock time as the journal stores it (survives restarts, unlike monotonic time)."""
-    return time.time()
