@@ -6,7 +6,8 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import BrokerUnreachable, Client, ClientClosed, ClusterExecutor, JobFuture, get_client
+from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture, get_client
+from runner.executor import ClusterExecutor
 from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore

@@ -15,8 +15,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import zmq
 from loguru import logger
@@ -28,6 +28,9 @@ from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.transport import check_address
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
+
+if TYPE_CHECKING:
+    from runner.executor import ClusterExecutor
 
 log = logger.bind(component="client")
 
@@ -168,6 +171,8 @@ class Client:
 
     def executor(self, **submit_defaults: Any) -> "ClusterExecutor":
         """A concurrent.futures.Executor that runs everything on this cluster."""
+        from runner.executor import ClusterExecutor
+
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
 
     def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
@@ -436,50 +441,3 @@ def get_client() -> Client:
             raise RuntimeError("there is no runner client in this process: create runner.Client(address) first, "
                                "or set RUNNER_BROKER to the broker's address")
         return Client(address)
-
-
-class ClusterExecutor(Executor):
-    """Runs code written for ProcessPoolExecutor on the cluster, unchanged."""
-
-    def __init__(self, client: Client, options: JobOptions) -> None:
-        self._client = client
-        self._options = options
-        self._futures: set[Future] = set()
-        self._lock = threading.Lock()  # submit may come from several user threads
-        self._shutdown = False
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            reference, defaults = resolve_task(fn)
-            options = self._options if not isinstance(fn, Task) else defaults
-            future = self._client._submit(reference, options, args, kwargs)
-            self._futures.add(future)
-        future.add_done_callback(self._forget)
-        return future
-
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        options = {"pool": self._options.pool, "queue": self._options.queue, "priority": self._options.priority}
-        return self._client.map(fn, *iterables, timeout=timeout, **options)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._shutdown = True
-            pending = list(self._futures)
-        if cancel_futures:
-            for future in pending:
-                future.cancel()
-        if wait:
-            for future in pending:
-                try:
-                    future.exception()
-                except Exception:
-                    pass  # a cancelled or failed job: shutdown only waits for it to end
-
-    def _forget(self, future: Future) -> None:
-        with self._lock:
-            self._futures.discard(future)

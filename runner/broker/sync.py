@@ -33,10 +33,11 @@ straight to a waiting getter is never stored, so it makes no change.
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
+
+from runner.broker.waits import Deadlines, Wait
 
 PUT = "put"
 TAKE = "take"
@@ -45,9 +46,6 @@ EMPTY: dict[str, Any] = {"error": "empty", "kind": "Empty"}
 # What a wait is told when its deadline passes, by kind of wait (copied before sending).
 _TIMED_OUT: dict[str, dict[str, Any]] = {
     "acquire": {"acquired": False}, "event": {"set": False}, "get": EMPTY, "put": FULL}
-# The deadline heap is rebuilt when it holds this many more answered waits than live
-# ones, so waits answered long before their deadline do not pile up in it.
-_HEAP_SLACK = 64
 # A timeout longer than this (about 31 years, or inf) waits forever: no deadline to overflow.
 _FOREVER = 1e9
 # Error messages show at most this many characters of a bad value.
@@ -72,28 +70,12 @@ class Change:
     item: bytes
 
 
-@dataclass(eq=False, slots=True)
-class _Wait:
-    """A request waiting in ``line``, its name's FIFO of waits of one kind."""
-
-    seq: int
-    peer: bytes
-    request: int
-    kind: str  # a key of _TIMED_OUT
-    name: str
-    deadline: float | None
-    line: dict[int, _Wait]
-    owner: str = ""
-    item: bytes = b""
-    live: bool = True
-
-
 @dataclass(slots=True)
 class _Semaphore:
     limit: int
     count: int = 0
     holders: collections.Counter[tuple[bytes, str]] = field(default_factory=collections.Counter)
-    waiters: dict[int, _Wait] = field(default_factory=dict)
+    waiters: dict[int, Wait] = field(default_factory=dict)
 
     def idle(self) -> bool:
         return self.count == 0 and not self.waiters
@@ -102,7 +84,7 @@ class _Semaphore:
 @dataclass(slots=True)
 class _Event:
     is_set: bool = False
-    waiters: dict[int, _Wait] = field(default_factory=dict)
+    waiters: dict[int, Wait] = field(default_factory=dict)
 
     def idle(self) -> bool:
         return not self.is_set and not self.waiters
@@ -112,47 +94,14 @@ class _Event:
 class _Queue:
     maxsize: int | None = None  # None until a put names it (made by a get or a restore)
     items: collections.deque[bytes] = field(default_factory=collections.deque)
-    getters: dict[int, _Wait] = field(default_factory=dict)
-    putters: dict[int, _Wait] = field(default_factory=dict)
+    getters: dict[int, Wait] = field(default_factory=dict)
+    putters: dict[int, Wait] = field(default_factory=dict)
 
     def idle(self) -> bool:
         return not self.items and not self.getters and not self.putters
 
     def has_room(self) -> bool:
         return not self.maxsize or len(self.items) < self.maxsize
-
-
-class _Deadlines:
-    """Waits by deadline: a heap with lazy removal, rebuilt when mostly stale."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[float, int, _Wait]] = []
-        self._live = 0
-
-    def add(self, wait: _Wait, deadline: float) -> None:
-        heapq.heappush(self.heap, (deadline, wait.seq, wait))
-        self._live += 1
-
-    def discard(self) -> None:
-        """A wait with a deadline was answered; its entry may linger until a rebuild."""
-        self._live -= 1
-        if len(self.heap) > 2 * self._live + _HEAP_SLACK:
-            self.heap = [entry for entry in self.heap if entry[2].live]
-            heapq.heapify(self.heap)
-
-    def due(self, now: float) -> list[_Wait]:
-        """Live waits whose deadline is ``now`` or earlier, earliest first."""
-        due = []
-        while self.heap and self.heap[0][0] <= now:
-            wait = heapq.heappop(self.heap)[2]
-            if wait.live:
-                due.append(wait)
-        return due
-
-    def earliest(self) -> float | None:
-        while self.heap and not self.heap[0][2].live:
-            heapq.heappop(self.heap)
-        return self.heap[0][0] if self.heap else None
 
 
 class SyncState:
@@ -167,8 +116,8 @@ class SyncState:
                                                    "get": self._queues, "put": self._queues}
         self._tokens: dict[str, int] = {}  # the last fencing token granted, per lock name
         self._held: dict[bytes, collections.Counter[str]] = {}  # peer -> slots held per name
-        self._waits: dict[bytes, dict[int, _Wait]] = {}  # peer -> its waits
-        self._deadlines = _Deadlines()
+        self._waits: dict[bytes, dict[int, Wait]] = {}  # peer -> its waits
+        self._deadlines = Deadlines()
         self._seq = itertools.count()
         self._journal = journal
         self._changes: list[Change] = []
@@ -394,25 +343,25 @@ class SyncState:
 
     # --- waits --------------------------------------------------------------------------
 
-    def _wait(self, line: dict[int, _Wait], kind: str, peer: bytes, request: int, name: str, now: float,
+    def _wait(self, line: dict[int, Wait], kind: str, peer: bytes, request: int, name: str, now: float,
               timeout: float | None, blocking: bool = True, owner: str = "", item: bytes = b"") -> list[Reply]:
         """Queue the request in ``line``; one that may not wait gets its timeout reply now."""
         if not blocking or timeout == 0:
             return [Reply(peer, request, dict(_TIMED_OUT[kind]))]
         deadline = None if timeout is None or timeout > _FOREVER else now + timeout
-        wait = _Wait(next(self._seq), peer, request, kind, name, deadline, line, owner, item)
+        wait = Wait(next(self._seq), peer, request, kind, name, deadline, line, owner, item)
         line[wait.seq] = wait
         self._waits.setdefault(peer, {})[wait.seq] = wait
         if deadline is not None:
             self._deadlines.add(wait, deadline)
         return []
 
-    def _pop_first(self, line: dict[int, _Wait]) -> _Wait:
+    def _pop_first(self, line: dict[int, Wait]) -> Wait:
         wait = next(iter(line.values()))
         self._finish(wait)
         return wait
 
-    def _finish(self, wait: _Wait) -> None:
+    def _finish(self, wait: Wait) -> None:
         """The wait is answered or dropped: take it out of its line and the indexes."""
         wait.live = False
         del wait.line[wait.seq]
