@@ -8,15 +8,13 @@ workers log at WARNING to files beside the journal, which the report summarises.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from runner.local import read_address
+from runner.local import die_with_parent, read_address, stop_process
 
 from benchmarks.settings import HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT, THREADS_PER_WORKER
 
@@ -65,13 +63,13 @@ class Cluster:
             self.broker.kill()
         if self.broker is not None:
             self.broker.wait(STOP_TIMEOUT)
-            _close_pipes(self.broker)
+            stop_process(self.broker, STOP_TIMEOUT)
 
     def stop(self) -> None:
         """Stop the workers, then the broker, by PID: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
         processes = [*reversed(self.workers), *([self.broker] if self.broker else [])]
         for process in processes:
-            stop_process(process)
+            stop_process(process, STOP_TIMEOUT)
         self.workers.clear()
 
     def _spawn(self, role: str, arguments: list[str], stdout: int | None = None) -> subprocess.Popen:
@@ -81,21 +79,8 @@ class Cluster:
         with open(log_path, "ab") as log_file:
             return subprocess.Popen(
                 [sys.executable, "-m", "runner", *arguments, "--log-level", LOG_LEVEL],
-                stdout=stdout, stderr=log_file, cwd=ROOT, env=child_environment(), preexec_fn=_die_with_parent,
+                stdout=stdout, stderr=log_file, cwd=ROOT, env=child_environment(), preexec_fn=die_with_parent,
             )
-
-
-def stop_process(process: subprocess.Popen) -> int | None:
-    """SIGTERM one process we started, SIGKILL it after STOP_TIMEOUT; return its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-    _close_pipes(process)
-    return process.returncode
 
 
 def child_environment() -> dict[str, str]:
@@ -121,25 +106,3 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def _close_pipes(process: subprocess.Popen) -> None:
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
-
-
-def _load_libc():
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()  # loaded here, not in the forked child, where other threads' locks may be held
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the harness dies, so no process is left behind."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -8,6 +8,7 @@ see this program's import path, so a script's own functions can be jobs.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import selectors
 import signal
@@ -90,7 +91,7 @@ class LocalCluster:
 
     def _spawn(self, arguments: list[str], stdout: Any = None) -> subprocess.Popen:
         command = [sys.executable, "-m", "runner", *arguments, "--log-level", self._log_level]
-        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), preexec_fn=_die_with_parent)
+        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), preexec_fn=die_with_parent)
         self.processes.append(process)
         return process
 
@@ -125,11 +126,33 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if this process dies, so no cluster is orphaned."""
-    try:
-        import ctypes
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM one child, SIGKILL it after ``timeout``; close its pipes and return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid {} did not stop within {}s; killing it", process.pid, timeout)
+            process.kill()
+            process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+    return process.returncode
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _load_libc():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()  # loaded now, not in a forked child, where another thread may hold a lock
+
+
+def die_with_parent() -> None:
+    """A ``preexec_fn``: on Linux the child gets SIGTERM if its parent dies, so none is orphaned."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

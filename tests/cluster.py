@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from runner.local import read_address, read_line  # noqa: F401 - read_line is used by the tests
+from runner.local import read_address, read_line, stop_process  # noqa: F401 - read_line is used by the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -63,17 +62,7 @@ class Processes:
 
     def stop(self, process: subprocess.Popen, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
-        return process.returncode
+        return stop_process(process, timeout)
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
