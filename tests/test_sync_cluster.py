@@ -14,12 +14,14 @@ import os
 import queue
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import sync_tasks
-from cluster import Processes
+from cluster import Processes, environment, read_line
 
 import runner
 from runner import protocol
@@ -358,3 +360,34 @@ def test_closing_a_client_frees_its_lock_at_once(processes, client_factory):
     assert waiting.acquire(timeout=1), "the closed client's lock was not freed"
     assert time.monotonic() - start < 1
     assert waiting.token > held.token
+
+
+HOLDER = """
+import sys, time
+import runner
+client = runner.Client(sys.argv[1])
+lock = client.Lock("frozen")
+assert lock.acquire(timeout=10)
+print(lock.token, flush=True)
+time.sleep(120)  # frozen by the test (SIGSTOP) long before this ends
+"""
+
+
+def test_a_frozen_holder_loses_its_lock_when_its_heartbeats_stop(processes, client_factory):
+    """SIGSTOP: the holder's connection stays open, so only the missing heartbeats can free it."""
+    _, address = processes.broker("--heartbeat", "0.2", "--liveness", "3")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, address], stdout=subprocess.PIPE,
+                              env=environment())
+    processes.started.append(holder)  # stopped (and reaped) with the others, pass or fail
+    held_token = int(read_line(holder, 30))
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        other = client_factory(address).Lock("frozen")
+        started = time.monotonic()
+        assert other.acquire(timeout=10), "the frozen holder's lock was never freed"
+        waited = time.monotonic() - started
+        assert 0.3 < waited < 5, f"freed after {waited:.2f}s; liveness is 0.2 s x 3"
+        assert other.token > held_token
+        other.release()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
