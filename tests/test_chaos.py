@@ -146,3 +146,23 @@ def test_the_broker_exits_0_on_sigterm_and_sigint(processes, tmp_path, signal_nu
     broker, _ = processes.broker(journal=tmp_path / "journal.db")
     broker.send_signal(signal_number)
     assert broker.wait(timeout=15) == 0
+
+
+def test_a_cancelled_job_never_runs_even_after_a_broker_kill_9(processes, tmp_path):
+    address, journal = free_address(), tmp_path / "journal.db"
+    marker = tmp_path / "ran"
+    broker, _ = processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)
+    with runner.Client(address) as client:
+        cancelled = client.submit("jobs:note_pid_after", 0, str(marker), pool="thread", queue="later")
+        kept = client.submit(tasks.add, 1, 2, pool="thread", queue="later")
+        wait_until(lambda: client.status()["queues"].get("later") == 2, timeout=30, message="both jobs accepted")
+        assert cancelled.cancel() and cancelled.cancelled()
+        broker.kill()
+        broker.wait()
+        processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)
+        processes.worker(address, "--processes", "0", "--threads", "2", "--queue", "later", "--heartbeat", HEARTBEAT,
+                         imports=("tasks", "jobs"))
+        assert kept.result(timeout=60) == 3
+        assert client.fetch(cancelled.job_id)["state"] == "cancelled"
+        assert client.status()["jobs"]["cancelled"] == 1
+    assert not marker.exists(), "a job cancelled before the crash ran after the restart"
