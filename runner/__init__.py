@@ -6,7 +6,8 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture, get_client
+from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture
+from runner.current import get_client
 from runner.executor import ClusterExecutor
 from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
 from runner.local import LocalCluster

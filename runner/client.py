@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import zmq
 from loguru import logger
 
-from runner import protocol, sync
+from runner import current, protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.mapping import MapCall, decode_outcome
@@ -106,7 +106,7 @@ class Client:
                 f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
                 "(set the address with --connect or RUNNER_BROKER)"
             )
-        _make_current(self)
+        current.make_current(self)
 
     # --- submitting ---------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class Client:
         self._unresolved.clear()
         if self._cluster is not None:
             self._cluster.close()
-        _forget_current(self)
+        current.forget(self)
 
     def __enter__(self) -> "Client":
         return self
@@ -403,41 +403,3 @@ def _settle(future: Future, job_id: str, status: str, blob: bytes) -> None:
         future.set_exception(error)
     else:
         future.set_result(value)
-
-
-# --- the current client ------------------------------------------------------------------
-
-_current: Client | None = None  # the client get_client() returns in this process
-_current_lock = threading.Lock()  # guards _current: clients open and close on any thread
-_creating = threading.Lock()  # one task thread creates the process's client; the others wait for it
-
-
-def _make_current(client: Client) -> None:
-    global _current
-    with _current_lock:
-        _current = client
-
-
-def _forget_current(client: Client) -> None:
-    global _current
-    with _current_lock:
-        if _current is client:
-            _current = None
-
-
-def get_client() -> Client:
-    """The client of this process: the last one opened, or, inside a task, one to the worker's broker.
-
-    A task runs in a worker's thread or in a pool process that has no client of
-    its own; the worker puts its broker's address in RUNNER_BROKER, and the first
-    call here connects to it (once per process).
-    """
-    with _creating:
-        client = _current
-        if client is not None and not client._closed and client._pid == os.getpid():
-            return client
-        address = os.environ.get("RUNNER_BROKER")
-        if not address:
-            raise RuntimeError("there is no runner client in this process: create runner.Client(address) first, "
-                               "or set RUNNER_BROKER to the broker's address")
-        return Client(address)

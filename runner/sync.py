@@ -15,17 +15,14 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from runner import protocol
+from runner.current import get_client
 
 if TYPE_CHECKING:
     from runner.client import Client
 
 
 def _client(client: "Client | None") -> "Client":
-    if client is not None:
-        return client
-    from runner.client import get_client
-
-    return get_client()
+    return client if client is not None else get_client()
 
 
 def _wait_for(blocking: bool, timeout: float | None) -> float | None:
