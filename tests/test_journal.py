@@ -228,10 +228,10 @@ def test_undelivered_outcomes_are_kept_for_unclaimed_keep(journal):
     journal.add_jobs([row("a")])
     journal.finish("a", states.FAILED, "failed", b"error", 1, 100.0)
     journal.commit()
-    assert journal.expire(now=100.0 + 10 * 60.0, result_ttl=60.0) == 0
-    assert journal.expire(now=100.0 + UNCLAIMED_KEEP - 1, result_ttl=60.0) == 0
+    assert journal.expire(now=100.0 + 10 * 60.0, result_ttl=60.0) == 0, "no acknowledgement: the TTL never starts"
+    assert journal.expire_unclaimed(now=100.0 + UNCLAIMED_KEEP - 1, result_ttl=60.0) == 0
     assert journal.get("a") is not None
-    assert journal.expire(now=100.0 + UNCLAIMED_KEEP + 1, result_ttl=60.0) == 1
+    assert journal.expire_unclaimed(now=100.0 + UNCLAIMED_KEEP + 1, result_ttl=60.0) == 1
     assert journal.get("a") is None
 
 
@@ -240,8 +240,22 @@ def test_a_ttl_longer_than_unclaimed_keep_holds_undelivered_outcomes_too(journal
     journal.add_jobs([row("a")])
     journal.cancel("a", 0.0)
     journal.commit()
-    assert journal.expire(now=UNCLAIMED_KEEP + 1, result_ttl=ttl) == 0
-    assert journal.expire(now=ttl + 1, result_ttl=ttl) == 1
+    assert journal.expire_unclaimed(now=UNCLAIMED_KEEP + 1, result_ttl=ttl) == 0
+    assert journal.expire_unclaimed(now=ttl + 1, result_ttl=ttl) == 1
+
+
+def test_expiry_deletes_in_bounded_batches_and_forgets_acknowledgements_it_used(journal):
+    journal.add_jobs([row(f"j{n}") for n in range(6)])
+    for n in range(6):
+        finish(journal, f"j{n}", states.DONE, 1.0)
+        journal.delivered([f"j{n}"], 2.0)
+    journal.commit()
+    assert journal.expire(now=100.0, result_ttl=1.0, limit=4) == 4
+    assert journal.expire(now=100.0, result_ttl=1.0, limit=4) == 2
+    assert journal.expire(now=100.0, result_ttl=1.0, limit=4) == 0
+    journal.commit()
+    assert journal._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    assert journal.counts[states.DONE] == 0
 
 
 def test_pending_jobs_never_expire(journal):

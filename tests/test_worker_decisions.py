@@ -138,4 +138,4 @@ def test_jobs_beyond_a_lowered_credit_are_given_back_lowest_priority_first():
     assert [job[0] for job in returned] == ["j1", "j3"]
     assert backlog.waiting("process") == 2
     gauge = CreditGauge({"process": 1})
-    assert gauge.excess("process", held=5) == 4 and gauge.excess("process", held=1) == 0
+    assert gauge.excess("process", held=5) == 3 and gauge.excess("process", held=2) == 0

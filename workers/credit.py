@@ -14,7 +14,8 @@ PREFETCH_WINDOW = 0.02  # seconds of work a worker keeps queued beyond its runni
 MAX_PREFETCH = 512  # jobs a worker keeps queued at most, per pool
 SMOOTHING = 0.2  # weight of the newest measurement in the moving average
 CHANGE_THRESHOLD = 0.25  # tell the broker only about changes larger than this fraction
-SLOWER_JUMP = 4.0  # a job this many times slower than the average replaces it at once
+SLOWER_JUMP = 4.0  # a task's job this many times slower than its average replaces it at once
+GIVE_BACK_ABOVE = 2  # jobs held beyond this many times the credit go back to the broker
 
 
 class CreditGauge:
@@ -33,7 +34,10 @@ class CreditGauge:
         if jobs <= 0 or pool not in self.slots:
             return
         sample = max(seconds, 1e-6) / jobs
-        _update(self._seconds_per_job, pool, sample)
+        previous = self._seconds_per_job.get(pool)
+        # A plain moving average: one very slow sample still moves it far (from 5 µs to 20 ms
+        # jobs, a single sample cuts the prefetch a hundredfold), noise only a little.
+        self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
         _update(self._seconds_per_task, task, sample)
 
     def seconds_per_job(self, task: str) -> float | None:
@@ -47,8 +51,12 @@ class CreditGauge:
         return self.slots[pool] + prefetch
 
     def excess(self, pool: str, held: int) -> int:
-        """Jobs held beyond the current credit: jobs became slow, others should run them."""
-        return max(0, held - self.announced[pool])
+        """Jobs held far beyond the current credit (jobs became slow): others should run them.
+
+        Only beyond twice the credit, so that noise in the measurements does not send jobs
+        back and forth.
+        """
+        return max(0, held - GIVE_BACK_ABOVE * self.announced[pool])
 
     def changed(self) -> dict[str, int] | None:
         """The new credit of every pool if any changed enough to tell the broker, else None."""
@@ -63,8 +71,8 @@ class CreditGauge:
 
 
 def _update(averages: dict[str, float], key: str, sample: float) -> None:
-    """A moving average that jumps when jobs turn much slower (the prefetch must stop at once),
-    but not for the noise of a single slow sample."""
+    """A moving average that jumps when a task turns much slower (its jobs must stop being
+    grouped at once), but not for the noise of a single slow sample."""
     previous = averages.get(key)
     jumped = previous is None or sample > SLOWER_JUMP * previous
     averages[key] = sample if jumped else previous + SMOOTHING * (sample - previous)

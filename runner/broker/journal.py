@@ -15,6 +15,7 @@ States: ``pending`` (waiting or running: a restart queues it again), ``done``,
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -30,6 +31,8 @@ FINAL_STATES = (DONE, FAILED, DEAD, CANCELLED)
 
 #: Undelivered outcomes are kept at least this long, even with a shorter result TTL.
 UNCLAIMED_KEEP = 24 * 3600.0
+#: Acknowledgement messages whose outcomes one expiry call deletes at most.
+EXPIRE_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,8 +48,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     status TEXT,
     outcome BLOB,
-    finished_at REAL,
-    delivered_at REAL
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    at REAL NOT NULL,
+    ids TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS queue_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -130,24 +136,48 @@ class Journal:
         self.counts[state] -= 1
         self.counts[PENDING] = self.counts.get(PENDING, 0) + 1
         self._db.execute(
-            "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL, "
-            "delivered_at=NULL WHERE id=?",
+            "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL WHERE id=?",
             (PENDING, client, job_id),
         )
 
     def delivered(self, job_ids: Iterable[str], now: float) -> None:
-        """The client has these outcomes: from now on only the TTL keeps them."""
-        self._begin()
-        self._db.executemany("UPDATE jobs SET delivered_at=? WHERE id=?", ((now, job_id) for job_id in job_ids))
+        """The client has these outcomes: from now on only the TTL keeps them.
 
-    def expire(self, now: float, result_ttl: float) -> int:
-        """Delete outcomes delivered more than ``result_ttl`` ago, or never claimed for long."""
+        One row per acknowledgement message, not one write per job: a client acknowledges
+        every outcome, so this sits on the hot path.
+        """
+        self._begin()
+        self._db.execute("INSERT INTO deliveries (at, ids) VALUES (?, ?)", (now, json.dumps(list(job_ids))))
+
+    def expire(self, now: float, result_ttl: float, limit: int = EXPIRE_BATCH) -> int:
+        """Delete outcomes delivered more than ``result_ttl`` ago (at most ``limit``
+        acknowledgements' worth a call, so one call never stalls the broker for long)."""
+        self._begin()
+        self._write_finished()
+        acknowledged = self._db.execute(
+            "SELECT rowid, ids FROM deliveries WHERE at < ? ORDER BY rowid LIMIT ?", (now - result_ttl, limit)
+        ).fetchall()
+        removed = []
+        for _, ids in acknowledged:
+            removed += self._db.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN (?, ?, ?, ?) "
+                "RETURNING state", (ids, *FINAL_STATES)).fetchall()
+        if acknowledged:
+            self._db.execute("DELETE FROM deliveries WHERE rowid <= ?", (acknowledged[-1][0],))
+        for (state,) in removed:
+            self.counts[state] -= 1
+        return len(removed)
+
+    def expire_unclaimed(self, now: float, result_ttl: float) -> int:
+        """Delete outcomes nobody acknowledged for UNCLAIMED_KEEP (or the TTL, if longer).
+
+        A scan of the whole table: call it rarely.
+        """
         self._begin()
         self._write_finished()
         removed = self._db.execute(
-            "DELETE FROM jobs WHERE state IN (?, ?, ?, ?) AND "
-            "((delivered_at IS NOT NULL AND delivered_at < ?) OR finished_at < ?) RETURNING state",
-            (*FINAL_STATES, now - result_ttl, now - max(result_ttl, UNCLAIMED_KEEP)),
+            "DELETE FROM jobs WHERE state IN (?, ?, ?, ?) AND finished_at < ? RETURNING state",
+            (*FINAL_STATES, now - max(result_ttl, UNCLAIMED_KEEP)),
         ).fetchall()
         for (state,) in removed:
             self.counts[state] -= 1

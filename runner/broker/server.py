@@ -21,7 +21,7 @@ from loguru import logger
 from runner.log import debug_job
 from runner import protocol
 from runner.broker.jobs import JobBook
-from runner.broker.journal import Journal
+from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
 from runner.broker.scheduler import RUNNING, UnknownWorker
@@ -36,6 +36,7 @@ DEFAULT_HEARTBEAT = 1.0  # seconds between heartbeats, both ways
 DEFAULT_LIVENESS = 3  # heartbeats missed before a peer is declared dead
 DEFAULT_JOURNAL = "runner-journal.db"
 DEFAULT_RESULT_TTL = 3600.0  # seconds an outcome is kept after its client has it
+UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever claimed
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Broker:
             protocol.BYE: self._on_bye,
         }
         self.loop.call_every(heartbeat, self._on_heartbeat_tick)
-        self.loop.call_every(max(0.2, min(60.0, result_ttl / 4)), self._expire_results)
+        self.loop.call_every(max(0.2, min(5.0, result_ttl / 4)), self._expire_results)
+        self.loop.call_every(UNCLAIMED_SWEEP, self._expire_unclaimed)
         if restored:
             log.info("restored {} unfinished jobs from the journal {}", restored, journal)
             self._schedule_flush()
@@ -251,6 +253,12 @@ class Broker:
         removed = self.journal.expire(time.time(), self.result_ttl)
         if removed:
             log.debug("removed {} outcomes past their TTL", removed)
+        self._schedule_flush()
+
+    def _expire_unclaimed(self) -> None:
+        removed = self.journal.expire_unclaimed(time.time(), self.result_ttl)
+        if removed:
+            log.info("removed {} outcomes no client claimed in {:.0f} hours", removed, UNCLAIMED_KEEP / 3600)
         self._schedule_flush()
 
     def _on_unreachable(self, peer_id: bytes) -> None:
