@@ -80,6 +80,8 @@ class Backlog:
 
     def give_back(self, pool: str, count: int, still_wanted: Callable[[str], bool]) -> list[Row]:
         """Remove up to ``count`` waiting jobs, lowest priority and newest first (for other workers)."""
+        if count <= 0:
+            return []
         live = sorted(entry for entry in self._waiting[pool] if still_wanted(entry[2][0]))
         keep, returned = live[: max(0, len(live) - count)], live[max(0, len(live) - count):]
         heapq.heapify(keep)
