@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from runner import protocol
+from runner.broker.retry import DEFAULT_MAX_ATTEMPTS
 
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 SENDABLE = "None, bool, int, float, str, bytes, list, tuple, dict"
@@ -29,7 +30,7 @@ class JobOptions:
     retries: int = 0  # re-runs after the task raised or timed out
     retry_backoff: float = 1.0  # seconds before the first retry; doubles each time, with jitter
     timeout: float | None = None  # seconds a run may take before it is stopped
-    max_attempts: int = 3  # attempts in all, counting those lost to dying workers
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # attempts in all, counting those lost to dying workers
 
     def __post_init__(self) -> None:
         if self.pool not in protocol.POOLS:
@@ -57,7 +58,7 @@ class JobOptions:
             wire["backoff"] = self.retry_backoff
         if self.timeout is not None:
             wire["timeout"] = self.timeout
-        if self.max_attempts != 3:
+        if self.max_attempts != DEFAULT_MAX_ATTEMPTS:
             wire["max_attempts"] = self.max_attempts
         return wire
 

@@ -46,9 +46,6 @@ class Outbox:
     stop_jobs: dict[bytes, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
     leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.accepted or self.outcomes or self.stop_jobs or self.leases)
-
 
 class JobBook:
     """Every job the broker holds, and every decision about it."""

@@ -92,7 +92,6 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
-        self.rows_written = 0
         self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
 
     # --- writes (grouped until commit) ----------------------------------------------------
@@ -110,7 +109,6 @@ class Journal:
             f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}')",
             ((*row[:7], protocol.pack(row[7])) for row in rows),
         )
-        self.rows_written += cursor.rowcount
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
 
     def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:

@@ -34,13 +34,6 @@ class RetryRules:
             max_attempts=options.get("max_attempts", DEFAULT_MAX_ATTEMPTS),
         )
 
-    def to_wire(self) -> dict:
-        """The options map for the journal and the wire (empty for the defaults)."""
-        if self == DEFAULT_RULES:
-            return {}
-        return {"retries": self.retries, "backoff": self.backoff, "timeout": self.timeout,
-                "max_attempts": self.max_attempts}
-
     @property
     def attempt_limit(self) -> int:
         """Attempts in all: enough for every retry, and at least max_attempts."""
