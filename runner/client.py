@@ -25,7 +25,7 @@ from runner import current, protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.mapping import MapCall, decode_outcome
-from runner.loop import EventLoop
+from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 
@@ -36,6 +36,8 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
+ACK_DELAY = 0.05  # seconds acknowledgements gather before one message carries them all
+ACK_BATCH = 10_000  # acknowledgements that leave at once, without waiting for ACK_DELAY
 
 
 class BrokerUnreachable(ConnectionError):
@@ -88,6 +90,8 @@ class Client:
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
         self._outgoing: deque[list] = deque()
+        self._acks: list[str] = []  # outcomes received, not yet acknowledged (I/O thread only)
+        self._ack_timer: Timer | None = None
         self._send_scheduled = False
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
@@ -340,6 +344,7 @@ class Client:
 
     def _say_goodbye(self) -> None:
         """Tell the broker we leave (so it forgets us now, not after heartbeats), then stop."""
+        self._send_acks()
         self.connection.close(goodbye=True)
         self.loop.stop()
 
@@ -390,8 +395,21 @@ class Client:
                 _settle(waiter, job_id, status, blob)
         for call, delivered in for_maps.items():
             call.deliver(delivered)
-        # The broker keeps each outcome until we say we have it.
-        self.connection.send(protocol.ACK, {"ids": [row[0] for row in outcomes]})
+        # The broker keeps each outcome until we say we have it; saying so can wait a moment
+        # (off a round trip's path, and one message for many outcomes).
+        self._acks.extend(row[0] for row in outcomes)
+        if len(self._acks) >= ACK_BATCH:
+            self._send_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
+
+    def _send_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        for start in range(0, len(self._acks), protocol.MAX_BATCH):
+            self.connection.send(protocol.ACK, {"ids": self._acks[start : start + protocol.MAX_BATCH]})
+        self._acks = []
 
 
 def _settle(future: Future, job_id: str, status: str, blob: bytes) -> None:
