@@ -28,13 +28,12 @@ from runner.log import debug_job
 from runner import protocol
 from runner.broker import journal as states
 from runner.errors import WorkerLostError, error_blob
-from runner.broker.journal import Journal
+from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
 
 log = logger.bind(component="jobs")
 
-EMPTY_OPTIONS = protocol.pack({})  # how the journal stores the default options
 
 
 @dataclass

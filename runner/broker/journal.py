@@ -33,6 +33,8 @@ FINAL_STATES = (DONE, FAILED, DEAD, CANCELLED)
 UNCLAIMED_KEEP = 24 * 3600.0
 #: Acknowledgement messages whose outcomes one expiry call deletes at most.
 EXPIRE_BATCH = 500
+#: How the default (empty) options are stored: most jobs have them, so they are packed once.
+EMPTY_OPTIONS = protocol.pack({})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -107,7 +109,7 @@ class Journal:
         cursor = self._db.executemany(
             "INSERT OR IGNORE INTO jobs (id, client, task, pool, queue, priority, payload, options, state) "
             f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}')",
-            ((*row[:7], protocol.pack(row[7])) for row in rows),
+            ((*row[:7], protocol.pack(row[7]) if row[7] else EMPTY_OPTIONS) for row in rows),
         )
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
 
