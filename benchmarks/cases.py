@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import runner
-from benchmarks import tasks
+from benchmarks import floor, tasks
 from benchmarks.cluster import Cluster, cpu_seconds, rss_bytes
 from benchmarks.measure import Watchdog, count_results, round_trips, throughput
 from benchmarks.settings import (BROKER_SETTLE, PPE_WORKERS, REQUEST_TIMEOUT, START_TIMEOUT, THREADS_PER_WORKER,
@@ -81,7 +81,7 @@ def case_map(bench: Bench) -> Sample:
 
 
 def case_roundtrip(bench: Bench) -> Sample:
-    """Case 3: sequential ``submit(noop).result()`` after a warm-up; p50 and p99."""
+    """Case 3: sequential ``submit(noop).result()`` after a warm-up; p50 and p99; and the floor (floor.py)."""
     count, warmup = bench.sizes.roundtrip_jobs, bench.sizes.roundtrip_warmup
     seconds = budget(count + warmup)
     return {
@@ -89,6 +89,7 @@ def case_roundtrip(bench: Bench) -> Sample:
             lambda: client.submit(tasks.noop).result(REQUEST_TIMEOUT), count, warmup, seconds)),
         "ppe": attempt(lambda: round_trips(
             lambda: bench.ppe.submit(tasks.noop).result(REQUEST_TIMEOUT), count, warmup, seconds)),
+        "floor": attempt(lambda: floor.round_trips(count, warmup, seconds)),
     }
 
 

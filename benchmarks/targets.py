@@ -69,6 +69,8 @@ def rows(sizes: Sizes) -> list[Row]:
         Row(f"3. round trip p50 ({s.roundtrip_jobs:,} sequential)", "roundtrip", "runner.p50_us", "µs",
             "ppe.p50_us", "PPE", ratio_at_most(2.0, "PPE")),
         Row("3. round trip p99", "roundtrip", "runner.p99_us", "µs", "ppe.p99_us", "PPE", at_most(3_000, "µs")),
+        Row("   round trip p50 floor: the same hops, no runner code (floor.py)", "roundtrip", "floor.p50_us", "µs",
+            "ppe.p50_us", "PPE"),
         Row(f"4. CPU-bound {s.cpu_jobs:,} x ~20 ms", "cpu", "runner.jobs_per_s", "jobs/s", "ppe.jobs_per_s", "PPE",
             ratio_at_least(0.95, "PPE")),
         Row(f"5. I/O-bound {s.io_jobs:,} x 10 ms sleep, 64 threads", "io", "runner.jobs_per_s", "jobs/s",

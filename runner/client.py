@@ -1,9 +1,11 @@
 """The public Python API: ``Client``, whose ``submit`` returns a real concurrent.futures.Future.
 
 A client owns one I/O thread running the shared event loop with one DEALER
-socket. User threads never touch the socket: ``submit`` packs the job, parks a
-future and hands the row to the I/O thread, which sends every row queued since
-its last turn in one message. Outcomes resolve the futures on the I/O thread.
+socket. ``submit`` packs the job, parks a future and queues the row; the I/O
+thread sends every row queued since its last turn in one message. A lone job, or
+a full batch, is sent by the submitting thread itself (the link is thread-safe),
+so light load costs no thread hop and a busy submitter never waits for the I/O
+thread. Outcomes resolve the futures on the I/O thread.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
+SEND_NOW_ROWS = 256  # queued jobs a submitting thread sends itself, not waiting for the I/O thread
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one message carries them all
 ACK_BATCH = 10_000  # acknowledgements that leave at once, without waiting for ACK_DELAY
 
@@ -93,6 +96,7 @@ class Client:
         self._acks: list[str] = []  # outcomes received, not yet acknowledged (I/O thread only)
         self._ack_timer: Timer | None = None
         self._send_scheduled = False
+        self._send_lock = threading.Lock()  # keeps batches in order when two threads send
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
@@ -196,7 +200,11 @@ class Client:
         self._futures[job_id] = waiter
         self._unresolved[job_id] = row
         self._outgoing.append(row)
-        if not self._send_scheduled:
+        if len(self._futures) == 1 or len(self._outgoing) >= SEND_NOW_ROWS:
+            # A lone job, or a full batch, leaves from this thread: a submitting loop holds
+            # the GIL, and the I/O thread could wait for it for a whole switch interval (5 ms).
+            self._send_outgoing()
+        elif not self._send_scheduled:
             self._send_scheduled = True
             self.loop.call_soon_threadsafe(self._send_outgoing)
         return job_id
@@ -286,7 +294,7 @@ class Client:
         future: Future = Future()
         body = {**body, "request": request}
         self._requests[request] = (future, message_type, body)
-        self.loop.call_soon_threadsafe(lambda: self.connection.send(message_type, body))
+        self.connection.send(message_type, body)
         try:
             return future.result(None if forever else self.timeout if timeout is None else timeout)
         except TimeoutError:
@@ -357,11 +365,13 @@ class Client:
                 self.connection.send(message_type, request_body)
 
     def _send_outgoing(self) -> None:
-        self._send_scheduled = False  # before draining, so a later submit schedules again
-        rows = []
-        while self._outgoing:
-            rows.append(self._outgoing.popleft())
-        self._send_rows(rows)
+        """Send every queued job, from whichever thread calls first; in submission order."""
+        with self._send_lock:
+            self._send_scheduled = False  # before draining, so a later submit schedules again
+            rows = []
+            while self._outgoing:
+                rows.append(self._outgoing.popleft())
+            self._send_rows(rows)
 
     def _send_rows(self, rows: list[list], resend: bool = False) -> None:
         for start in range(0, len(rows), protocol.MAX_BATCH):

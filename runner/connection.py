@@ -3,7 +3,8 @@
 Says hello, keeps heartbeats going both ways (Paranoid Pirate: a side silent for
 ``interval * liveness`` is presumed dead), reconnects when the broker falls
 silent, and registers again when the broker says it does not know us (it
-restarted, or declared us dead). Runs on the owner's event loop thread only.
+restarted, or declared us dead). Runs on the owner's event loop thread; only
+``send`` may be called from other threads.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class BrokerConnection:
         self._restart_heartbeats()
 
     def send(self, message_type: str, body: dict | None = None) -> None:
-        if self._link is not None:
-            self._link.send(message_type, body)
+        """Send to the broker, from any thread; while reconnecting, nothing is sent."""
+        link = self._link
+        if link is not None:
+            link.send(message_type, body)
 
     def close(self, goodbye: bool = True, linger_ms: int = 200) -> None:
         """Say goodbye (so the broker acts now, not after heartbeats) and close."""
@@ -71,9 +74,8 @@ class BrokerConnection:
         if self._link is None:
             return
         if goodbye:
-            self._link.socket.setsockopt(zmq.LINGER, linger_ms)
             self._link.send(protocol.BYE)
-        self._link.close()
+        self._link.close(linger_ms if goodbye else 0)
         self._link = None
 
     def _say_hello(self) -> None:

@@ -13,13 +13,14 @@ socket for ``EVENTS`` and serves it while messages wait; only an idle loop sleep
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import os
 import selectors
 import threading
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 import zmq
 from loguru import logger
@@ -42,15 +43,20 @@ class Timer:
 
 
 class _Watched:
-    """A zmq socket and what to do when it can be read or written."""
+    """A zmq socket, the lock its owner guards it with, and what to do when it can be read or written."""
 
-    __slots__ = ("socket", "on_readable", "on_writable", "want_write")
+    __slots__ = ("socket", "lock", "on_readable", "on_writable", "want_write")
 
-    def __init__(self, socket: zmq.Socket, on_readable: Callable[[], None]) -> None:
+    def __init__(self, socket: zmq.Socket, on_readable: Callable[[], None], lock: ContextManager) -> None:
         self.socket = socket
+        self.lock = lock
         self.on_readable = on_readable
         self.on_writable: Callable[[], None] | None = None
         self.want_write = False
+
+    def events(self) -> int:
+        with self.lock:
+            return self.socket.getsockopt(zmq.EVENTS)
 
 
 class EventLoop:
@@ -73,9 +79,13 @@ class EventLoop:
 
     # --- registration ---------------------------------------------------------------
 
-    def add_socket(self, socket: zmq.Socket, on_readable: Callable[[], None]) -> None:
-        """Call ``on_readable`` whenever ``socket`` has messages (it must drain them)."""
-        self._watched.append(_Watched(socket, on_readable))
+    def add_socket(self, socket: zmq.Socket, on_readable: Callable[[], None], lock: ContextManager | None = None) -> None:
+        """Call ``on_readable`` whenever ``socket`` has messages (it must drain them).
+
+        ``lock``: for a socket that other threads also send on (holding it), so the loop
+        holds it too when it reads the socket's state.
+        """
+        self._watched.append(_Watched(socket, on_readable, lock or contextlib.nullcontext()))
         self._selector.register(socket.getsockopt(zmq.FD), selectors.EVENT_READ, None)
 
     def remove_socket(self, socket: zmq.Socket) -> None:
@@ -178,7 +188,7 @@ class EventLoop:
         for watched in list(self._watched):
             if watched not in self._watched:  # a callback removed (and closed) it this turn
                 continue
-            events = watched.socket.getsockopt(zmq.EVENTS)
+            events = watched.events()
             if watched.want_write and events & zmq.POLLOUT:
                 watched.want_write = False
                 self._guard(watched.on_writable)
@@ -187,7 +197,7 @@ class EventLoop:
 
     def _any_readable(self) -> bool:
         for watched in self._watched:
-            events = watched.socket.getsockopt(zmq.EVENTS)
+            events = watched.events()
             if events & zmq.POLLIN or watched.want_write and events & zmq.POLLOUT:
                 return True
         return False

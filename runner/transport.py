@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import re
+import threading
 from typing import Callable
 
 import zmq
@@ -74,7 +75,14 @@ def connect_dealer(context: zmq.Context, address: str, identity: bytes) -> zmq.S
 
 
 class DealerLink:
-    """A DEALER socket on a loop: decodes what arrives, queues what cannot go out yet."""
+    """A DEALER socket on a loop: decodes what arrives, queues what cannot go out yet.
+
+    ``send`` is safe from any thread: a client's submitting thread sends without
+    waiting for its I/O thread, which a busy submitter can keep from the GIL for the
+    interpreter's whole switch interval. Every use of the socket holds ``_lock``, the
+    loop's included, which also gives the memory barrier ZeroMQ asks for when a socket
+    is used from another thread.
+    """
 
     def __init__(
         self, loop: EventLoop, socket: zmq.Socket, on_message: Callable[[protocol.Message], None]
@@ -83,40 +91,57 @@ class DealerLink:
         self.socket = socket
         self._on_message = on_message
         self._outbox: collections.deque[bytes] = collections.deque()
-        loop.add_socket(socket, self._drain)
+        self._lock = threading.RLock()
+        self._closed = False
+        loop.add_socket(socket, self._drain, self._lock)
 
     def send(self, message_type: str, body: dict | None = None) -> None:
-        """Send now, or as soon as the socket has room, in order."""
-        frame = protocol.encode(message_type, body)
-        if self._outbox:
-            self._outbox.append(frame)
-            return
-        try:
-            self.socket.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self._outbox.append(frame)
-            self.loop.want_writable(self.socket, self._flush)
+        """Send now, or as soon as the socket has room, in order; from any thread.
 
-    def close(self) -> None:
-        """Stop watching and close; what was sent waits for the socket's LINGER."""
-        self.loop.remove_socket(self.socket)
-        self.socket.close()
+        After ``close`` (a reconnect replaced this link) it sends nothing: the owner
+        resends what matters once the broker welcomes it again.
+        """
+        frame = protocol.encode(message_type, body)
+        with self._lock:
+            if self._closed:
+                return
+            if self._outbox:
+                self._outbox.append(frame)
+            else:
+                try:
+                    self.socket.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    self._outbox.append(frame)
+                    self.loop.want_writable(self.socket, self._flush)
+            # Off the loop's thread, the send may have consumed the edge that would wake the
+            # sleeping loop for a message that arrived meanwhile, or the frame may wait.
+            if not self.loop.in_loop_thread() and (self._outbox or self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+                self.loop.wake()
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop watching and close; what was sent gets ``linger_ms`` to leave."""
+        with self._lock:
+            self._closed = True
+            self.loop.remove_socket(self.socket)
+            self.socket.close(linger=linger_ms)
 
     def _flush(self) -> None:
-        while self._outbox:
-            try:
-                self.socket.send(self._outbox[0], zmq.NOBLOCK)
-            except zmq.Again:
-                self.loop.want_writable(self.socket, self._flush)
-                return
-            self._outbox.popleft()
+        with self._lock:
+            while self._outbox:
+                try:
+                    self.socket.send(self._outbox[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    self.loop.want_writable(self.socket, self._flush)
+                    return
+                self._outbox.popleft()
 
     def _drain(self) -> None:
         for _ in range(DRAIN_LIMIT):
-            try:
-                frame = self.socket.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
+            with self._lock:
+                try:
+                    frame = self.socket.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    return
             try:
                 message = protocol.decode(frame)
             except protocol.ProtocolError as exc:

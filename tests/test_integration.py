@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import runner
+from runner.client import SEND_NOW_ROWS
 import tasks
 
 
@@ -91,18 +92,20 @@ def test_executor_with_thread_pool_defaults(two_workers):
 
 
 def test_submit_from_many_threads(two_workers):
+    # Enough jobs a thread that each sends full batches itself, at the same time as the others.
+    per_thread = 3 * SEND_NOW_ROWS
     results: list = []
 
     def submit_some(offset: int) -> None:
-        futures = [two_workers.submit(tasks.add, offset, i, pool="thread") for i in range(100)]
+        futures = [two_workers.submit(tasks.add, offset, i, pool="thread") for i in range(per_thread)]
         results.extend(future.result(timeout=60) for future in futures)
 
-    threads = [threading.Thread(target=submit_some, args=(1000 * n,)) for n in range(4)]
+    threads = [threading.Thread(target=submit_some, args=(10_000 * n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(results) == sorted(1000 * n + i for n in range(4) for i in range(100))
+    assert sorted(results) == sorted(10_000 * n + i for n in range(4) for i in range(per_thread))
 
 
 def test_task_decorator_defaults_and_local_call(two_workers):

@@ -433,6 +433,55 @@ def test_dealer_and_router_links_echo_bursts_in_order(loop, context):
     assert received == list(range(BURST * BURSTS))
 
 
+def test_dealer_link_sends_from_other_threads_and_the_loop_still_hears_every_echo(loop, context):
+    # Threads send on the link while the loop sleeps in select; their sends read the
+    # socket's state and can eat the edge that would wake the loop for an echo. The loop
+    # has no timers: if it ever slept with echoes waiting, the wait below would time out.
+    threads, per_thread = 4, BURST * BURSTS
+    received: dict[int, list[int]] = collections.defaultdict(list)
+    done = threading.Event()
+
+    def on_frame(peer: bytes, frame: bytes) -> None:
+        router.send(peer, protocol.HEARTBEAT, protocol.decode(frame).body)
+
+    def on_message(message: protocol.Message) -> None:
+        received[message.body["thread"]].append(message.body["seq"])
+        if sum(map(len, received.values())) == threads * per_thread:
+            done.set()
+
+    def send_all(thread: int) -> None:
+        for seq in range(per_thread):
+            dealer.send(protocol.HEARTBEAT, {"thread": thread, "seq": seq})
+
+    router, dealer = links(loop, context, on_frame, on_message)
+    with running(loop):
+        senders = [threading.Thread(target=send_all, args=(number,)) for number in range(threads)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        wait(done, lambda: f"{threads * per_thread} echoes (got {sum(map(len, received.values()))})")
+    assert all(received[number] == list(range(per_thread)) for number in range(threads)), "each thread's in order"
+
+
+def test_a_closed_dealer_link_drops_sends_from_any_thread(loop, context):
+    _, dealer = links(loop, context, on_frame=lambda peer, frame: None, on_message=lambda message: None)
+    dealer.close()
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            dealer.send(protocol.HEARTBEAT)
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join()
+    send()
+    assert errors == [], "a reconnect closes links that other threads may still send on"
+
+
 @pytest.mark.parametrize("kind", ["inproc", "tcp"])
 def test_dealer_link_outbox_with_a_tiny_high_water_mark_delivers_everything_in_order(loop, context, kind):
     router_socket = context.socket(zmq.ROUTER)
