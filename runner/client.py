@@ -1,11 +1,9 @@
 """The public Python API: ``Client``, whose ``submit`` returns a real concurrent.futures.Future.
 
 A client owns one I/O thread running the shared event loop with one DEALER
-socket. ``submit`` packs the job, parks a future and queues the row; the I/O
-thread sends every row queued since its last turn in one message. A lone job, or
-a full batch, is sent by the submitting thread itself (the link is thread-safe),
-so light load costs no thread hop and a busy submitter never waits for the I/O
-thread. Outcomes resolve the futures on the I/O thread.
+socket. ``submit`` packs the job, parks a future and hands the row to the
+JobSender (outgoing.py), which batches rows into messages. Outcomes resolve the
+futures on the I/O thread.
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ from runner import current, protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
 from runner.mapping import MapCall, decode_outcome
-from runner.loop import EventLoop, Timer
+from runner.loop import EventLoop
+from runner.outgoing import Acknowledger, JobSender
 from runner.transport import check_address
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 
@@ -38,9 +37,6 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
-SEND_NOW_ROWS = 256  # queued jobs a submitting thread sends itself, not waiting for the I/O thread
-ACK_DELAY = 0.05  # seconds acknowledgements gather before one message carries them all
-ACK_BATCH = 10_000  # acknowledgements that leave at once, without waiting for ACK_DELAY
 
 
 class BrokerUnreachable(ConnectionError):
@@ -92,11 +88,6 @@ class Client:
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
-        self._outgoing: deque[list] = deque()
-        self._acks: list[str] = []  # outcomes received, not yet acknowledged (I/O thread only)
-        self._ack_timer: Timer | None = None
-        self._send_scheduled = False
-        self._send_lock = threading.Lock()  # keeps batches in order when two threads send
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
@@ -105,6 +96,8 @@ class Client:
             self.loop, self.context, address, self.identity,
             hello=self._hello, on_message=self._on_message, on_welcome=self._on_welcome,
         )
+        self._jobs_out = JobSender(self.loop, self.connection)
+        self._acknowledger = Acknowledger(self.loop, self.connection)
         self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
         self._thread.start()
         self.loop.call_soon_threadsafe(self.connection.start)
@@ -191,7 +184,7 @@ class Client:
 
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
                  waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
-        """Queue one job for the I/O thread, which sends all queued since its last turn at once."""
+        """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
         if self._closed:
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
@@ -199,14 +192,7 @@ class Client:
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = waiter
         self._unresolved[job_id] = row
-        self._outgoing.append(row)
-        if len(self._futures) == 1 or len(self._outgoing) >= SEND_NOW_ROWS:
-            # A lone job, or a full batch, leaves from this thread: a submitting loop holds
-            # the GIL, and the I/O thread could wait for it for a whole switch interval (5 ms).
-            self._send_outgoing()
-        elif not self._send_scheduled:
-            self._send_scheduled = True
-            self.loop.call_soon_threadsafe(self._send_outgoing)
+        self._jobs_out.add(row, alone=len(self._futures) == 1)
         return job_id
 
     def _abandon(self, job_ids: list[str]) -> None:
@@ -352,7 +338,7 @@ class Client:
 
     def _say_goodbye(self) -> None:
         """Tell the broker we leave (so it forgets us now, not after heartbeats), then stop."""
-        self._send_acks()
+        self._acknowledger.send()
         self.connection.close(goodbye=True)
         self.loop.stop()
 
@@ -360,25 +346,9 @@ class Client:
         if again:  # the broker forgot us: send every job without an outcome, and every request, again
             rows = list(self._unresolved.values())
             log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
-            self._send_rows(rows, resend=True)
+            self._jobs_out.send(rows, resend=True)
             for _, message_type, request_body in list(self._requests.values()):
                 self.connection.send(message_type, request_body)
-
-    def _send_outgoing(self) -> None:
-        """Send every queued job, from whichever thread calls first; in submission order."""
-        with self._send_lock:
-            self._send_scheduled = False  # before draining, so a later submit schedules again
-            rows = []
-            while self._outgoing:
-                rows.append(self._outgoing.popleft())
-            self._send_rows(rows)
-
-    def _send_rows(self, rows: list[list], resend: bool = False) -> None:
-        for start in range(0, len(rows), protocol.MAX_BATCH):
-            body = {"jobs": rows[start : start + protocol.MAX_BATCH]}
-            if resend:
-                body["resend"] = True
-            self.connection.send(protocol.SUBMIT, body)
 
     def _on_message(self, message: protocol.Message) -> None:
         body = message.body
@@ -405,21 +375,7 @@ class Client:
                 _settle(waiter, job_id, status, blob)
         for call, delivered in for_maps.items():
             call.deliver(delivered)
-        # The broker keeps each outcome until we say we have it; saying so can wait a moment
-        # (off a round trip's path, and one message for many outcomes).
-        self._acks.extend(row[0] for row in outcomes)
-        if len(self._acks) >= ACK_BATCH:
-            self._send_acks()
-        elif self._ack_timer is None:
-            self._ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
-
-    def _send_acks(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        for start in range(0, len(self._acks), protocol.MAX_BATCH):
-            self.connection.send(protocol.ACK, {"ids": self._acks[start : start + protocol.MAX_BATCH]})
-        self._acks = []
+        self._acknowledger.add([row[0] for row in outcomes])  # the broker keeps each outcome until then
 
 
 def _settle(future: Future, job_id: str, status: str, blob: bytes) -> None:

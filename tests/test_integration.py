@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import runner
-from runner.client import SEND_NOW_ROWS
+from runner.outgoing import SEND_NOW_ROWS
 import tasks
 
 
