@@ -58,7 +58,7 @@ ACCEPTED = "accepted"  # jobs the broker took responsibility for
 JOBS = "jobs"  # jobs for a worker to run
 STOP_JOBS = "stop_jobs"  # a worker must stop (kill or drop) these jobs
 OUTCOMES = "outcomes"  # final outcomes for a client
-REPLY = "reply"  # answer to a request (status, wait_workers)
+REPLY = "reply"  # answer to a request: any message that carries a "request" number
 ERROR = "error"  # the broker rejected a message of the peer
 
 # Status codes carried by results (ok, failed, requeue) and outcomes (ok, failed, cancelled).

@@ -3,8 +3,9 @@
 The loop thread owns the socket. Jobs go to the process or thread pool the job
 asks for; when a pool future completes, its done-callback (on whatever thread
 finished it) puts the result rows in a queue and wakes the loop, which sends
-everything that finished in one message. Credit is announced in hello: the
-broker never leases more jobs per pool than the pool has slots.
+everything that finished in one message. Credit is announced in hello (the
+pools' slots) and later in ``credit`` messages (slots plus a prefetch, credit.py):
+the broker never leases a worker more jobs per pool than its credit.
 
 The worker remembers each job it runs (``Running``) until it reports it, so it
 can re-announce them after a reconnect, stop them on a timeout or a forced
