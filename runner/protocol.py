@@ -72,6 +72,9 @@ OUTCOME_STATUSES = (OK, FAILED, CANCELLED)
 SYNC_OPS = ("acquire", "release", "locked", "event_set", "event_clear", "event_is_set", "event_wait",
             "queue_put", "queue_get", "queue_size")
 
+#: Job priorities, inclusive: a signed 32-bit integer.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+
 # Per-job options in a submit row; all optional, absent means the default.
 JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts")
 
@@ -210,7 +213,7 @@ def check_job_row(row: list) -> None:
         raise ProtocolError(f"task reference must look like 'module:function', got {task!r:.80}")
     _pool(pool)
     _name(queue, "queue name")
-    _integer(priority, "priority", -(2**31), 2**31)
+    _integer(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
     _payload(payload)
 
 
@@ -278,7 +281,7 @@ def _check_welcome(body: dict) -> None:
 # Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]
 def _check_jobs(body: dict) -> None:
     for job_id, attempt, task, pool, payload, timeout, priority in _batch(body, "jobs", 7, "jobs"):
-        _integer(priority, "priority", -(2**31), 2**31)
+        _integer(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         _name(job_id, "job id")
         _integer(attempt, "attempt", 1, 2**31)
         _name(task, "task reference")

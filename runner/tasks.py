@@ -37,7 +37,7 @@ class JobOptions:
             raise ValueError(f"pool must be one of {protocol.POOLS}, got {self.pool!r}")
         if not isinstance(self.queue, str) or not self.queue or len(self.queue) > protocol.MAX_NAME:
             raise ValueError(f"queue must be a non-empty string of at most {protocol.MAX_NAME} characters, got {self.queue!r}")
-        _check_int("priority", self.priority, -(2**31) + 1, 2**31 - 1)
+        _check_int("priority", self.priority, protocol.PRIORITY_MIN, protocol.PRIORITY_MAX)
         _check_int("retries", self.retries, 0, 1000)
         _check_int("max_attempts", self.max_attempts, 1, 1000)
         if not isinstance(self.retry_backoff, (int, float)) or not 0 <= self.retry_backoff <= 3600:

@@ -632,3 +632,26 @@ def test_a_claim_from_before_a_requeue_is_refused(tmp_path):
         assert (book.scheduler.jobs["x"].state, book.scheduler.jobs["x"].attempt) == (PENDING, 0)
     finally:
         journal.close()
+
+
+def test_an_id_submitted_again_after_it_finished_is_answered_not_run_again(tmp_path):
+    journal = Journal(str(tmp_path / "journal.db"))
+    book = JobBook(journal)
+    row = ["x", "tasks:add", "thread", "default", 0, b"\x90", {}]
+    book.submit(CLIENTS[0], [row], False, 1.0)
+    book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    book.take_outbox()
+    book.results(b"w", [["x", 1, protocol.OK, b"\xa2ok"]], 2.0)
+    book.take_outbox()
+    journal.commit()
+    counts = dict(journal.counts)
+    try:
+        book.submit(CLIENTS[1], [row], False, 3.0)  # the same id, without resend: a client reused it
+        outbox = book.take_outbox()
+        journal.commit()
+        assert outbox.outcomes[CLIENTS[1]] == [["x", protocol.OK, b"\xa2ok"]], "answered with the stored outcome"
+        assert outbox.leases == [] and "x" not in book.scheduler.jobs, "not run again"
+        assert journal.counts == counts, "the state counts do not drift"
+        assert (journal.get("x").state, journal.get("x").outcome) == (states.DONE, b"\xa2ok")
+    finally:
+        journal.close()

@@ -91,8 +91,18 @@ class JobBook:
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
-        if fresh:
-            self.journal.add_jobs(fresh)
+        if fresh and self.journal.add_jobs(fresh) < len(fresh):
+            self._answer_reused_ids(client, [row[0] for row in fresh])
+
+    def _answer_reused_ids(self, client: bytes, job_ids: list[str]) -> None:
+        """Some ids were already journaled as finished (a client reused them without ``resend``):
+        answer those with their stored outcome rather than run them again over it."""
+        for job_id in job_ids:
+            stored = self.journal.get(job_id)
+            if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
+                log.bind(job=job_id).warning("job id {} was submitted again after it finished: "
+                                             "answered with its stored outcome, not run again", job_id)
+                self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
 
     def _answer_from_journal(self, client: bytes, job_id: str) -> bool:
         stored = self.journal.get(job_id)

@@ -103,8 +103,11 @@ class Journal:
             self._db.execute("BEGIN")
             self._in_transaction = True
 
-    def add_jobs(self, rows: Iterable[tuple]) -> None:
-        """Record accepted jobs: (id, client, task, pool, queue, priority, payload, options)."""
+    def add_jobs(self, rows: Iterable[tuple]) -> int:
+        """Record accepted jobs: (id, client, task, pool, queue, priority, payload, options).
+
+        Returns how many were new: an id the journal already has keeps its row.
+        """
         self._begin()
         cursor = self._db.executemany(
             "INSERT OR IGNORE INTO jobs (id, client, task, pool, queue, priority, payload, options, state) "
@@ -112,6 +115,7 @@ class Journal:
             ((*row[:7], protocol.pack(row[7]) if row[7] else EMPTY_OPTIONS) for row in rows),
         )
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
+        return cursor.rowcount
 
     def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:
         """Record a job's final outcome (written with the rest of the turn's at commit)."""
