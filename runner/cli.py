@@ -125,7 +125,8 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
 @click.option("--pool", type=click.Choice(["process", "thread"]), help="Pool to run in [default: process].")
 @click.option("--queue", help="Queue to submit to [default: default].")
 @click.option("--priority", type=int, help="Higher runs first [default: 0].")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait and print the result as JSON.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
 @logging_options
 def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
@@ -147,6 +148,10 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
         except (TypeError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         if not wait:
+            # The broker answers a request only after committing everything that came before it
+            # on this connection: once this answer is in, the job is in its journal.
+            if client.fetch(future.job_id)["state"] == "unknown":
+                raise click.ClickException(f"the broker at {connect} did not keep job {future.job_id}; submit it again")
             click.echo(future.job_id)
             return
         try:

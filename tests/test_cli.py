@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cluster import ROOT, environment, read_line
+import runner
+from cluster import ROOT, environment, read_line, wait_until
 
 
 def run(*arguments: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -77,6 +78,22 @@ def test_submit_and_status_against_a_live_cluster(processes, broker_address):
     assert status["workers"][0]["slots"] == {"process": 1, "thread": 2}
     text = run("status", "--connect", broker_address).stdout
     assert "worker cli-worker" in text
+
+
+def test_submit_no_wait_returns_once_the_job_is_journaled(processes, tmp_path):
+    journal = tmp_path / "journal.db"
+    broker, address = processes.broker(journal=journal)
+    result = run("submit", "tasks:add", "1", "2", "--no-wait", "--connect", address)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    broker.kill()  # SIGKILL at once: nothing the broker had not committed survives
+    broker.wait(10)
+    _, address = processes.broker(journal=journal)
+    processes.worker(address, "--processes", "1", "--threads", "1")
+    with runner.Client(address) as client:
+        assert client.fetch(job_id)["state"] in ("pending", "running", "done")
+        wait_until(lambda: client.fetch(job_id)["state"] == "done", timeout=30, message=f"job {job_id} to run")
+        assert client.fetch(job_id)["result"] == 3
 
 
 def test_runner_local_starts_a_cluster_and_ctrl_c_stops_everything(processes):
