@@ -83,10 +83,15 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
 @click.option("--name", help="Name shown in status [default: HOST-PID].")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400), envvar="RUNNER_GRACE",
               help="Seconds running jobs get to finish after SIGTERM before they are given back.")
+@click.option("--max-jobs-per-child", type=click.IntRange(1, 2**31), envvar="RUNNER_MAX_JOBS_PER_CHILD",
+              help="Replace a process-pool child by a fresh one after this many jobs [default: never].")
+@click.option("--max-memory-per-child", type=click.FloatRange(1, 2**31), envvar="RUNNER_MAX_MEMORY_PER_CHILD",
+              help="Replace a process-pool child whose RSS is above this many MiB after a job [default: never].")
 @heartbeat_options
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
-           allow_any_module: bool, name: str | None, grace: float, heartbeat: float, liveness: int, log_level: str,
+           allow_any_module: bool, name: str | None, grace: float, max_jobs_per_child: int | None,
+           max_memory_per_child: float | None, heartbeat: float, liveness: int, log_level: str,
            log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
     from workers.worker import Worker
@@ -103,7 +108,8 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     try:
         instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
                           imports=None if allow_any_module else list(imports), heartbeat=heartbeat,
-                          liveness=liveness, grace=grace, name=name)
+                          liveness=liveness, grace=grace, name=name, max_jobs_per_child=max_jobs_per_child,
+                          max_memory_per_child=max_memory_per_child)
     except ImportError as exc:
         raise click.ClickException(f"cannot import a module given with --import: {exc}") from None
     except ValueError as exc:
@@ -180,7 +186,8 @@ def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
     for worker_info in snapshot["workers"]:
         slots = ", ".join(f"{pool} {count}" for pool, count in worker_info["slots"].items())
         click.echo(f"  worker {worker_info['id']}  host {worker_info['host']}  pid {worker_info['pid']}  "
-                   f"slots {slots}  running {worker_info['running']}  queues {','.join(worker_info['queues'])}")
+                   f"slots {slots}  running {worker_info['running']}  queues {','.join(worker_info['queues'])}"
+                   f"  recycled {worker_info.get('recycled', 0)}")
     for queue_name, pending in sorted(snapshot["queues"].items()):
         click.echo(f"  queue {queue_name}: {pending} pending")
 

@@ -241,6 +241,7 @@ def _check_hello(body: dict) -> None:
             _name(queue, "queue name")
         if "epoch" in body:
             _integer(body["epoch"], "epoch", 0, 2**62)
+        _check_recycled(body)
         running = body.get("running", [])
         if not isinstance(running, list) or len(running) > MAX_BATCH:
             raise ProtocolError(f"running must be a list of at most {MAX_BATCH} [job id, attempt] pairs")
@@ -249,6 +250,12 @@ def _check_hello(body: dict) -> None:
                 raise ProtocolError(f"running must list [job id, attempt] pairs, got {pair!r:.80}")
             _name(pair[0], "job id")
             _integer(pair[1], "attempt", 1, 2**31)
+
+
+def _check_recycled(body: dict) -> None:
+    """A worker's count of pool children replaced so far (optional, in hello and heartbeat)."""
+    if "recycled" in body:
+        _integer(body["recycled"], "recycled", 0, 2**62)
 
 
 def _check_submit(body: dict) -> None:
@@ -342,7 +349,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     HELLO: _check_hello,
     SUBMIT: _check_submit,
     RESULTS: _check_results,
-    HEARTBEAT: _nothing,
+    HEARTBEAT: _check_recycled,
     STATUS: _request_id,
     WAIT_WORKERS: _check_wait_workers,
     CANCEL: _check_cancel,

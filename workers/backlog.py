@@ -43,14 +43,15 @@ class Backlog:
         return len(self._waiting[pool])
 
     def take(self, pool: str, still_wanted: Callable[[str], bool],
-             seconds_per_job: Callable[[str], float | None] = lambda task: None) -> list[Row]:
+             seconds_per_job: Callable[[str], float | None] = lambda task: None, most: int | None = None) -> list[Row]:
         """The next group to submit to ``pool`` (empty if no slot is free or nothing waits).
 
         Jobs no longer ``still_wanted`` (stopped or given back while waiting) are dropped.
         A group holds jobs of one task whose measured ``seconds_per_job`` is short: long
         or unknown jobs go alone, so they never queue behind each other in one process.
+        It holds at most ``most`` jobs if given (what the pool child may still run).
         """
-        if self.busy[pool] >= self._capacity(pool):
+        if self.busy[pool] >= self._capacity(pool) or (most is not None and most < 1):
             return []
         waiting = self._waiting[pool]
         if self.busy[pool] >= self.slots[pool] and waiting and waiting[0][2][4] is not None:
@@ -64,6 +65,8 @@ class Backlog:
                 continue
             if not group:
                 limit = self._group_limit(pool, seconds_per_job(row[2]))
+                if most is not None:
+                    limit = min(limit, most)
             elif row[4] is not None or row[2] != group[0][2]:  # a timed job, or another task: next group
                 break
             heapq.heappop(waiting)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import resource
 import select
+import sys
 import threading
 import traceback
 from typing import Any, Callable, Iterable
@@ -21,6 +23,8 @@ from runner.errors import error_blob
 #: Modules whose functions may run here; None means any module (embedded cluster only).
 _allowed_modules: frozenset[str] | None = frozenset()
 _resolved: dict[str, Callable[..., Any]] = {}
+_statm: int | None = None  # descriptor of /proc/self/statm, opened at the first measurement
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class TaskNotAllowed(LookupError):
@@ -110,6 +114,39 @@ def run(task: str, payload: bytes) -> tuple[str, bytes]:
 def run_batch(jobs: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, str, bytes]]:
     """Run several small jobs in one pool submission: (id, attempt, task, payload) each."""
     return [(job_id, attempt, *run(task, payload)) for job_id, attempt, task, payload in jobs]
+
+
+def run_batch_measured(jobs: list[tuple[str, int, str, bytes]],
+                       max_rss_kib: int | None) -> tuple[list[tuple[str, int, str, bytes]], int, int | None]:
+    """In a pool child that may be recycled: run the jobs; return their rows, this pid, and its RSS in KiB.
+
+    Without ``max_rss_kib`` memory is not measured (None). With it, RSS is read after
+    each job, and a job that leaves the child above the limit is the last it runs: the
+    rest of its group come back as ``requeue`` (unrun, no attempt charged), and the
+    worker retires this child on seeing its size (recycling.py).
+    """
+    if max_rss_kib is None:
+        return run_batch(jobs), os.getpid(), None
+    rows, rss = [], 0
+    for index, (job_id, attempt, task, payload) in enumerate(jobs):
+        rows.append((job_id, attempt, *run(task, payload)))
+        rss = _rss_kib()
+        if rss > max_rss_kib:
+            rows.extend((unrun, unrun_attempt, protocol.REQUEUE, b"") for unrun, unrun_attempt, _, _ in jobs[index + 1:])
+            break
+    return rows, os.getpid(), rss
+
+
+def _rss_kib() -> int:
+    """This process's resident memory now, in KiB: /proc/self/statm, kept open (one pread per call)."""
+    global _statm
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE_KIB
+    except (OSError, ValueError, IndexError):  # no /proc: the peak so far bounds it from above
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB elsewhere
 
 
 def encode_error(exc: BaseException) -> bytes:

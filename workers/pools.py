@@ -16,6 +16,7 @@ so a thread-pool job past its time is abandoned and left to finish unseen.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import resource
@@ -31,6 +32,7 @@ from loguru import logger
 from runner import protocol
 from runner.errors import WorkerPoolError
 from workers import execute
+from workers.recycling import Recycler
 
 log = logger.bind(component="pools")
 
@@ -52,6 +54,9 @@ class ThreadPool:
     def submit(self, jobs: list[JobRow]) -> Future:
         return self._executor.submit(execute.run_batch, jobs)
 
+    def room(self) -> None:
+        """Any number of jobs may go in one submission (each runs alone anyway)."""
+
     def describe_death(self) -> str:
         return "a thread-pool job failed"
 
@@ -62,40 +67,89 @@ class ThreadPool:
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
+class _Lane:
+    """One ProcessPoolExecutor; in a recycled pool it has one child, so a result names its child."""
+
+    __slots__ = ("executor", "replaced")
+
+    def __init__(self, executor: ProcessPoolExecutor) -> None:
+        self.executor = executor
+        self.replaced = False  # shut down and replaced: a late callback of its jobs changes nothing
+
+
 class ProcessPool:
-    """CPU-bound jobs in child processes; rebuilt when a child dies or is killed."""
+    """CPU-bound jobs in child processes; rebuilt when a child dies or is killed.
+
+    Without a recycler one executor runs all ``size`` children. With one (recycling.py)
+    every child has an executor of its own, a lane: a submission goes to an idle lane,
+    and its child reports its size with the result. A lane holds one submission at a
+    time, so a child the recycler retires is idle: its executor is shut down without
+    waiting and a fresh lane takes its place. No child ever exits on its own, which is
+    what hangs ``ProcessPoolExecutor(max_tasks_per_child=...)`` on 3.11.
+    """
 
     name = "process"
     killable = True
 
-    def __init__(self, size: int, allowed_modules: frozenset[str] | None) -> None:
+    def __init__(self, size: int, allowed_modules: frozenset[str] | None, recycler: Recycler | None = None) -> None:
         self.size = size
+        self.recycler = recycler
         self._allowed = allowed_modules
         self._context = multiprocessing.get_context("forkserver")
         self._peak_kib: dict[int, int] = {}  # child pid -> highest VmHWM seen
-        # The loop thread samples and replaces; pool callbacks read the children when one dies.
-        self._children_lock = threading.Lock()
-        self._executor = self._start()
+        # Pool callbacks (on any thread) free and retire lanes and read the children to explain a
+        # death; the loop thread submits, samples and replaces.
+        self._lanes_lock = threading.Lock()
+        self._lanes = [_Lane(self._start(1 if recycler else size)) for _ in range(size if recycler else 1)]
+        self._idle = collections.deque(self._lanes if recycler else ())  # lanes with no job (recycled pool)
+        self._retired: list[_Lane] = []  # lanes whose child runs no more jobs, until replaced
 
     def submit(self, jobs: list[JobRow]) -> Future:
-        try:
-            return self._executor.submit(execute.run_batch, jobs)
-        except BrokenProcessPool:
-            log.warning("process pool was broken by a dying child: {}; starting a new one", self.describe_death())
-            self._replace()
-            return self._executor.submit(execute.run_batch, jobs)
+        if self.recycler is None:
+            return self._submit(self._lanes[0], execute.run_batch, jobs)[1]
+        self._replace_retired()
+        with self._lanes_lock:
+            lane = self._idle.popleft()
+        lane, source = self._submit(lane, execute.run_batch_measured, jobs, self.recycler.max_memory_kib)
+        done: Future = Future()
+        source.add_done_callback(lambda source: self._lane_done(lane, len(jobs), source, done))
+        return done
+
+    def room(self) -> int | None:
+        """How many jobs the next submission may carry (None: any number); replaces retired children first."""
+        if self.recycler is None:
+            return None
+        self._replace_retired()
+        if self.recycler.max_jobs is None:
+            return None
+        with self._lanes_lock:
+            return self.recycler.room(self._idle[0]) if self._idle else 0
+
+    @property
+    def recycled(self) -> int:
+        """Children retired by the recycler so far."""
+        return self.recycler.recycled if self.recycler else 0
 
     def kill(self) -> None:
         """End every child now (their jobs fail as BrokenProcessPool) and start fresh ones."""
         for process in self._children():
             if process.is_alive():
                 process.kill()
-        self._replace()
+        with self._lanes_lock:
+            lanes = list(self._lanes)
+            for lane in lanes:  # before their jobs' callbacks can free them
+                lane.replaced = True
+            self._idle.clear()
+            self._retired.clear()
+        fresh = [self._swap(lane) for lane in lanes]
+        if self.recycler:
+            with self._lanes_lock:
+                self._idle.extend(fresh)
 
     def describe_death(self) -> str:
         """Which children died, how, and how much memory they had reached."""
         deaths = []
-        with self._children_lock:
+        with self._lanes_lock:
             children, peaks = self._children_by_pid(), dict(self._peak_kib)
         for pid, process in children.items():
             code = process.exitcode
@@ -116,8 +170,10 @@ class ProcessPool:
 
     def sample_memory(self) -> None:
         """Remember each child's high-water RSS, to report it if the child dies."""
-        with self._children_lock:
-            for pid in self._children_by_pid():
+        with self._lanes_lock:
+            children = self._children_by_pid()
+            self._peak_kib = {pid: peak for pid, peak in self._peak_kib.items() if pid in children}
+            for pid in children:
                 peak = _high_water_kib(pid)
                 if peak:
                     self._peak_kib[pid] = max(peak, self._peak_kib.get(pid, 0))
@@ -128,38 +184,88 @@ class ProcessPool:
             for process in self._children():
                 if process.is_alive():
                     process.terminate()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for lane in list(self._lanes):
+            lane.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _replace(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._children_lock:
-            self._peak_kib.clear()
-            self._executor = self._start()
+    def _submit(self, lane: _Lane, function: Callable, *args) -> tuple[_Lane, Future]:
+        """Submit to ``lane``, or to a fresh lane in its place if a dying child broke it."""
+        try:
+            return lane, lane.executor.submit(function, *args)
+        except BrokenProcessPool:
+            log.warning("process pool was broken by a dying child: {}; starting a new one", self.describe_death())
+            lane = self._swap(lane)
+            return lane, lane.executor.submit(function, *args)
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _lane_done(self, lane: _Lane, jobs: int, source: Future, done: Future) -> None:
+        """On the lane's own thread: free or retire the lane, then complete ``done`` (the worker hears)."""
+        if source.cancelled():  # the pool is shutting down
+            done.cancel()
+            return
+        error = source.exception()
+        rows, pid, rss_kib = source.result() if error is None else (None, None, None)
+        retirement = None
+        with self._lanes_lock:
+            if not lane.replaced:  # a broken lane stays idle: its next submission replaces it
+                retirement = None if error is not None else self.recycler.finished(lane, jobs, rss_kib)
+                (self._retired if retirement else self._idle).append(lane)
+        if retirement:
+            log.log("INFO" if retirement.memory else "DEBUG", "pool process {} is replaced by a fresh one: {}",
+                    pid, retirement.reason)
+        if error is None:
+            done.set_result(rows)
+        else:
+            done.set_exception(error)
+
+    def _replace_retired(self) -> None:
+        if not self._retired:  # unlocked: a lane retired meanwhile is replaced on the next call
+            return
+        with self._lanes_lock:
+            retired, self._retired = self._retired, []
+        fresh = [self._swap(lane) for lane in retired]
+        with self._lanes_lock:
+            self._idle.extend(fresh)
+
+    def _swap(self, lane: _Lane) -> _Lane:
+        """Shut ``lane`` down without waiting; a fresh lane (no child until its first job) takes its place."""
+        fresh = _Lane(self._start(1 if self.recycler else self.size))
+        with self._lanes_lock:
+            lane.replaced = True
+            self._lanes[self._lanes.index(lane)] = fresh
+            if self.recycler:
+                self.recycler.forget(lane)
+        lane.executor.shutdown(wait=False, cancel_futures=True)
+        return fresh
+
+    def _start(self, processes: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.size,
+            max_workers=processes,
             mp_context=self._context,
             initializer=execute.configure,
             initargs=(self._allowed, os.getpid()),
         )
 
     def _children_by_pid(self) -> dict:
-        # ProcessPoolExecutor keeps its children here; there is no public view of them.
-        return dict(getattr(self._executor, "_processes", None) or {})
+        # ProcessPoolExecutor keeps its children here; there is no public view of them. Copied
+        # with dict.update, which no other thread can interrupt.
+        children: dict = {}
+        for lane in self._lanes:
+            children.update(getattr(lane.executor, "_processes", None) or {})
+        return children
 
     def _children(self) -> list:
-        return list(self._children_by_pid().values())
+        with self._lanes_lock:
+            return list(self._children_by_pid().values())
 
 
 class Pools:
     """Both pools of a worker: submit jobs by pool name, hear back through ``on_done``."""
 
-    def __init__(self, processes: int, threads: int, allowed_modules: frozenset[str] | None) -> None:
+    def __init__(self, processes: int, threads: int, allowed_modules: frozenset[str] | None,
+                 recycler: Recycler | None = None) -> None:
         execute.configure(allowed_modules)  # the thread pool runs in this process
         self.by_name: dict[str, ThreadPool | ProcessPool] = {}
         if processes:
-            self.by_name["process"] = ProcessPool(processes, allowed_modules)
+            self.by_name["process"] = ProcessPool(processes, allowed_modules, recycler)
         if threads:
             self.by_name["thread"] = ThreadPool(threads)
 
@@ -175,6 +281,15 @@ class Pools:
         future.add_done_callback(
             lambda done: on_done(pool_name, jobs[0][2], _outcome(done, jobs, pool), time.monotonic() - started))
         return future
+
+    def room(self, pool_name: str) -> int | None:
+        """How many jobs the next submission to ``pool_name`` may carry (None: any number)."""
+        return self.by_name[pool_name].room()
+
+    def recycled(self) -> int:
+        """Process-pool children replaced by a fresh one so far (--max-jobs/--max-memory-per-child)."""
+        pool = self.by_name.get("process")
+        return pool.recycled if pool else 0
 
     def sample_memory(self) -> None:
         for pool in self.by_name.values():

@@ -36,6 +36,7 @@ from workers import execute
 from workers.backlog import Backlog
 from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
+from workers.recycling import Recycler
 
 log = logger.bind(component="worker")
 
@@ -68,6 +69,8 @@ class Worker:
         liveness: int = 3,
         grace: float = DEFAULT_GRACE,
         name: str | None = None,
+        max_jobs_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
     ) -> None:
         self.address = check_address(connect)
         self.queues = list(queues) or ["default"]
@@ -75,7 +78,11 @@ class Worker:
         self.grace = grace
         self.identity = b"w-" + uuid.uuid4().hex.encode()
         os.environ["RUNNER_BROKER"] = connect  # tasks' runner.get_client() connects here (pool children inherit it)
-        self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
+        recycler = None
+        if max_jobs_per_child is not None or max_memory_per_child is not None:
+            recycler = Recycler(max_jobs_per_child, max_memory_per_child)
+        self.pools = Pools(processes, threads, None if imports is None else frozenset(imports), recycler)
+        self._recycled_told = 0  # pool children replaced, as last told to the broker
         self.loop = EventLoop()
         self.context = zmq.Context()
         self.connection = BrokerConnection(
@@ -100,7 +107,7 @@ class Worker:
         """Say hello, then serve jobs until stopped and drained."""
         log.info("worker {} connecting to {} (queues {}, slots {})", self.name, self.address, self.queues, self.pools.slots())
         self.connection.start()
-        self.loop.call_every(1.0, self.pools.sample_memory)
+        self.loop.call_every(1.0, self._tend_pools)
         try:
             self.loop.run()
         finally:
@@ -123,7 +130,16 @@ class Worker:
             "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
             "queues": self.queues, "slots": self.pools.slots(), "epoch": self._epoch,
             "running": [[job_id, entry.attempt] for job_id, entry in self.running.items()],
+            "recycled": self._recycled_told,
         }
+
+    def _tend_pools(self) -> None:
+        """Once a second: sample the pool children's memory; tell the broker how many were recycled."""
+        self.pools.sample_memory()
+        recycled = self.pools.recycled()
+        if recycled != self._recycled_told:
+            self._recycled_told = recycled
+            self.connection.send(protocol.HEARTBEAT, {"recycled": recycled})
 
     def _on_welcome(self, body: dict, again: bool) -> None:
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
@@ -166,7 +182,8 @@ class Worker:
 
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
-        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job):
+        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job,
+                                         self.pools.room(pool)):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]

@@ -50,6 +50,7 @@ class Peer:
     pid: int
     queues: list[str] = field(default_factory=list)
     slots: dict[str, int] = field(default_factory=dict)
+    recycled: int = 0  # a worker's pool children replaced so far (it says in hello and heartbeats)
 
 
 class Broker:
@@ -86,7 +87,7 @@ class Broker:
             protocol.HELLO: self._on_hello,
             protocol.SUBMIT: self._on_submit,
             protocol.RESULTS: self._on_results,
-            protocol.HEARTBEAT: lambda peer, message: None,
+            protocol.HEARTBEAT: self._on_heartbeat,
             protocol.STATUS: self._on_status,
             protocol.WAIT_WORKERS: self._on_wait_workers,
             protocol.CANCEL: self._on_cancel,
@@ -148,6 +149,7 @@ class Broker:
         peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"])
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
+            peer.recycled = body.get("recycled", 0)
             self.jobs.worker_joined(peer_id, peer.queues, peer.slots, body.get("running", []), time.time())
         self.peers[peer_id] = peer
         self.liveness.seen(peer_id, time.monotonic())
@@ -158,6 +160,10 @@ class Broker:
         })
         self._answer_worker_waiters()
         self._schedule_flush()
+
+    def _on_heartbeat(self, peer_id: bytes, message: protocol.Message) -> None:
+        if "recycled" in message.body:
+            self.peers[peer_id].recycled = message.body["recycled"]
 
     def _on_submit(self, client: bytes, message: protocol.Message) -> None:
         self.jobs.submit(client, message.body["jobs"], message.body.get("resend", False), time.time())
@@ -355,6 +361,7 @@ class Broker:
             workers.append({
                 "id": peer.name, "host": peer.host, "pid": peer.pid, "queues": peer.queues, "slots": peer.slots,
                 "running": sum(running.values()), "running_by_pool": running, "draining": not slot.credit,
+                "recycled": peer.recycled,
             })
         pending = scheduler.pending_by_queue()
         waiting = sum(pending.values())
