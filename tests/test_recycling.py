@@ -126,15 +126,18 @@ def test_twenty_jobs_with_five_per_child_run_in_at_least_four_children(processes
 
 
 def test_short_jobs_grouped_in_submissions_still_stop_at_the_limit(processes, broker_address, client_factory):
-    env = environment(RUNNER_MAX_JOBS_PER_CHILD="7")  # the environment variable, on a pool of two
+    env = environment(RUNNER_MAX_JOBS_PER_CHILD="40")  # the environment variable, on a pool of two
     start_worker(processes, broker_address, "--processes", "2", env=env)
     client = client_factory(broker_address)
     client.wait_for_workers(1, timeout=30)
-    results = list(client.map("recycle_tasks:pid", range(300), timeout=120))
-    assert [value for value, _ in results] == list(range(300))
+    results = list(client.map("recycle_tasks:pid", range(600), timeout=120))
+    assert [value for value, _ in results] == list(range(600))
     per_child = collections.Counter(pid for _, pid in results)
-    assert max(per_child.values()) <= 7 and len(per_child) >= 300 // 7, per_child
-    wait_until(lambda: recycled(client) >= 300 // 7 - 2, timeout=10, message="status counts the recycling")
+    assert max(per_child.values()) <= 40, per_child
+    # Every child but the two still running was retired after exactly 40 jobs, however they were grouped.
+    retired = sum(1 for count in per_child.values() if count == 40)
+    assert retired >= len(per_child) - 2 and retired >= 600 // 40 - 1, per_child
+    wait_until(lambda: recycled(client) == retired, timeout=10, message="status counts every retired child")
     assert client.status()["jobs"]["failed"] == 0
 
 
