@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-import json
+import os
 import subprocess
 import sys
 
@@ -115,6 +115,8 @@ def test_twenty_jobs_with_five_per_child_run_in_at_least_four_children(processes
     assert [value for value, _ in results] == list(range(20))
     per_child = collections.Counter(pid for _, pid in results)
     assert len(per_child) >= 4 and max(per_child.values()) <= 5, per_child
+    wait_until(lambda: sum(os.path.exists(f"/proc/{pid}") for pid in per_child) <= 1, timeout=10,
+               message="retired children exited")
     ran = sorted(int(line.split()[0]) for line in runs.read_text().splitlines())
     assert ran == list(range(20)), "every job ran exactly once: none failed, none was run again"
     wait_until(lambda: recycled(client) == 4, timeout=10, message="status shows 4 recycled children")
@@ -153,6 +155,7 @@ def test_a_child_grown_past_the_memory_limit_returns_its_result_and_runs_no_more
     assert growing.result(timeout=60) == small, "the job that grew the child returns its result"
     _, after = client.submit("recycle_tasks:pid", 2).result(timeout=30)
     assert after != small, "the grown child ran no more jobs"
+    wait_until(lambda: not os.path.exists(f"/proc/{small}"), timeout=10, message="the grown child exited")
     assert client.fetch(growing.job_id)["state"] == "done"
     wait_until(lambda: recycled(client) == 1, timeout=10, message="status shows 1 recycled child")
     jobs = client.status()["jobs"]

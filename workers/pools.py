@@ -100,7 +100,8 @@ class ProcessPool:
         # Pool callbacks (on any thread) free and retire lanes and read the children to explain a
         # death; the loop thread submits, samples and replaces.
         self._lanes_lock = threading.Lock()
-        self._lanes = [_Lane(self._start(1 if recycler else size)) for _ in range(size if recycler else 1)]
+        lanes, self._per_lane = (size, 1) if recycler else (1, size)
+        self._lanes = [_Lane(self._start()) for _ in range(lanes)]
         self._idle = collections.deque(self._lanes if recycler else ())  # lanes with no job (recycled pool)
         self._retired: list[_Lane] = []  # lanes whose child runs no more jobs, until replaced
 
@@ -227,7 +228,7 @@ class ProcessPool:
 
     def _swap(self, lane: _Lane) -> _Lane:
         """Shut ``lane`` down without waiting; a fresh lane (no child until its first job) takes its place."""
-        fresh = _Lane(self._start(1 if self.recycler else self.size))
+        fresh = _Lane(self._start())
         with self._lanes_lock:
             lane.replaced = True
             self._lanes[self._lanes.index(lane)] = fresh
@@ -236,9 +237,9 @@ class ProcessPool:
         lane.executor.shutdown(wait=False, cancel_futures=True)
         return fresh
 
-    def _start(self, processes: int) -> ProcessPoolExecutor:
+    def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=processes,
+            max_workers=self._per_lane,
             mp_context=self._context,
             initializer=execute.configure,
             initargs=(self._allowed, os.getpid()),
