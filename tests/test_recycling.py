@@ -86,7 +86,8 @@ def test_a_job_that_grows_a_child_past_the_limit_is_the_last_of_its_group(any_mo
     jobs = [(f"j{n}", 1, "recycle_tasks:pid", payload) for n in range(3)]
     rows, pid, rss_kib = execute.run_batch_measured(jobs, max_rss_kib=1)  # any process is above 1 KiB
     assert rss_kib > 1 and pid > 0
-    assert [(row[0], row[2]) for row in rows] == [("j0", protocol.OK), ("j1", protocol.REQUEUE), ("j2", protocol.REQUEUE)]
+    statuses = [(row[0], row[2]) for row in rows]
+    assert statuses == [("j0", protocol.OK), ("j1", protocol.REQUEUE), ("j2", protocol.REQUEUE)]
     rows, _, rss_kib = execute.run_batch_measured(jobs, max_rss_kib=None)
     assert rss_kib is None and [row[2] for row in rows] == [protocol.OK] * 3
 

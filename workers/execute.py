@@ -132,7 +132,7 @@ def run_batch_measured(jobs: list[tuple[str, int, str, bytes]],
         rows.append((job_id, attempt, *run(task, payload)))
         rss = _rss_kib()
         if rss > max_rss_kib:
-            rows.extend((unrun, unrun_attempt, protocol.REQUEUE, b"") for unrun, unrun_attempt, _, _ in jobs[index + 1:])
+            rows.extend((later, later_attempt, protocol.REQUEUE, b"") for later, later_attempt, *_ in jobs[index + 1:])
             break
     return rows, os.getpid(), rss
 
