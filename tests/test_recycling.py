@@ -95,6 +95,18 @@ def test_a_job_that_grows_a_child_past_the_limit_is_the_last_of_its_group(any_mo
 # --- real workers -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("arguments, named", [
+    (["--max-jobs-per-child", "0"], "--max-jobs-per-child"),
+    (["--max-memory-per-child", "lots"], "--max-memory-per-child"),
+])
+def test_bad_recycling_options_exit_non_zero_naming_the_option(arguments, named):
+    result = subprocess.run([sys.executable, "-m", "runner", "worker", "--import", "tasks", *arguments],
+                            capture_output=True, text=True, timeout=30, env=environment(), cwd=ROOT)
+    assert result.returncode != 0
+    assert result.stderr.startswith("runner: error:") and named in result.stderr and arguments[1] in result.stderr
+
+
+
 def start_worker(processes, address: str, *arguments: str, env: dict | None = None):
     return processes.runner("worker", "--connect", address, "--import", "recycle_tasks", "--import", "jobs",
                             "--threads", "0", "--heartbeat", "0.2", "--log-level", "WARNING", *arguments,
