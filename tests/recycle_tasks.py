@@ -1,9 +1,11 @@
 """Task functions of tests/test_recycling.py: which pool child ran a job, and a child that grows."""
 
 import os
+import threading
 import time
 
 _kept: list[bytes] = []  # memory a job leaves behind in its pool child, as a leak would
+_never = threading.Event()
 
 
 def pid(value: int) -> list:
@@ -30,4 +32,10 @@ def grow(mib: int) -> int:
 def sleep_pid(seconds: float) -> int:
     """Sleep, then return the pid (a job to stop at its timeout)."""
     time.sleep(seconds)
+    return os.getpid()
+
+
+def linger() -> int:
+    """Leave a thread behind that never ends and is no daemon: the process cannot exit on its own."""
+    threading.Thread(target=_never.wait, name="lingering").start()
     return os.getpid()

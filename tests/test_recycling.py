@@ -14,6 +14,7 @@ from cluster import ROOT, environment, wait_until
 from runner import protocol
 from workers import execute
 from workers.backlog import Backlog
+from workers.pools import LEAVE_GRACE
 from workers.recycling import Recycler
 
 # --- the decisions, without processes ----------------------------------------------------------
@@ -185,3 +186,19 @@ def test_timeouts_and_dying_children_still_work_with_recycling(processes, broker
         client.submit("jobs:crash", 13).result(timeout=30)
     assert caught.value.type_name == "WorkerPoolError"
     assert [client.submit("recycle_tasks:pid", n).result(timeout=30)[0] for n in range(10)] == list(range(10))
+
+
+def test_a_retired_child_that_cannot_exit_is_killed_and_never_holds_up_the_worker(processes, broker_address,
+                                                                                  client_factory):
+    first = start_worker(processes, broker_address, "--processes", "1", "--max-jobs-per-child", "1")
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=30)
+    stuck = client.submit("recycle_tasks:linger").result(timeout=30)
+    assert client.submit("recycle_tasks:pid", 0).result(timeout=30)[1] != stuck
+    wait_until(lambda: not os.path.exists(f"/proc/{stuck}"), timeout=LEAVE_GRACE + 20,
+               message="the retired child that could not exit was killed")
+    # Stopped while a retired child is still on its way out, the worker exits at once, and cleanly.
+    stuck = client.submit("recycle_tasks:linger").result(timeout=30)
+    assert client.submit("recycle_tasks:pid", 1).result(timeout=30)[1] != stuck
+    assert processes.stop(first, timeout=LEAVE_GRACE) == 0
+    wait_until(lambda: not os.path.exists(f"/proc/{stuck}"), timeout=10, message="no retired child outlived it")

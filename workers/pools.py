@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable
+from typing import Any, Callable
 
 from loguru import logger
 
@@ -35,6 +35,9 @@ from workers import execute
 from workers.recycling import Recycler
 
 log = logger.bind(component="pools")
+
+#: Seconds a retired child gets to exit after its executor is shut down before it is killed.
+LEAVE_GRACE = 10.0
 
 JobRow = tuple[str, int, str, bytes]  # (job id, attempt, task, payload)
 ResultRow = tuple[str, int, str, bytes]  # (job id, attempt, status, blob)
@@ -60,8 +63,8 @@ class ThreadPool:
     def describe_death(self) -> str:
         return "a thread-pool job failed"
 
-    def sample_memory(self) -> None:
-        """Threads share the worker's memory: nothing to sample."""
+    def tend(self) -> None:
+        """Threads share the worker's memory and never leave: nothing to look after."""
 
     def shutdown(self, wait: bool) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)
@@ -104,6 +107,7 @@ class ProcessPool:
         self._lanes = [_Lane(self._start()) for _ in range(lanes)]
         self._idle = collections.deque(self._lanes if recycler else ())  # lanes with no job (recycled pool)
         self._retired: list[_Lane] = []  # lanes whose child runs no more jobs, until replaced
+        self._leaving: list[tuple[float, Any]] = []  # (deadline, process): retired children on their way out
 
     def submit(self, jobs: list[JobRow]) -> Future:
         if self.recycler is None:
@@ -169,7 +173,20 @@ class ProcessPool:
             return f"a pool process ended abruptly (largest child peak RSS so far {children_peak / 1024:.1f} MiB)"
         return "; ".join(deaths)
 
-    def sample_memory(self) -> None:
+    def tend(self) -> None:
+        """Once a second: sample the children's memory; end retired children that did not leave in time."""
+        self._sample_memory()
+        now, staying = time.monotonic(), []
+        for deadline, process in self._leaving:
+            if process.is_alive() and now > deadline:
+                log.warning("retired pool process {} did not exit within {}s (a thread of a task keeps it?); "
+                            "killing it", process.pid, LEAVE_GRACE)
+                process.kill()
+            elif process.is_alive():
+                staying.append((deadline, process))
+        self._leaving = staying
+
+    def _sample_memory(self) -> None:
         """Remember each child's high-water RSS, to report it if the child dies."""
         with self._lanes_lock:
             children = self._children_by_pid()
@@ -182,7 +199,7 @@ class ProcessPool:
     def shutdown(self, wait: bool) -> None:
         """Stop the pool; without ``wait`` its children are ended first, so joining is quick."""
         if not wait:
-            for process in self._children():
+            for process in self._children() + [process for _, process in self._leaving]:
                 if process.is_alive():
                     process.terminate()
         for lane in list(self._lanes):
@@ -222,9 +239,13 @@ class ProcessPool:
             return
         with self._lanes_lock:
             retired, self._retired = self._retired, []
-        fresh = [self._swap(lane) for lane in retired]
-        with self._lanes_lock:
-            self._idle.extend(fresh)
+        deadline = time.monotonic() + LEAVE_GRACE
+        for lane in retired:
+            leaving = [(deadline, process) for process in _processes(lane.executor).values()]
+            fresh = self._swap(lane)
+            self._leaving += leaving
+            with self._lanes_lock:
+                self._idle.append(fresh)
 
     def _swap(self, lane: _Lane) -> _Lane:
         """Shut ``lane`` down without waiting; a fresh lane (no child until its first job) takes its place."""
@@ -246,11 +267,10 @@ class ProcessPool:
         )
 
     def _children_by_pid(self) -> dict:
-        # ProcessPoolExecutor keeps its children here; there is no public view of them. Copied
-        # with dict.update, which no other thread can interrupt.
+        # Merged with dict.update, which no other thread can interrupt.
         children: dict = {}
         for lane in self._lanes:
-            children.update(getattr(lane.executor, "_processes", None) or {})
+            children.update(_processes(lane.executor))
         return children
 
     def _children(self) -> list:
@@ -292,9 +312,10 @@ class Pools:
         pool = self.by_name.get("process")
         return pool.recycled if pool else 0
 
-    def sample_memory(self) -> None:
+    def tend(self) -> None:
+        """Once a second: let each pool sample its children and end the ones overdue to leave."""
         for pool in self.by_name.values():
-            pool.sample_memory()
+            pool.tend()
 
     def shutdown(self, wait: bool = True) -> None:
         for pool in self.by_name.values():
@@ -312,6 +333,11 @@ def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool)
         exc = WorkerPoolError.raised_here(f"a process-pool child died while running this job: {pool.describe_death()}")
     error = execute.encode_error(exc)
     return [(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs]
+
+
+def _processes(executor: ProcessPoolExecutor) -> dict:
+    # ProcessPoolExecutor keeps its children here (pid -> Process); there is no public view of them.
+    return getattr(executor, "_processes", None) or {}
 
 
 def _high_water_kib(pid: int) -> int:

@@ -134,8 +134,8 @@ class Worker:
         }
 
     def _tend_pools(self) -> None:
-        """Once a second: sample the pool children's memory; tell the broker how many were recycled."""
-        self.pools.sample_memory()
+        """Once a second: look after the pool children; tell the broker how many were recycled."""
+        self.pools.tend()
         recycled = self.pools.recycled()
         if recycled != self._recycled_told:
             self._recycled_told = recycled
