@@ -178,12 +178,14 @@ class ProcessPool:
         self._sample_memory()
         now, staying = time.monotonic(), []
         for deadline, process in self._leaving:
-            if process.is_alive() and now > deadline:
-                log.warning("retired pool process {} did not exit within {}s (a thread of a task keeps it?); "
-                            "killing it", process.pid, LEAVE_GRACE)
-                process.kill()
-            elif process.is_alive():
+            if not process.is_alive():
+                continue
+            if now < deadline:
                 staying.append((deadline, process))
+                continue
+            log.warning("retired pool process {} did not exit within {}s (a thread of a task keeps it?); "
+                        "killing it", process.pid, LEAVE_GRACE)
+            process.kill()
         self._leaving = staying
 
     def _sample_memory(self) -> None:
