@@ -74,6 +74,14 @@ def test_the_backlog_caps_a_group_at_the_room_left_in_the_child():
     assert [row[0] for row in group] == ["j0", "j1", "j2"]
 
 
+def test_the_recycled_count_travels_in_heartbeats_and_is_checked():
+    assert protocol.decode(protocol.encode(protocol.HEARTBEAT, {"recycled": 3})).body == {"recycled": 3}
+    assert protocol.decode(protocol.encode(protocol.HEARTBEAT)).body == {}
+    for bad in (-1, "3", 1.5):
+        with pytest.raises(protocol.ProtocolError, match="recycled"):
+            protocol.decode(protocol.encode(protocol.HEARTBEAT, {"recycled": bad}))
+
+
 @pytest.fixture
 def any_module_allowed():
     """Let this process run any task in-process, as a pool child would; restore the allowlist after."""
