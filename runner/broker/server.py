@@ -25,7 +25,7 @@ from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
 from runner.broker.scheduler import RUNNING, UnknownWorker
-from runner.broker.sync import PUT, Reply, SyncState
+from runner.broker.sync import EPOCH, PUT, Reply, SyncState
 from runner.loop import EventLoop, Timer
 from runner.transport import RouterLink, bind_router
 
@@ -68,7 +68,7 @@ class Broker:
         self.journal = Journal(journal)
         self.jobs = JobBook(self.journal)
         restored = self.jobs.restore()
-        self.sync = SyncState(journal=self.journal.durable)
+        self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
         self._sync_timer: Timer | None = None
@@ -210,10 +210,12 @@ class Broker:
         self._sync_replies(replies)
 
     def _sync_replies(self, replies: list[Reply]) -> None:
-        """Journal queue changes, queue the replies for after the commit, re-arm the deadline timer."""
+        """Journal the state's changes, queue the replies for after the commit, re-arm the deadline timer."""
         for change in self.sync.drain_changes():
             if change.op == PUT:
                 self.journal.queue_put(change.name, change.item)
+            elif change.op == EPOCH:
+                self.journal.save_epoch(self.sync.epoch)
             else:
                 self.journal.queue_take(change.name, change.item)
         self._replies.extend((reply.peer, {"request": reply.request, **reply.body}) for reply in replies)
