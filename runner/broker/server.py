@@ -50,6 +50,7 @@ class Peer:
     pid: int
     queues: list[str] = field(default_factory=list)
     slots: dict[str, int] = field(default_factory=dict)
+    session: int = 0  # the count of hellos the peer has sent, with this one
 
 
 class Broker:
@@ -145,7 +146,7 @@ class Broker:
         body = message.body
         if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
             self._remove_peer(peer_id, "said hello again", charged=False)
-        peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"])
+        peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"], session=body.get("session", 0))
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
             self.jobs.worker_joined(peer_id, peer.queues, peer.slots, body.get("running", []), time.time())
@@ -155,6 +156,7 @@ class Broker:
                 peer.host, peer.pid, f"queues={peer.queues} slots={peer.slots}" if peer.role == "worker" else "")
         self.link.send(peer_id, protocol.WELCOME, {
             "heartbeat": self.liveness.interval, "liveness": self.liveness.liveness, "broker": self.id,
+            "session": peer.session,
         })
         self._answer_worker_waiters()
         self._schedule_flush()
@@ -206,6 +208,8 @@ class Broker:
         self.jobs.worker_draining(worker)
 
     def _on_sync(self, peer_id: bytes, message: protocol.Message) -> None:
+        if message.body.get("session", self.peers[peer_id].session) != self.peers[peer_id].session:
+            return  # sent before the peer's latest hello: it sends it again once welcomed, in its new session
         replies = sync_ops.handle(self.sync, peer_id, message.body["request"], message.body, time.monotonic())
         self._sync_replies(replies)
 
