@@ -21,6 +21,7 @@ import runner
 from runner.broker.journal import Journal
 from runner.broker.server import Broker
 from runner.broker.sync import EPOCH, TOKEN_BITS, Change, SyncState
+from runner.sync import Holdings
 
 HEARTBEAT = "0.2"
 
@@ -78,6 +79,26 @@ def test_tokens_increase_per_name_over_any_runs_and_restarts(runs):
                 journal_epoch = max(journal_epoch, state.epoch)
             assert token > last.get(name, 0), f"token {token} of {name!r} is not above {last.get(name)}"
             last[name] = token
+
+
+# --- the client's record of the tokens its objects hold ------------------------------------------
+
+
+def test_a_client_records_tokens_per_holder_and_forgets_them_when_it_registers_again():
+    holdings = Holdings()
+    first, second = {"owner": "first"}, {"owner": "second"}
+    holdings.answered(first, {"acquired": True, "token": 11})
+    holdings.answered(first, {"acquired": True, "token": 12})
+    holdings.answered(second, {"acquired": False})
+    holdings.answered(second, {"error": "bad", "kind": "ValueError"})
+    assert (holdings.token("first"), holdings.token("second")) == (12, None)
+    holdings.answered(first, {"released": True})  # gives back the oldest slot: 12 is still held
+    assert holdings.token("first") == 12
+    holdings.answered(first, {"released": True})
+    assert holdings.token("first") is None
+    holdings.answered(second, {"acquired": True, "token": 13})
+    holdings.forget()
+    assert holdings.token("second") is None
 
 
 # --- the journal counts broker starts -----------------------------------------------------------
@@ -150,9 +171,11 @@ def test_lock_tokens_increase_across_kill_9_of_the_broker(processes, client_fact
         holder = client_factory(address).Lock("inventory")
         assert holder.acquire(timeout=10)
         handed_out.append(holder.token)  # this holder believes it holds the lock through the crash
+        client.Event("before-the-crash").set()
         broker = restart(processes, broker, address, journal)
+        assert not client.Event("before-the-crash").is_set(), "a restarted broker's events start cleared"
         new_holder = client_factory(address).Lock("inventory")
-        assert new_holder.acquire(timeout=30)
+        assert new_holder.acquire(blocking=False), "a restarted broker's locks start free"
         assert new_holder.token > max(handed_out), (
             f"after crash {crash + 1} the new holder's token {new_holder.token} is not above {max(handed_out)}: "
             "the old holder would win at a fenced resource")
