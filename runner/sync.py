@@ -80,6 +80,7 @@ class Holdings:
         return tokens[-1] if tokens else None
 
     def forget(self) -> None:
+        """The client registered again: the broker freed every slot it held."""
         self._tokens = {}
 
 
