@@ -87,7 +87,8 @@ class Client:
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
-        self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
+        self._requests: dict[int, list] = {}  # request -> [future, type, body], resent after re-registration
+        self.holdings = sync.Holdings()  # the slots its Lock/Semaphore objects hold
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
@@ -279,7 +280,7 @@ class Client:
         request = next(self._request_numbers)
         future: Future = Future()
         body = {**body, "request": request}
-        self._requests[request] = (future, message_type, body)
+        self._requests[request] = [future, message_type, body]
         self.connection.send(message_type, body)
         try:
             return future.result(None if forever else self.timeout if timeout is None else timeout)
@@ -291,7 +292,8 @@ class Client:
     def _sync(self, op: str, name: str, wait: float | None = None, **fields: Any) -> dict:
         """One cluster-wide lock/semaphore/event/queue operation; ``wait`` None waits as long as it takes."""
         budget = None if wait is None else wait + self.timeout  # the broker answers at the deadline
-        return self._request(protocol.SYNC, {"op": op, "name": name, **fields}, budget, forever=budget is None)
+        body = {"op": op, "name": name, **fields, "session": self.connection.session}
+        return self._request(protocol.SYNC, body, budget, forever=budget is None)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -343,12 +345,22 @@ class Client:
         self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
-        if again:  # the broker forgot us: send every job without an outcome, and every request, again
-            rows = list(self._unresolved.values())
-            log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
-            self._jobs_out.send(rows, resend=True)
-            for _, message_type, request_body in list(self._requests.values()):
-                self.connection.send(message_type, request_body)
+        if not again:
+            return
+        # The broker forgot us: we hold no slot, and every job without an outcome and every
+        # unanswered request goes again, except sync requests sent after this hello (it has them).
+        self.holdings.forget()
+        rows = list(self._unresolved.values())
+        log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
+        self._jobs_out.send(rows, resend=True)
+        session = body.get("session", self.connection.session)
+        for pending in list(self._requests.values()):
+            future, message_type, request_body = pending
+            if future.done() or request_body.get("session", 0) >= session:
+                continue
+            if message_type == protocol.SYNC:  # a new dict: the caller's thread may still send the old one
+                pending[2] = request_body = {**request_body, "session": session}
+            self.connection.send(message_type, request_body)
 
     def _on_message(self, message: protocol.Message) -> None:
         body = message.body
@@ -357,6 +369,8 @@ class Client:
         elif message.type == protocol.REPLY:
             pending = self._requests.get(body["request"])
             if pending is not None and not pending[0].done():
+                if pending[1] == protocol.SYNC:
+                    self.holdings.answered(pending[2], body)
                 pending[0].set_result(body)
         elif message.type == protocol.ERROR:
             log.warning("the broker rejected a message: {}", body["message"])

@@ -5,6 +5,10 @@ Says hello, keeps heartbeats going both ways (Paranoid Pirate: a side silent for
 silent, and registers again when the broker says it does not know us (it
 restarted, or declared us dead). Runs on the owner's event loop thread; only
 ``send`` may be called from other threads.
+
+Each hello carries ``session``, the count of hellos sent, and the welcome echoes it:
+a request stamped with the session it was sent in lets the broker drop a copy sent
+before the latest hello, which the owner sends again after that hello's welcome.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class BrokerConnection:
         self._last_heard = time.monotonic()
         self._silence_limit = heartbeat * liveness  # until the broker tells its own pace
         self._welcomes = 0
+        self.session = 0  # hellos sent so far
+        self._hello_sent_at: float | None = None  # while a hello waits for its welcome
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
@@ -79,7 +85,14 @@ class BrokerConnection:
         self._link = None
 
     def _say_hello(self) -> None:
-        self.send(protocol.HELLO, self._hello())
+        self.session += 1
+        self._hello_sent_at = time.monotonic()
+        self.send(protocol.HELLO, {**self._hello(), "session": self.session})
+
+    def _hello_waiting(self) -> bool:
+        """A hello is on its way: messages sent before it are refused, and one hello is enough."""
+        sent_at = self._hello_sent_at
+        return sent_at is not None and time.monotonic() - sent_at < self._silence_limit
 
     def _receive(self, message: protocol.Message) -> None:
         self._last_heard = time.monotonic()
@@ -88,13 +101,16 @@ class BrokerConnection:
         if message.type == protocol.WELCOME:
             self._welcomed(message.body)
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
-            log.warning("the broker at {} does not know us ({}); registering again", self.address, message.body["message"])
-            self._say_hello()
+            if not self._hello_waiting():
+                log.warning("the broker at {} does not know us ({}); registering again", self.address,
+                            message.body["message"])
+                self._say_hello()
         else:
             self._on_message(message)
 
     def _welcomed(self, body: dict) -> None:
         self._welcomes += 1
+        self._hello_sent_at = None
         broker_interval = float(body["heartbeat"])
         self._silence_limit = broker_interval * max(self.liveness, int(body["liveness"]))
         if broker_interval < self.heartbeat:  # beat at least as often as the broker expects

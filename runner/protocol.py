@@ -232,6 +232,7 @@ def _check_hello(body: dict) -> None:
     _name(_need(body, "name", str, "a peer name"), "peer name")
     _integer(_need(body, "pid", int, "a process id"), "pid", 0, 2**31)
     _name(_need(body, "host", str, "a host name"), "host name")
+    _session(body)
     if role == "worker":
         _check_slots(body)
         queues = _need(body, "queues", list, "a list of queue names")
@@ -283,6 +284,13 @@ def _check_wait_workers(body: dict) -> None:
 def _check_welcome(body: dict) -> None:
     _number(_need(body, "heartbeat", (int, float), "the heartbeat interval in seconds"), "heartbeat", 0.001, 3600)
     _integer(_need(body, "liveness", int, "a number of missed heartbeats"), "liveness", 1, 1000)
+    _session(body)
+
+
+def _session(body: dict) -> None:
+    """The optional count of hellos a peer has sent (hello, welcome, sync)."""
+    if "session" in body:
+        _integer(body["session"], "session", 0, 2**62)
 
 
 # Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]
@@ -331,6 +339,7 @@ def _check_sync(body: dict) -> None:
     if op not in SYNC_OPS:
         raise ProtocolError(f"unknown sync operation {op!r:.80}; known: {SYNC_OPS}")
     _name(_need(body, "name", str, "the name of a lock, semaphore, event or queue"), "sync name")
+    _session(body)
 
 
 def _check_reply(body: dict) -> None:

@@ -51,6 +51,39 @@ def _raise_for(answer: dict) -> dict:
     raise ValueError(answer["error"])
 
 
+class Holdings:
+    """The fencing tokens of the slots each Lock/Semaphore object of one client holds.
+
+    Kept from the broker's answers on the client's I/O thread, in the order they arrive, and
+    forgotten when the client registers again (the broker freed every slot it held then).
+    Tuples replace each other whole, so a reading thread sees one state or the next.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[int, ...]] = {}  # owner -> tokens, oldest first
+
+    def answered(self, request: dict, answer: dict) -> None:
+        """Record a granted acquire or a release (which gives back the owner's oldest slot)."""
+        owner = request.get("owner", "")
+        if answer.get("acquired"):
+            self._tokens[owner] = (*self._tokens.get(owner, ()), answer["token"])
+        elif answer.get("released"):
+            rest = self._tokens.get(owner, ())[1:]
+            if rest:
+                self._tokens[owner] = rest
+            else:
+                self._tokens.pop(owner, None)
+
+    def token(self, owner: str) -> int | None:
+        """The newest token ``owner`` holds, or None."""
+        tokens = self._tokens.get(owner)
+        return tokens[-1] if tokens else None
+
+    def forget(self) -> None:
+        """The client registered again: the broker freed every slot it held."""
+        self._tokens = {}
+
+
 class Semaphore:
     """At most ``value`` holders across the cluster; waiters are served first come, first served."""
 
@@ -63,27 +96,22 @@ class Semaphore:
         self.value = value
         self._client = _client(client)
         self._owner = uuid.uuid4().hex  # this object is one holder, apart from others in this client
-        self._tokens: list[int] = []
 
     @property
     def token(self) -> int | None:
         """The fencing token of the newest slot this object holds (None when it holds none)."""
-        return self._tokens[-1] if self._tokens else None
+        return self._client.holdings.token(self._owner)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take a slot; False if ``blocking`` is False or ``timeout`` passed first."""
         wait = _wait_for(blocking, timeout)
         answer = _raise_for(self._client._sync("acquire", self.name, wait, limit=self.value, owner=self._owner,
                                                timeout=wait, blocking=blocking))
-        if answer["acquired"]:
-            self._tokens.append(answer["token"])
         return answer["acquired"]
 
     def release(self) -> None:
         """Give a slot back; RuntimeError if this object holds none, as threading raises."""
         _raise_for(self._client._sync("release", self.name, owner=self._owner))
-        if self._tokens:
-            self._tokens.pop(0)
 
     def locked(self) -> bool:
         """True when no slot is free."""

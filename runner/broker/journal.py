@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS queue_items (
     name TEXT NOT NULL,
     item BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fencing (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+);
 """
 
 
@@ -214,6 +218,26 @@ class Journal:
         for name, item in self._db.execute("SELECT name, item FROM queue_items ORDER BY seq"):
             contents.setdefault(name, []).append(item)
         return contents
+
+    # --- the fencing epoch of the cluster-wide locks ---------------------------------------
+
+    def start_epoch(self) -> int:
+        """Count one more broker start and commit it at once; returns this run's epoch.
+
+        Called before serving, so every fencing token of this run is above those of every
+        earlier run on this journal (runner/broker/sync.py), with no write per token.
+        """
+        self._begin()
+        (epoch,) = self._db.execute(
+            "INSERT INTO fencing (id, epoch) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1 "
+            "RETURNING epoch").fetchone()
+        self.commit()
+        return epoch
+
+    def save_epoch(self, epoch: int) -> None:
+        """This run moved on to ``epoch`` (rare: a name used up its epoch's tokens); at commit."""
+        self._begin()
+        self._db.execute("UPDATE fencing SET epoch = MAX(epoch, ?) WHERE id = 1", (epoch,))
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
 from runner.broker.scheduler import RUNNING, UnknownWorker
-from runner.broker.sync import PUT, Reply, SyncState
+from runner.broker.sync import EPOCH, PUT, Reply, SyncState
 from runner.loop import EventLoop, Timer
 from runner.transport import RouterLink, bind_router
 
@@ -51,6 +51,7 @@ class Peer:
     queues: list[str] = field(default_factory=list)
     slots: dict[str, int] = field(default_factory=dict)
     recycled: int = 0  # a worker's pool children replaced so far (it says in hello and heartbeats)
+    session: int = 0  # the count of hellos the peer has sent, with this one
 
 
 class Broker:
@@ -69,7 +70,7 @@ class Broker:
         self.journal = Journal(journal)
         self.jobs = JobBook(self.journal)
         restored = self.jobs.restore()
-        self.sync = SyncState(journal=self.journal.durable)
+        self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
         self._sync_timer: Timer | None = None
@@ -146,7 +147,7 @@ class Broker:
         body = message.body
         if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
             self._remove_peer(peer_id, "said hello again", charged=False)
-        peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"])
+        peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"], session=body.get("session", 0))
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
             peer.recycled = body.get("recycled", 0)
@@ -157,6 +158,7 @@ class Broker:
                 peer.host, peer.pid, f"queues={peer.queues} slots={peer.slots}" if peer.role == "worker" else "")
         self.link.send(peer_id, protocol.WELCOME, {
             "heartbeat": self.liveness.interval, "liveness": self.liveness.liveness, "broker": self.id,
+            "session": peer.session,
         })
         self._answer_worker_waiters()
         self._schedule_flush()
@@ -212,14 +214,18 @@ class Broker:
         self.jobs.worker_draining(worker)
 
     def _on_sync(self, peer_id: bytes, message: protocol.Message) -> None:
+        if message.body.get("session", self.peers[peer_id].session) != self.peers[peer_id].session:
+            return  # sent before the peer's latest hello: it sends it again once welcomed, in its new session
         replies = sync_ops.handle(self.sync, peer_id, message.body["request"], message.body, time.monotonic())
         self._sync_replies(replies)
 
     def _sync_replies(self, replies: list[Reply]) -> None:
-        """Journal queue changes, queue the replies for after the commit, re-arm the deadline timer."""
+        """Journal the state's changes, queue the replies for after the commit, re-arm the deadline timer."""
         for change in self.sync.drain_changes():
             if change.op == PUT:
                 self.journal.queue_put(change.name, change.item)
+            elif change.op == EPOCH:
+                self.journal.save_epoch(self.sync.epoch)
             else:
                 self.journal.queue_take(change.name, change.item)
         self._replies.extend((reply.peer, {"request": reply.request, **reply.body}) for reply in replies)

@@ -19,7 +19,11 @@ queue_size(name)                                      {"size": items stored, not
 Errors are ``{"error": text, "kind": exception name}``: "ValueError" for bad arguments or
 a limit (maxsize) other than the one the name is in use with. A Lock is a semaphore of
 limit 1; ``owner`` names one Lock/Semaphore object of a client (two objects, two holders);
-``token`` is a fencing token, strictly increasing over every grant of a name, ever.
+``token`` is a fencing token, strictly increasing over every grant of a name, ever, across
+restarts too: the state starts in the broker's ``epoch`` (a count of starts the journal
+keeps) and every token of a run is above ``epoch << TOKEN_BITS``, so above every token of an
+earlier run. A run that uses up a name's ``2 ** TOKEN_BITS`` tokens moves on to the next
+epoch and reports ``Change(EPOCH, ...)`` for the journal to keep before the token goes out.
 Waiters are served first come, first served; ``expire(now)`` answers those whose deadline
 passed, ``next_deadline()`` says when to call it; ``peer_gone(peer)`` frees what the peer
 held and drops its waits (a waiting put's item is discarded: that put never succeeded).
@@ -41,6 +45,9 @@ from runner.broker.waits import Deadlines, Wait
 
 PUT = "put"
 TAKE = "take"
+EPOCH = "epoch"
+#: A token is ``epoch << TOKEN_BITS`` plus a count of grants of its name in that epoch.
+TOKEN_BITS = 32
 FULL: dict[str, Any] = {"error": "full", "kind": "Full"}
 EMPTY: dict[str, Any] = {"error": "empty", "kind": "Empty"}
 # What a wait is told when its deadline passes, by kind of wait (copied before sending).
@@ -63,7 +70,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class Change:
-    """One change to a queue's stored items, for the journal: ``op`` is PUT or TAKE."""
+    """One change for the journal: ``op`` PUT or TAKE changes a queue's stored items; EPOCH
+    (``name`` and ``item`` empty) says the state's ``epoch`` moved on."""
 
     op: str
     name: str
@@ -107,8 +115,15 @@ class _Queue:
 class SyncState:
     """Every cluster-wide lock, semaphore, event and queue the broker holds."""
 
-    def __init__(self, journal: bool = True) -> None:
-        """``journal=False`` records no queue changes (a broker without a journal)."""
+    def __init__(self, journal: bool = True, epoch: int = 0, token_bits: int = TOKEN_BITS) -> None:
+        """``journal=False`` records no queue changes (a broker without a journal); ``epoch``
+        is this run's (see the module's docstring); ``token_bits`` is smaller only in tests."""
+        epochs = 2 ** (63 - token_bits)  # so that every token fits in a signed 64-bit integer
+        if not _at_least(epoch, 0) or epoch >= epochs:
+            raise ValueError(f"the fencing epoch must be an integer from 0 to {epochs - 1}, got {_show(epoch)}: "
+                             "start the broker on a new journal")
+        self.epoch = epoch
+        self._token_bits = token_bits
         self._semaphores: dict[str, _Semaphore] = {}
         self._events: dict[str, _Event] = {}
         self._queues: dict[str, _Queue] = {}
@@ -164,8 +179,18 @@ class SyncState:
         sem.holders[(peer, owner)] += 1
         sem.count += 1
         self._held.setdefault(peer, collections.Counter())[name] += 1
-        token = self._tokens[name] = self._tokens.get(name, 0) + 1
-        return Reply(peer, request, {"acquired": True, "token": token})
+        return Reply(peer, request, {"acquired": True, "token": self._next_token(name)})
+
+    def _next_token(self, name: str) -> int:
+        """Above the name's last token and above every token of earlier epochs."""
+        floor = self.epoch << self._token_bits
+        token = max(self._tokens.get(name, floor), floor) + 1
+        if token >> self._token_bits != self.epoch:  # the name used up this epoch's tokens
+            self.epoch += 1
+            self._changes.append(Change(EPOCH, "", b""))
+            token = (self.epoch << self._token_bits) + 1
+        self._tokens[name] = token
+        return token
 
     def _free_slots(self, sem: _Semaphore, name: str, peer: bytes, owner: str, slots: int) -> None:
         sem.count -= slots
@@ -287,7 +312,7 @@ class SyncState:
         self._tidy("put", name)
 
     def drain_changes(self) -> list[Change]:
-        """Queue changes since the last drain, in order, for the server to journal."""
+        """Changes since the last drain, in order, for the server to journal."""
         changes, self._changes = self._changes, []
         return changes
 
