@@ -22,6 +22,8 @@ from runner.transport import DealerLink, connect_dealer
 
 log = logger.bind(component="connection")
 
+WAITING_LOG_EVERY = 5.0  # seconds between "waiting for the broker" lines until the first welcome
+
 
 class BrokerConnection:
     """Hello, heartbeats and re-registration around one DEALER socket."""
@@ -54,6 +56,7 @@ class BrokerConnection:
         self._last_heard = time.monotonic()
         self._silence_limit = heartbeat * liveness  # until the broker tells its own pace
         self._welcomes = 0
+        self._waiting_logged_at: float | None = None  # when "waiting for the broker" was last said
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
@@ -112,10 +115,20 @@ class BrokerConnection:
     def _beat(self) -> None:
         silent_for = time.monotonic() - self._last_heard
         # Before the first welcome ZeroMQ is still connecting and the hello waits in its queue.
-        if self.registered.is_set() and silent_for > self._silence_limit:
+        if not self.registered.is_set():
+            self._say_waiting(silent_for)
+        elif silent_for > self._silence_limit:
             log.warning("no word from the broker at {} for {:.1f}s; reconnecting", self.address, silent_for)
             self.close(goodbye=False)
             self._last_heard = time.monotonic()
             self.start()
             return
         self.send(protocol.HEARTBEAT)
+
+    def _say_waiting(self, waited: float) -> None:
+        """At the first heartbeat without a welcome, then every WAITING_LOG_EVERY: a typo shows at once."""
+        now = time.monotonic()
+        if self._waiting_logged_at is None or now - self._waiting_logged_at >= WAITING_LOG_EVERY:
+            self._waiting_logged_at = now
+            log.info("waiting for the broker at {} ({:.0f}s so far): is it running there, and is the address right?",
+                     self.address, waited)

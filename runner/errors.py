@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import builtins
+import signal
 
 from runner import protocol
+
+
+class BrokerUnreachable(ConnectionError):
+    """The broker did not answer in time."""
+
+
+class ClusterGone(BrokerUnreachable):
+    """The broker of this client's embedded cluster (``Client()`` with no address) has ended.
+
+    It cannot come back, and its jobs went with it: pending futures fail with this
+    error and new submissions raise it. ``pid`` and ``exit_status`` (negative: killed
+    by that signal) say what ended. Create a new ``runner.Client()`` to go on.
+    """
+
+    def __init__(self, pid: int, exit_status: int) -> None:
+        super().__init__(f"the embedded cluster's broker (pid {pid}) {_describe_exit(exit_status)}; "
+                         "its jobs are lost: create a new runner.Client() to go on")
+        self.pid = pid
+        self.exit_status = exit_status
 
 
 class TaskError(Exception):
@@ -87,6 +107,15 @@ def error_blob(exception: BaseException, remote_traceback: str = "", attempts: i
     if attempts is not None:
         error["attempts"] = attempts
     return protocol.pack(error)
+
+
+def _describe_exit(status: int) -> str:
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        return f"was killed by {signal.Signals(-status).name}"
+    except ValueError:
+        return f"was killed by signal {-status}"
 
 
 def _builtin_exception(type_name: str, message: str) -> BaseException | None:
