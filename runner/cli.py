@@ -17,6 +17,7 @@ from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
 REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
+STOP_NOW_TIMEOUT = 5.0  # seconds an embedded worker whose owner or broker ended takes to stop, at most
 
 
 def logging_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,7 +128,7 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if exit_with:  # an embedded cluster's worker: its jobs cannot outlive the owner or the broker anyway
-        lifetime.exit_with(exit_with)
+        lifetime.exit_with(exit_with, lambda: _stop_now(instance))
         _stop_on_signals(instance.stop, interrupts=False)
     else:
         instance.install_signal_handlers()
@@ -261,6 +262,23 @@ def _wait_for_signal() -> None:
     received = threading.Event()
     _stop_on_signals(received.set)
     received.wait()
+
+
+def _stop_now(instance: Any) -> None:
+    """Stop a worker with no grace (ending its pools cleanly); leave anyway if that takes too long.
+
+    Quietly: the owner's client reports what ended, and nobody else is listening.
+    """
+    import threading
+
+    from loguru import logger
+
+    logger.remove()
+    instance.grace = 0.0
+    instance.stop()
+    deadline = threading.Timer(STOP_NOW_TIMEOUT, os._exit, args=(1,))
+    deadline.daemon = True
+    deadline.start()
 
 
 def _leave(scratch: str | None) -> None:
