@@ -92,21 +92,13 @@ class LocalCluster:
         threading.Thread(target=watch, name="runner-local-broker", daemon=True).start()
 
     def close(self) -> None:
-        """Stop the workers (running jobs get the grace), then the broker; SIGKILL after STOP_TIMEOUT."""
+        """Stop the workers (running jobs get the grace), then the broker; SIGKILL after STOP_TIMEOUT.
+
+        The workers go first, while their broker can still take back what they give up.
+        """
         self._closing = True
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for process in reversed(self.processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid {} did not stop within {}s; killing it", process.pid, STOP_TIMEOUT)
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
+        _stop_together(self.processes[1:])
+        _stop_together(self.processes[:1])
         self.processes.clear()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -124,6 +116,23 @@ class LocalCluster:
                                    preexec_fn=lifetime.ignore_interrupts)
         self.processes.append(process)
         return process
+
+
+def _stop_together(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every one, then wait for each; SIGKILL those still running after STOP_TIMEOUT."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid {} did not stop within {}s; killing it", process.pid, STOP_TIMEOUT)
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
