@@ -133,7 +133,7 @@ def test_a_killed_embedded_broker_fails_pending_and_new_jobs_at_once_and_takes_i
 def test_ctrl_c_stops_runner_local_at_any_moment_of_its_start(sessions, moment):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    local = sessions(sys.executable, "-m", "runner", "local", "--bind", address, "--workers", "2",
+    local = sessions(sys.executable, "-m", "runner", "local", "--bind", address, "--workers", "3",
                      "--processes", "1", "--threads", "2")
     if moment == "broker started":
         wait_until(lambda: any(" runner broker " in command for command in group_members(local.pid).values()),
