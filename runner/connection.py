@@ -40,6 +40,7 @@ class BrokerConnection:
         on_welcome: Callable[[dict, bool], None] | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
+        say_waiting: bool = False,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -56,7 +57,9 @@ class BrokerConnection:
         self._last_heard = time.monotonic()
         self._silence_limit = heartbeat * liveness  # until the broker tells its own pace
         self._welcomes = 0
-        self._waiting_logged_at: float | None = None  # when "waiting for the broker" was last said
+        # A peer that waits for the broker as long as it takes (a worker) says so until welcomed.
+        self._say_waiting_every = WAITING_LOG_EVERY if say_waiting else None
+        self._waiting_logged_at: float | None = None
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
@@ -116,7 +119,8 @@ class BrokerConnection:
         silent_for = time.monotonic() - self._last_heard
         # Before the first welcome ZeroMQ is still connecting and the hello waits in its queue.
         if not self.registered.is_set():
-            self._say_waiting(silent_for)
+            if self._say_waiting_every is not None:
+                self._say_waiting(silent_for)
         elif silent_for > self._silence_limit:
             log.warning("no word from the broker at {} for {:.1f}s; reconnecting", self.address, silent_for)
             self.close(goodbye=False)
@@ -128,7 +132,7 @@ class BrokerConnection:
     def _say_waiting(self, waited: float) -> None:
         """At the first heartbeat without a welcome, then every WAITING_LOG_EVERY: a typo shows at once."""
         now = time.monotonic()
-        if self._waiting_logged_at is None or now - self._waiting_logged_at >= WAITING_LOG_EVERY:
+        if self._waiting_logged_at is None or now - self._waiting_logged_at >= self._say_waiting_every:
             self._waiting_logged_at = now
             log.info("waiting for the broker at {} ({:.0f}s so far): is it running there, and is the address right?",
                      self.address, waited)

@@ -80,7 +80,7 @@ class Worker:
         self.context = zmq.Context()
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
-            on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
+            on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness, say_waiting=True,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
