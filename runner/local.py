@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -26,6 +24,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from runner import lifetime
+from runner.scratch import Scratch
 
 log = logger.bind(component="local")
 
@@ -49,13 +48,14 @@ class LocalCluster:
         self._log_level = log_level
         self._closing = False
         # The broker removes its scratch folder when it ends, even when this process was killed.
-        self._scratch = tempfile.mkdtemp(prefix="runner-local-") if journal is None else None
-        self.journal = journal or os.path.join(self._scratch, "journal.db")
+        self._scratch = Scratch() if journal is None else None
+        self.journal = journal or os.path.join(self._scratch.path, "journal.db")
         try:
             broker_args = ["broker", "--bind", bind, "--journal", self.journal, "--heartbeat", str(heartbeat)]
             if self._scratch is not None:
-                broker_args += ["--scratch", self._scratch]
-            self._broker = self._spawn(broker_args, stdout=subprocess.PIPE)
+                broker_args += ["--scratch", self._scratch.path]
+            self._broker = self._spawn(broker_args, stdout=subprocess.PIPE,
+                                       keep_fds=() if self._scratch is None else (self._scratch.lock_fd,))
             self.address = read_address(self._broker, START_TIMEOUT)
             worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat),
                            "--grace", str(grace), "--exit-with", str(self._broker.pid)]
@@ -101,7 +101,7 @@ class LocalCluster:
         _stop_together(self.processes[:1])
         self.processes.clear()
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch.remove()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -109,10 +109,10 @@ class LocalCluster:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _spawn(self, arguments: list[str], stdout: Any = None) -> subprocess.Popen:
+    def _spawn(self, arguments: list[str], stdout: Any = None, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         command = [sys.executable, "-m", "runner", *arguments, "--log-level", self._log_level,
                    "--exit-with", str(os.getpid())]
-        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(),
+        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), pass_fds=keep_fds,
                                    preexec_fn=lifetime.ignore_interrupts)
         self.processes.append(process)
         return process

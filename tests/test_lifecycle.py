@@ -8,12 +8,14 @@ find every process it started, grandchildren included, by its process group.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import selectors
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -218,3 +220,28 @@ def test_a_worker_with_no_broker_says_it_is_waiting(processes):
         if f"waiting for the broker at {address}" in line:
             said.append(line)
     assert "is the address right?" in said[0]
+
+
+def test_a_starting_cluster_removes_only_abandoned_scratch_folders(tmp_path, monkeypatch):
+    long_ago = time.time() - 3600
+
+    def folder(name: str) -> Path:
+        path = tmp_path / f"runner-local-{name}"
+        path.mkdir()
+        (path / "lock").touch()
+        os.utime(path, (long_ago, long_ago))
+        return path
+
+    abandoned, held, young = folder("abandoned"), folder("held"), tmp_path / "runner-local-young"
+    young.mkdir()
+    (young / "lock").touch()
+    holder = os.open(held / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as a live cluster's owner or broker holds it
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        with runner.LocalCluster(workers=0) as cluster:
+            assert Path(cluster.journal).parent.parent == tmp_path
+            assert not abandoned.exists() and held.exists() and young.exists()
+        assert not Path(cluster.journal).parent.exists()
+    finally:
+        os.close(holder)
