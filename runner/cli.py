@@ -218,16 +218,31 @@ def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
 def local(bind: str, workers: int, processes: int | None, threads: int | None, journal: str | None, log_level: str,
           log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
+    import threading
+
+    from runner.errors import describe_exit
     from runner.local import LocalCluster
 
     setup_logging(log_level, log_json)
-    # Ctrl-C while starting raises KeyboardInterrupt: LocalCluster stops what it started, and
-    # main() exits with 130. Once started, SIGINT and SIGTERM end the wait below.
+    # Ctrl-C (or SIGTERM) while starting raises KeyboardInterrupt: LocalCluster stops what it
+    # started, and main() exits with 130. Once started, they end the wait below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    ended: list[str] = []
     with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
                       log_level=log_level) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
-        _wait_for_signal()
+        stop = threading.Event()
+
+        def broker_ended(pid: int, status: int) -> None:
+            ended.append(f"the broker (pid {pid}) {describe_exit(status)}")
+            stop.set()
+
+        _stop_on_signals(stop.set)
+        cluster.on_broker_exit(broker_ended)
+        stop.wait()
+    if ended:
+        raise click.ClickException(f"{ended[0]}; stopped the workers")
     click.echo("runner local: stopped")
 
 
@@ -253,15 +268,6 @@ def _stop_on_signals(stop: Callable[[], None], interrupts: bool = True) -> None:
     """SIGTERM, and SIGINT if ``interrupts`` (else it stays ignored: the owner's), call ``stop``."""
     for signum in (signal.SIGTERM, signal.SIGINT) if interrupts else (signal.SIGTERM,):
         signal.signal(signum, lambda *_: stop())
-
-
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT arrives."""
-    import threading
-
-    received = threading.Event()
-    _stop_on_signals(received.set)
-    received.wait()
 
 
 def _stop_now(instance: Any) -> None:

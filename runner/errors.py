@@ -21,8 +21,8 @@ class ClusterGone(BrokerUnreachable):
     """
 
     def __init__(self, pid: int, exit_status: int) -> None:
-        super().__init__(f"the embedded cluster's broker (pid {pid}) {_describe_exit(exit_status)}; "
-                         "its jobs are lost: create a new runner.Client() to go on")
+        super().__init__(f"the embedded cluster's broker (pid {pid}) {describe_exit(exit_status)}; "
+                         "its jobs are lost with it (a new runner.Client() starts a new cluster)")
         self.pid = pid
         self.exit_status = exit_status
 
@@ -109,7 +109,8 @@ def error_blob(exception: BaseException, remote_traceback: str = "", attempts: i
     return protocol.pack(error)
 
 
-def _describe_exit(status: int) -> str:
+def describe_exit(status: int) -> str:
+    """A process's exit status in words: "exited with status 1", "was killed by SIGKILL"."""
     if status >= 0:
         return f"exited with status {status}"
     try:

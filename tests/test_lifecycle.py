@@ -155,6 +155,18 @@ def test_ctrl_c_stops_runner_local_at_any_moment_of_its_start(sessions, moment):
         assert noise not in output, output
 
 
+def test_runner_local_stops_and_says_so_when_its_broker_dies(sessions):
+    local = sessions(sys.executable, "-m", "runner", "local", "--bind", "tcp://127.0.0.1:*", "--workers", "1",
+                     "--processes", "1", "--threads", "1")
+    assert read_line(local, 60).startswith("runner local: broker at")
+    [broker] = [pid for pid, command in group_members(local.pid).items() if " runner broker " in command]
+    os.kill(broker, signal.SIGKILL)
+    wait_until(lambda: not group_members(local.pid), timeout=STOPPED_WITHIN, message="runner local and its workers ended")
+    _, err = local.communicate(timeout=10)
+    assert local.returncode == 1
+    assert f"the broker (pid {broker}) was killed by SIGKILL; stopped the workers" in err.decode()
+
+
 @pytest.mark.parametrize("make", ["runner.Client()", "runner.LocalCluster(workers=2, processes=1)"])
 def test_an_interrupted_start_leaves_no_child_behind(sessions, make):
     owner = sessions(sys.executable, "-c", f"""
