@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 from typing import Any, Callable
@@ -65,6 +64,7 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
 
     from runner import lifetime
     from runner.broker.server import Broker
+    from runner.scratch import remove_folder
 
     setup_logging(log_level, log_json)
     if exit_with:
@@ -82,7 +82,7 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
         server.serve_forever()
     finally:
         if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_folder(scratch)
 
 
 @cli.command()
@@ -289,8 +289,10 @@ def _stop_now(instance: Any) -> None:
 
 def _leave(scratch: str | None) -> None:
     """An embedded broker whose owner is gone: nothing in it can be asked for again."""
+    from runner.scratch import remove_folder
+
     if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_folder(scratch)
     os._exit(0)
 
 

@@ -32,10 +32,16 @@ class Scratch:
 
     def remove(self) -> None:
         """Remove the folder and let go of its lock (idempotent)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_folder(self.path)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def remove_folder(path: str) -> None:
+    """Remove a scratch folder; a path that is not one (a mistyped ``--scratch``) is left alone."""
+    if os.path.basename(os.path.normpath(path)).startswith(PREFIX):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_abandoned(folder: str | None = None) -> list[str]:
