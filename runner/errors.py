@@ -26,6 +26,9 @@ class ClusterGone(BrokerUnreachable):
         self.pid = pid
         self.exit_status = exit_status
 
+    def __reduce__(self):  # pickled with what __init__ takes, not the message
+        return type(self), (self.pid, self.exit_status)
+
 
 class TaskError(Exception):
     """A task raised an exception whose type is not a Python builtin.
