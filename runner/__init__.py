@@ -6,10 +6,10 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import Client, ClientClosed, JobFuture
+from runner.client import Client, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import (BrokerUnreachable, ClusterGone, RemoteTraceback, TaskError, TaskTimeoutError,
+from runner.errors import (BrokerUnreachable, ClientClosed, ClusterGone, RemoteTraceback, TaskError, TaskTimeoutError,
                            WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore

@@ -23,7 +23,7 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.errors import BrokerUnreachable, ClusterGone, exception_from_blob
+from runner.errors import BrokerUnreachable, ClientClosed, ClusterGone, exception_from_blob
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -37,10 +37,6 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
-
-
-class ClientClosed(RuntimeError):
-    """The client was closed before this job's outcome arrived."""
 
 
 class JobFuture(Future):
@@ -99,8 +95,7 @@ class Client:
         self._thread.start()
         try:
             if self._cluster is not None:
-                self._cluster.on_broker_exit(
-                    lambda pid, status: self.loop.call_soon_threadsafe(lambda: self._cluster_gone(pid, status)))
+                self._cluster.on_broker_exit(self._broker_ended)
             self.loop.call_soon_threadsafe(self.connection.start)
             if not self.connection.registered.wait(timeout):
                 raise BrokerUnreachable(
@@ -325,6 +320,11 @@ class Client:
                 waiter.set_exception(error)
         self._futures.clear()
         self._unresolved.clear()
+
+    def _broker_ended(self, pid: int, status: int) -> None:
+        """On the cluster's watcher thread: hand the news to the I/O thread, unless closing anyway."""
+        if not self._closed:
+            self.loop.call_soon_threadsafe(lambda: self._cluster_gone(pid, status))
 
     def _cluster_gone(self, pid: int, status: int) -> None:
         """On the I/O thread: the embedded broker ended, and with it every job; stop waiting for it."""

@@ -12,6 +12,10 @@ class BrokerUnreachable(ConnectionError):
     """The broker did not answer in time."""
 
 
+class ClientClosed(RuntimeError):
+    """The client was closed before this job's outcome arrived."""
+
+
 class ClusterGone(BrokerUnreachable):
     """The broker of this client's embedded cluster (``Client()`` with no address) has ended.
 
