@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.local import die_with_parent, read_address, stop_process
+from runner.local import read_address, stop_process
 
 from benchmarks.settings import HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT, THREADS_PER_WORKER
 
@@ -78,8 +78,8 @@ class Cluster:
         self.log_files.append(log_path)
         with open(log_path, "ab") as log_file:
             return subprocess.Popen(
-                [sys.executable, "-m", "runner", *arguments, "--log-level", LOG_LEVEL],
-                stdout=stdout, stderr=log_file, cwd=ROOT, env=child_environment(), preexec_fn=die_with_parent,
+                [sys.executable, "-m", "runner", *arguments, "--log-level", LOG_LEVEL, "--exit-with", str(os.getpid())],
+                stdout=stdout, stderr=log_file, cwd=ROOT, env=child_environment(),
             )
 
 

@@ -17,6 +17,7 @@ one side by hand; ``round_trips`` starts both and measures.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,7 +29,8 @@ from benchmarks import tasks
 from benchmarks.cluster import ROOT, child_environment
 from benchmarks.measure import round_trips as timed_round_trips
 from benchmarks.settings import HOST, REQUEST_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT
-from runner.local import die_with_parent, read_line, stop_process
+from runner import lifetime
+from runner.local import read_line, stop_process
 
 READY = b"ready"
 
@@ -94,8 +96,8 @@ def round_trips(count: int, warmup: int, budget: float) -> dict[str, float]:
 
 def _spawn(role: str, address: str, started: list[subprocess.Popen]) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.floor", role, address],
-        stdout=subprocess.PIPE, cwd=ROOT, env=child_environment(), preexec_fn=die_with_parent,
+        [sys.executable, "-m", "benchmarks.floor", role, address, str(os.getpid())],
+        stdout=subprocess.PIPE, cwd=ROOT, env=child_environment(),
     )
     started.append(process)
     return process
@@ -107,7 +109,8 @@ def _exit_on_sigterm() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("relay", "worker"):
-        sys.exit("usage: python -m benchmarks.floor relay|worker ADDRESS")
+    if len(sys.argv) != 4 or sys.argv[1] not in ("relay", "worker"):
+        sys.exit("usage: python -m benchmarks.floor relay|worker ADDRESS OWNER_PID")
+    lifetime.exit_with([int(sys.argv[3])])  # no benchmark process outlives the run that started it
     _exit_on_sigterm()
     (run_relay if sys.argv[1] == "relay" else run_worker)(sys.argv[2])

@@ -6,10 +6,11 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture
+from runner.client import Client, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
+from runner.errors import (BrokerUnreachable, ClientClosed, ClusterGone, RemoteTraceback, TaskError, TaskTimeoutError,
+                           WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
@@ -19,6 +20,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClusterExecutor",
+    "ClusterGone",
     "Event",
     "JobFuture",
     "Lock",

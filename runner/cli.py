@@ -16,6 +16,7 @@ from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
 REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
+STOP_NOW_TIMEOUT = 5.0  # seconds an embedded worker whose owner or broker ended takes to stop, at most
 
 
 def logging_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,6 +34,12 @@ def heartbeat_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="Seconds between heartbeats.")(command)
 
 
+def exit_with_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--exit-with PID (hidden): an embedded cluster's child ends with its owner, and leaves Ctrl-C to it."""
+    return click.option("--exit-with", "exit_with", multiple=True, type=int, hidden=True,
+                        help="End as soon as the process PID ends; repeat for several.")(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="runner")
 def cli() -> None:
@@ -46,26 +53,36 @@ def cli() -> None:
               help="SQLite file keeping every accepted job; ':memory:' turns durability off (env RUNNER_JOURNAL).")
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
+@click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
 @heartbeat_options
+@exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, log_level: str,
-           log_json: bool) -> None:
+def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, scratch: str | None,
+           exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
     import sqlite3
 
+    from runner import lifetime
     from runner.broker.server import Broker
+    from runner.scratch import remove_folder
 
     setup_logging(log_level, log_json)
+    if exit_with:
+        lifetime.exit_with(exit_with, lambda: _leave(scratch))
     try:
         server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl)
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
-    _stop_on_signals(server.stop)
+    _stop_on_signals(server.stop, interrupts=not exit_with)
     click.echo(server.address)
     sys.stdout.flush()
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if scratch:
+            remove_folder(scratch)
 
 
 @cli.command()
@@ -88,12 +105,14 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
 @click.option("--max-memory-per-child", type=click.FloatRange(1, 2**31), envvar="RUNNER_MAX_MEMORY_PER_CHILD",
               help="Replace a process-pool child whose RSS is above this many MiB after a job [default: never].")
 @heartbeat_options
+@exit_with_option
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
            allow_any_module: bool, name: str | None, grace: float, max_jobs_per_child: int | None,
-           max_memory_per_child: float | None, heartbeat: float, liveness: int, log_level: str,
-           log_json: bool) -> None:
+           max_memory_per_child: float | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...],
+           log_level: str, log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
+    from runner import lifetime
     from workers.worker import Worker
 
     setup_logging(log_level, log_json)
@@ -114,7 +133,11 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
         raise click.ClickException(f"cannot import a module given with --import: {exc}") from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    instance.install_signal_handlers()
+    if exit_with:  # an embedded cluster's worker: its jobs cannot outlive the owner or the broker anyway
+        lifetime.exit_with(exit_with, lambda: _stop_now(instance))
+        _stop_on_signals(instance.stop, interrupts=False)
+    else:
+        instance.install_signal_handlers()
     instance.run()
     if instance.abandoned_threads:
         # A thread-pool job abandoned at its timeout or the end of grace cannot be stopped;
@@ -202,15 +225,31 @@ def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
 def local(bind: str, workers: int, processes: int | None, threads: int | None, journal: str | None, log_level: str,
           log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
+    import threading
+
+    from runner.errors import describe_exit
     from runner.local import LocalCluster
 
     setup_logging(log_level, log_json)
-    stop = _wait_for_signal()
+    # Ctrl-C (or SIGTERM) while starting raises KeyboardInterrupt: LocalCluster stops what it
+    # started, and main() exits with 130. Once started, they end the wait below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    ended: list[str] = []
     with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
                       log_level=log_level) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
-        stop()
+        stop = threading.Event()
+
+        def broker_ended(pid: int, status: int) -> None:
+            ended.append(f"the broker (pid {pid}) {describe_exit(status)}")
+            stop.set()
+
+        _stop_on_signals(stop.set)
+        cluster.on_broker_exit(broker_ended)
+        stop.wait()
+    if ended:
+        raise click.ClickException(f"{ended[0]}; stopped the workers")
     click.echo("runner local: stopped")
 
 
@@ -232,18 +271,36 @@ def _json_or_text(argument: str) -> Any:
         return argument
 
 
-def _stop_on_signals(stop: Callable[[], None]) -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
+def _stop_on_signals(stop: Callable[[], None], interrupts: bool = True) -> None:
+    """SIGTERM, and SIGINT if ``interrupts`` (else it stays ignored: the owner's), call ``stop``."""
+    for signum in (signal.SIGTERM, signal.SIGINT) if interrupts else (signal.SIGTERM,):
         signal.signal(signum, lambda *_: stop())
 
 
-def _wait_for_signal() -> Callable[[], None]:
-    """A function that blocks until SIGTERM or SIGINT arrives."""
+def _stop_now(instance: Any) -> None:
+    """Stop a worker with no grace (ending its pools cleanly); leave anyway if that takes too long.
+
+    Quietly: the owner's client reports what ended, and nobody else is listening.
+    """
     import threading
 
-    received = threading.Event()
-    _stop_on_signals(received.set)
-    return lambda: received.wait()
+    from loguru import logger
+
+    logger.remove()
+    instance.grace = 0.0
+    instance.stop()
+    deadline = threading.Timer(STOP_NOW_TIMEOUT, os._exit, args=(1,))
+    deadline.daemon = True
+    deadline.start()
+
+
+def _leave(scratch: str | None) -> None:
+    """An embedded broker whose owner is gone: nothing in it can be asked for again."""
+    from runner.scratch import remove_folder
+
+    if scratch:
+        remove_folder(scratch)
+    os._exit(0)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.errors import exception_from_blob
+from runner.errors import BrokerUnreachable, ClientClosed, ClusterGone, exception_from_blob
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -37,14 +37,6 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
-
-
-class BrokerUnreachable(ConnectionError):
-    """The broker did not answer in time."""
-
-
-class ClientClosed(RuntimeError):
-    """The client was closed before this job's outcome arrived."""
 
 
 class JobFuture(Future):
@@ -73,7 +65,7 @@ class Client:
 
     def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
         self._cluster = None
-        if address is None:
+        if address is None:  # an embedded cluster: its processes end with this one, or at close()
             from runner.local import LocalCluster
 
             self._cluster = LocalCluster()
@@ -90,6 +82,7 @@ class Client:
         self._requests: dict[int, list] = {}  # request -> [future, type, body], resent after re-registration
         self.holdings = sync.Holdings()  # the slots its Lock/Semaphore objects hold
         self._closed = False
+        self._refusal: Callable[[], Exception] | None = None  # why this client takes no more work
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -101,13 +94,18 @@ class Client:
         self._acknowledger = Acknowledger(self.loop, self.connection)
         self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
         self._thread.start()
-        self.loop.call_soon_threadsafe(self.connection.start)
-        if not self.connection.registered.wait(timeout):
+        try:
+            if self._cluster is not None:
+                self._cluster.on_broker_exit(self._broker_ended)
+            self.loop.call_soon_threadsafe(self.connection.start)
+            if not self.connection.registered.wait(timeout):
+                raise BrokerUnreachable(
+                    f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
+                    "(set the address with --connect or RUNNER_BROKER)"
+                )
+        except BaseException:  # KeyboardInterrupt included: an embedded cluster stops with it
             self.close()
-            raise BrokerUnreachable(
-                f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
-                "(set the address with --connect or RUNNER_BROKER)"
-            )
+            raise
         current.make_current(self)
 
     # --- submitting ---------------------------------------------------------------------
@@ -186,12 +184,13 @@ class Client:
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
                  waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
         """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
-        if self._closed:
-            raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
         job_id = job_id or self._job_prefix + str(next(self._job_numbers))
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = waiter
+        if self._refusal is not None:  # checked after the insert, so a concurrent _fail_waiters cannot miss it
+            self._futures.pop(job_id, None)
+            raise self._refusal()
         self._unresolved[job_id] = row
         self._jobs_out.add(row, alone=len(self._futures) == 1)
         return job_id
@@ -281,6 +280,9 @@ class Client:
         future: Future = Future()
         body = {**body, "request": request}
         self._requests[request] = [future, message_type, body]
+        if self._refusal is not None:
+            self._requests.pop(request, None)
+            raise self._refusal()
         self.connection.send(message_type, body)
         try:
             return future.result(None if forever else self.timeout if timeout is None else timeout)
@@ -302,19 +304,39 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._refusal is None:  # else the embedded cluster is gone, which says more
+            self._refusal = lambda: ClientClosed("this client is closed; create a new runner.Client to submit")
         self.loop.call_soon_threadsafe(self._say_goodbye)
         self._thread.join(timeout=5)
-        closed = ClientClosed("the client was closed before this job finished")
-        for waiter in list(self._futures.values()) + [pending[0] for pending in list(self._requests.values())]:
-            if isinstance(waiter, tuple):
-                waiter[0].fail(closed)
-            elif not waiter.done():
-                waiter.set_exception(closed)
-        self._futures.clear()
-        self._unresolved.clear()
+        self._fail_waiters(ClientClosed("the client was closed before this job finished"))
         if self._cluster is not None:
             self._cluster.close()
         current.forget(self)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        """Fail every pending job and request with ``error``."""
+        for waiter in list(self._futures.values()) + [pending[0] for pending in list(self._requests.values())]:
+            if isinstance(waiter, tuple):
+                waiter[0].fail(error)
+            elif not waiter.done():
+                waiter.set_exception(error)
+        self._futures.clear()
+        self._unresolved.clear()
+
+    def _broker_ended(self, pid: int, status: int) -> None:
+        """On the cluster's watcher thread: hand the news to the I/O thread, unless closing anyway."""
+        if not self._closed:
+            self.loop.call_soon_threadsafe(lambda: self._cluster_gone(pid, status))
+
+    def _cluster_gone(self, pid: int, status: int) -> None:
+        """On the I/O thread: the embedded broker ended, and with it every job; stop waiting for it."""
+        if self._refusal is not None:
+            return
+        self._refusal = lambda: ClusterGone(pid, status)
+        self.connection.close(goodbye=False)  # no reconnecting to a broker that cannot come back
+        error = self._refusal()
+        log.error("{}", error)
+        self._fail_waiters(error)
 
     def __enter__(self) -> "Client":
         return self

@@ -26,6 +26,8 @@ from runner.transport import DealerLink, connect_dealer
 
 log = logger.bind(component="connection")
 
+WAITING_LOG_EVERY = 5.0  # seconds between "waiting for the broker" lines until the first welcome
+
 
 class BrokerConnection:
     """Hello, heartbeats and re-registration around one DEALER socket."""
@@ -42,6 +44,7 @@ class BrokerConnection:
         on_welcome: Callable[[dict, bool], None] | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
+        say_waiting: bool = False,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -60,6 +63,9 @@ class BrokerConnection:
         self._welcomes = 0
         self.session = 0  # hellos sent so far
         self._hello_sent_at: float | None = None  # while a hello waits for its welcome
+        # A peer that waits for the broker as long as it takes (a worker) says so until welcomed.
+        self._say_waiting_every = WAITING_LOG_EVERY if say_waiting else None
+        self._waiting_logged_at: float | None = None
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
@@ -128,10 +134,21 @@ class BrokerConnection:
     def _beat(self) -> None:
         silent_for = time.monotonic() - self._last_heard
         # Before the first welcome ZeroMQ is still connecting and the hello waits in its queue.
-        if self.registered.is_set() and silent_for > self._silence_limit:
+        if not self.registered.is_set():
+            if self._say_waiting_every is not None:
+                self._say_waiting(silent_for)
+        elif silent_for > self._silence_limit:
             log.warning("no word from the broker at {} for {:.1f}s; reconnecting", self.address, silent_for)
             self.close(goodbye=False)
             self._last_heard = time.monotonic()
             self.start()
             return
         self.send(protocol.HEARTBEAT)
+
+    def _say_waiting(self, waited: float) -> None:
+        """At the first heartbeat without a welcome, then every WAITING_LOG_EVERY: a typo shows at once."""
+        now = time.monotonic()
+        if self._waiting_logged_at is None or now - self._waiting_logged_at >= self._say_waiting_every:
+            self._waiting_logged_at = now
+            log.info("waiting for the broker at {} ({:.0f}s so far): is it running there, and is the address right?",
+                     self.address, waited)

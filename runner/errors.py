@@ -3,8 +3,35 @@
 from __future__ import annotations
 
 import builtins
+import signal
 
 from runner import protocol
+
+
+class BrokerUnreachable(ConnectionError):
+    """The broker did not answer in time."""
+
+
+class ClientClosed(RuntimeError):
+    """The client was closed before this job's outcome arrived."""
+
+
+class ClusterGone(BrokerUnreachable):
+    """The broker of this client's embedded cluster (``Client()`` with no address) has ended.
+
+    It cannot come back, and its jobs went with it: pending futures fail with this
+    error and new submissions raise it. ``pid`` and ``exit_status`` (negative: killed
+    by that signal) say what ended. Create a new ``runner.Client()`` to go on.
+    """
+
+    def __init__(self, pid: int, exit_status: int) -> None:
+        super().__init__(f"the embedded cluster's broker (pid {pid}) {describe_exit(exit_status)}; "
+                         "its jobs are lost with it (a new runner.Client() starts a new cluster)")
+        self.pid = pid
+        self.exit_status = exit_status
+
+    def __reduce__(self):  # pickled with what __init__ takes, not the message
+        return type(self), (self.pid, self.exit_status)
 
 
 class TaskError(Exception):
@@ -87,6 +114,16 @@ def error_blob(exception: BaseException, remote_traceback: str = "", attempts: i
     if attempts is not None:
         error["attempts"] = attempts
     return protocol.pack(error)
+
+
+def describe_exit(status: int) -> str:
+    """A process's exit status in words: "exited with status 1", "was killed by SIGKILL"."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        return f"was killed by {signal.Signals(-status).name}"
+    except ValueError:
+        return f"was killed by signal {-status}"
 
 
 def _builtin_exception(type_name: str, message: str) -> BaseException | None:

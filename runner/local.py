@@ -4,45 +4,61 @@ What ``Client()`` with no address starts, and what ``runner local`` runs. The
 broker binds an ephemeral port and prints the address it got; the workers may
 run functions from any module (only this process's clients can reach them) and
 see this program's import path, so a script's own functions can be jobs.
+
+Lifetime: the children live as long as this process (whichever thread started
+them), and the workers as long as their broker too (lifetime.py). Ctrl-C is this
+process's to handle: the children ignore SIGINT, and ``close()`` stops them.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import selectors
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from loguru import logger
+
+from runner import lifetime
+from runner.scratch import Scratch
 
 log = logger.bind(component="local")
 
 START_TIMEOUT = 30.0  # seconds for the broker to bind and the workers to join
 STOP_TIMEOUT = 10.0  # seconds for a child to exit after SIGTERM before SIGKILL
+CLOSE_GRACE = 2.0  # seconds running jobs get to finish when the cluster closes
 
 
 class LocalCluster:
-    """A broker plus ``workers`` workers, started now and stopped by ``close()``."""
+    """A broker plus ``workers`` workers, started now and stopped by ``close()``.
+
+    ``grace``: seconds running jobs get to finish at ``close()`` before they are stopped.
+    """
 
     def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
                  bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (), journal: str | None = None,
-                 log_level: str = "WARNING", heartbeat: float = 1.0) -> None:
+                 log_level: str = "WARNING", heartbeat: float = 1.0, grace: float = CLOSE_GRACE) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.processes: list[subprocess.Popen] = []
         self._log_level = log_level
-        self._scratch = tempfile.TemporaryDirectory(prefix="runner-local-") if journal is None else None
-        self.journal = journal or os.path.join(self._scratch.name, "journal.db")
+        self._closing = False
+        # The broker removes its scratch folder when it ends, even when this process was killed.
+        self._scratch = Scratch() if journal is None else None
+        self.journal = journal or os.path.join(self._scratch.path, "journal.db")
         try:
-            self._broker = self._spawn(["broker", "--bind", bind, "--journal", self.journal,
-                                        "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
+            broker_args = ["broker", "--bind", bind, "--journal", self.journal, "--heartbeat", str(heartbeat)]
+            if self._scratch is not None:
+                broker_args += ["--scratch", self._scratch.path]
+            self._broker = self._spawn(broker_args, stdout=subprocess.PIPE,
+                                       keep_fds=() if self._scratch is None else (self._scratch.lock_fd,))
             self.address = read_address(self._broker, START_TIMEOUT)
-            worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat)]
+            worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat),
+                           "--grace", str(grace), "--exit-with", str(self._broker.pid)]
             if processes is not None:
                 worker_args += ["--processes", str(processes)]
             if threads is not None:
@@ -54,7 +70,7 @@ class LocalCluster:
             if workers:
                 with self.client() as client:
                     client.wait_for_workers(workers, timeout=START_TIMEOUT)
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt included: no child outlives a failed start
             self.close()
             raise
 
@@ -64,24 +80,28 @@ class LocalCluster:
 
         return Client(self.address, **options)
 
+    def on_broker_exit(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(pid, exit_status)`` from a daemon thread if the broker ends before ``close()``."""
+        broker = self._broker
+
+        def watch() -> None:
+            status = broker.wait()
+            if not self._closing:
+                callback(broker.pid, status)
+
+        threading.Thread(target=watch, name="runner-local-broker", daemon=True).start()
+
     def close(self) -> None:
-        """Stop the workers, then the broker: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for process in reversed(self.processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid {} did not stop within {}s; killing it", process.pid, STOP_TIMEOUT)
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
+        """Stop the workers (running jobs get the grace), then the broker; SIGKILL after STOP_TIMEOUT.
+
+        The workers go first, while their broker can still take back what they give up.
+        """
+        self._closing = True
+        _stop_together(self.processes[1:])
+        _stop_together(self.processes[:1])
         self.processes.clear()
         if self._scratch is not None:
-            self._scratch.cleanup()
+            self._scratch.remove()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -89,11 +109,30 @@ class LocalCluster:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _spawn(self, arguments: list[str], stdout: Any = None) -> subprocess.Popen:
-        command = [sys.executable, "-m", "runner", *arguments, "--log-level", self._log_level]
-        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), preexec_fn=die_with_parent)
+    def _spawn(self, arguments: list[str], stdout: Any = None, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+        command = [sys.executable, "-m", "runner", *arguments, "--log-level", self._log_level,
+                   "--exit-with", str(os.getpid())]
+        process = subprocess.Popen(command, stdout=stdout, env=_child_environment(), pass_fds=keep_fds,
+                                   preexec_fn=lifetime.ignore_interrupts)
         self.processes.append(process)
         return process
+
+
+def _stop_together(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every one, then wait for each; SIGKILL those still running after STOP_TIMEOUT."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid {} did not stop within {}s; killing it", process.pid, STOP_TIMEOUT)
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
@@ -140,19 +179,3 @@ def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> in
         if stream:
             stream.close()
     return process.returncode
-
-
-def _load_libc():
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()  # loaded now, not in a forked child, where another thread may hold a lock
-
-
-def die_with_parent() -> None:
-    """A ``preexec_fn``: on Linux the child gets SIGTERM if its parent dies, so none is orphaned."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

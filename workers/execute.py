@@ -11,13 +11,11 @@ from __future__ import annotations
 import importlib
 import os
 import resource
-import select
 import sys
-import threading
 import traceback
 from typing import Any, Callable, Iterable
 
-from runner import protocol
+from runner import lifetime, protocol
 from runner.errors import error_blob
 
 #: Modules whose functions may run here; None means any module (embedded cluster only).
@@ -38,35 +36,17 @@ class TaskNotFound(LookupError):
 def configure(allowed_modules: Iterable[str] | None, worker_pid: int | None = None) -> None:
     """Set the allowlist and import each allowed module now, so import errors show at start.
 
-    In a pool child, ``worker_pid`` names the worker: the child ends when it does.
+    In a pool child, ``worker_pid`` names the worker: the child ends when it does, even
+    by SIGKILL (a ProcessPoolExecutor child holds both ends of its call queue, so it
+    would never see its parent go and would wait forever as an orphan).
     """
     global _allowed_modules
     if worker_pid is not None:
-        _exit_with(worker_pid)
+        lifetime.exit_with([worker_pid])
     _allowed_modules = None if allowed_modules is None else frozenset(allowed_modules)
     _resolved.clear()
     for module in sorted(_allowed_modules or ()):
         importlib.import_module(module)
-
-
-def _exit_with(worker_pid: int) -> None:
-    """End this pool child when the worker process ends, even by SIGKILL.
-
-    A ProcessPoolExecutor child holds both ends of its call queue, so it never sees
-    its parent go; without this it would wait forever as an orphan.
-    """
-    try:
-        watched = os.pidfd_open(worker_pid)
-    except ProcessLookupError:  # the worker died while this child was starting
-        os._exit(1)
-    except (AttributeError, OSError):  # not Linux >= 5.3: the child outlives a killed worker
-        return
-
-    def watch() -> None:
-        select.select([watched], [], [])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="runner-worker-watch", daemon=True).start()
 
 
 def resolve(task: str) -> Callable[..., Any]:

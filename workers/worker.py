@@ -87,7 +87,7 @@ class Worker:
         self.context = zmq.Context()
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
-            on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
+            on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness, say_waiting=True,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
@@ -309,7 +309,7 @@ class Worker:
     def _end_grace(self) -> None:
         """Grace is over: give every unfinished job back to the broker, then stop."""
         unfinished = list(self.running)
-        log.warning("grace of {}s is over; giving {} unfinished jobs back", self.grace, len(unfinished))
+        log.warning("grace of {}s is over; stopping {} running jobs and giving them back", self.grace, len(unfinished))
         released = [self._release(job_id) for job_id in unfinished]
         self._send_results([[job_id, entry.attempt, protocol.REQUEUE, b""] for job_id, entry in zip(unfinished, released)])
         self.abandoned_threads += sum(1 for entry in released if entry.pool == "thread")
