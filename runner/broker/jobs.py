@@ -184,8 +184,8 @@ class JobBook:
                 self.scheduler.requeue(job, front=True)
                 self.journal.set_attempts(job.id, job.attempt)
             else:
-                message = (f"job {job.id} was lost with its worker {job.attempt} times "
-                           f"(max_attempts={job.rules.attempt_limit})")
+                message = (f"job {job.id} lost its worker during attempt {job.attempt}, its last "
+                           f"(max_attempts={job.rules.max_attempts}, retries={job.rules.retries})")
                 log.bind(job=job.id).error("dead: {}", message)
                 self._finish(job, states.DEAD, protocol.FAILED, error_blob(WorkerLostError.raised_here(message), attempts=job.attempt), now)
 
