@@ -1,32 +1,19 @@
-"""Gated tasks: a job that stays running until the test opens its gate (creates a file).
+"""A gated task whose later runs pass: for tests of retries and give-backs (tests/test_promises.py).
 
-A test that needs a job running at a given moment waits for the job's record line
-(proof it started), does what it must, then creates the gate file; no fixed sleep
-stands in for "still running". Every wait has its own deadline, so a forgotten
-gate ends the run with an error instead of a hung worker.
+``jobs.gated`` holds every run at its gate; here only the first ``gated_runs`` runs
+wait (for the file ``gate``, with jobs.py's deadline), so a retried or given-back job
+finishes at once while the test still controls its first run. Each run leaves one
+line in ``record`` (its process id), so a test counts runs.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
-from jobs import _append_line
-
-GATE_DEADLINE = 60.0  # seconds a gated run waits for its gate before it gives up
-POLL = 0.01  # seconds between looks at the gate
+from jobs import _append_line, wait_for_gate
 
 
-def wait_for_gate(gate: str, deadline: float = GATE_DEADLINE) -> None:
-    """Return once the file ``gate`` exists; raise TimeoutError after ``deadline`` seconds."""
-    give_up = time.monotonic() + deadline
-    while not os.path.exists(gate):
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"the gate {gate} was not opened within {deadline}s")
-        time.sleep(POLL)
-
-
-def gated(record: str, gate: str, gated_runs: int = 1_000_000, value=None) -> dict:
+def gated(record: str, gate: str, gated_runs: int = 1, value=None) -> dict:
     """Record this run's process id in ``record``; the first ``gated_runs`` runs wait for ``gate``.
 
     A run that got past its gate also appends its process id to ``record + ".done"``,
