@@ -223,3 +223,25 @@ def test_a_forced_cancel_gives_the_jobs_that_shared_its_process_pool_back_unchar
     wait_for_journal(journal, neighbour.job_id, (1, "done"))  # its lost run was not charged
     assert client.fetch(victim.job_id)["state"] == "cancelled"
     assert len(lines(victim_record)) == 1, "a cancelled job is not run again"
+
+
+def test_a_run_that_finished_while_its_worker_was_declared_dead_is_kept(processes, tmp_path, client_factory):
+    address, journal = broker_with_journal(processes, tmp_path)
+    worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "1")
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "finished-away", pool="thread")
+    assert wait_for_lines(record, 1) == [str(worker.pid)]
+
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not client.status()["workers"], timeout=15, message="the stopped worker declared dead")
+        # Open while it sleeps: on waking, its run ends and reports, mostly before the worker registers again.
+        gate.touch()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert future.result(timeout=30) == {"run": 1, "pid": worker.pid, "value": "finished-away"}
+    assert lines(record) == [str(worker.pid)], "the job ran again although its only run had finished"
+    wait_for_journal(journal, future.job_id, (1, "done"))
+    wait_until(lambda: (worker_entry(client, worker.pid) or {}).get("running") == 0, timeout=15,
+               message="the woken worker registered again, holding nothing")
