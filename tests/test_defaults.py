@@ -19,7 +19,7 @@ import tasks
 from cluster import ROOT, START_TIMEOUT, environment, read_address, wait_until
 from runner.errors import WorkerLostError
 from test_chaos import free_address
-from test_promises import HEARTBEAT, THREADS_ONLY, gated_job, start_worker
+from test_promises import HEARTBEAT, STARTING, THREADS_ONLY, gated_job, start_worker
 from test_reliability_rules import lines, wait_for_lines, worker_entry
 
 
@@ -29,7 +29,7 @@ def test_max_attempts_defaults_to_three_lost_runs_then_the_job_is_dead(
     future, record, _ = gated_job(client, tmp_path, "doomed", gated_runs=99, pool="thread")  # no max_attempts given
     for run in (1, 2, 3):
         worker = start_worker(processes, broker_address, *THREADS_ONLY, "--threads", "1")
-        assert wait_for_lines(record, run)[run - 1] == str(worker.pid)
+        assert wait_for_lines(record, run, timeout=STARTING)[run - 1] == str(worker.pid)
         worker.kill()  # SIGKILL: the broker finds out by missed heartbeats
         worker.wait()
     with pytest.raises(WorkerLostError) as lost:

@@ -28,6 +28,7 @@ from test_reliability_rules import lines, process_gone, wait_for_journal, wait_f
 HEARTBEAT = ("--heartbeat", "0.2")  # a peer silent for 0.6 s is declared dead
 IMPORTS = ("tasks", "jobs", "gates")
 THREADS_ONLY = ("--processes", "0")
+STARTING = 60  # seconds for waits that include starting a process (a loaded machine is slow at it)
 
 
 def start_worker(processes, address: str, *arguments: str) -> subprocess.Popen:
@@ -97,7 +98,7 @@ def test_a_client_that_comes_back_gets_its_jobs_without_doubles_and_missed_outco
     observer = client_factory(address)
     observer.wait_for_workers(1, timeout=30)
     away = start_away_client(processes, address, tmp_path)
-    ids = json.loads(read_line(away, 30))
+    ids = json.loads(read_line(away, STARTING))
     wait_for_lines(tmp_path / "finishes", 1)
     wait_for_lines(tmp_path / "running", 1)
     wait_until(lambda: observer.status()["queues"].get("later") == 1, timeout=10, message="one job waits in 'later'")
@@ -123,7 +124,7 @@ def test_a_client_that_comes_back_gets_its_jobs_without_doubles_and_missed_outco
     (tmp_path / "running.gate").touch()
     assert json.loads(read_line(away, 30))["name"] == "running"
     later_worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "2", "--queue", "later")
-    waiting = json.loads(read_line(away, 30))
+    waiting = json.loads(read_line(away, STARTING))
     assert waiting == {"name": "waiting", "result": {"run": 1, "pid": later_worker.pid, "value": "waiting"}}
     assert away.wait(timeout=30) == 0
     for name in ("finishes", "running", "waiting"):
@@ -205,6 +206,9 @@ def test_a_forced_cancel_gives_the_jobs_that_shared_its_process_pool_back_unchar
     start_worker(processes, address, "--processes", "2", "--threads", "0")
     client = client_factory(address)
     client.wait_for_workers(1, timeout=30)
+    # Both pool processes started first, so the gated runs below wait only for their turn.
+    warm = [client.submit("jobs:pid_after", 0.3) for _ in range(2)]
+    assert len({future.result(timeout=STARTING) for future in warm}) == 2
     # One at a time, so each runs in a pool process of its own (not batched into one). The neighbour's
     # first run waits at its gate, a second returns at once; it has a single attempt, so a charged loss fails it.
     neighbour, neighbour_record, _ = gated_job(client, tmp_path, "neighbour", max_attempts=1)
