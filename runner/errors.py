@@ -61,7 +61,7 @@ class TaskTimeoutError(TaskError, TimeoutError):
 
 
 class WorkerLostError(TaskError):
-    """The job's worker died during every one of its ``max_attempts`` attempts."""
+    """The job's worker died during its last allowed attempt (``max_attempts``, or ``retries + 1`` if more)."""
 
 
 class WorkerPoolError(TaskError):

@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from runner import protocol
 from runner.broker import journal as states
+from runner.broker import jobs
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
 from runner.broker.retry import (
@@ -71,6 +72,7 @@ class SimWorker:
     draining: bool = False
     runs: dict[str, int] = field(default_factory=dict)  # job id -> the attempt it runs
     orphans: list[tuple[str, int]] = field(default_factory=list)  # runs it was told to stop; may still report
+    lost: dict[str, int] = field(default_factory=dict)  # runs taken back when it was declared dead, until it rejoins
 
 
 @dataclass
@@ -229,6 +231,7 @@ class JobBookMachine(RuleBasedStateMachine):
         lost = {job_id: job.attempt for job_id, job in self.book.scheduler.workers[worker.id].leased.items()}
         self.book.worker_lost(worker.id, self.now)
         worker.registered = worker.draining = False
+        worker.lost = dict(lost)
         for job_id, attempt in lost.items():
             assert self.lease_of.pop(job_id) == (worker.id, attempt)
             self._check_lost(job_id, attempt)
@@ -264,6 +267,16 @@ class JobBookMachine(RuleBasedStateMachine):
         else:
             job_id, attempt = pick(sorted(worker.runs.items()), index) if worker.runs else worker.orphans.pop()
             worker.runs.pop(job_id, None)
+        self._report(worker, job_id, attempt, status)
+
+    @precondition(lambda self: any(worker.runs for worker in self._cut_off()))
+    @rule(index=PICK, status=STATUSES)
+    @step
+    def report_after_loss(self, index, status):
+        """A worker declared dead reports a run before it registers again (it was frozen, not gone)."""
+        worker = pick([worker for worker in self._cut_off() if worker.runs], index)
+        job_id, attempt = pick(sorted(worker.runs.items()), index)
+        del worker.runs[job_id]
         self._report(worker, job_id, attempt, status)
 
     @rule(statuses=st.lists(STATUSES, min_size=1, max_size=3))
@@ -423,6 +436,7 @@ class JobBookMachine(RuleBasedStateMachine):
         adoptable = {job_id for job_id, attempt in claims if self._adoptable(job_id, attempt)}
         self.book.worker_joined(worker.id, worker.queues, worker.slots, [list(claim) for claim in claims], self.now)
         worker.registered, worker.draining = True, False
+        worker.lost.clear()
         for job_id, attempt in claims:
             if job_id in adoptable:
                 self.lease_of[job_id] = (worker.id, attempt)
@@ -443,22 +457,34 @@ class JobBookMachine(RuleBasedStateMachine):
     def _report(self, worker: SimWorker, job_id: str, attempt: int, status: str) -> None:
         """Send one result row; check it counts exactly when it answers the lease."""
         payload = ERROR if status == protocol.FAILED else b"\xa2ok"
+        row = [job_id, attempt, status, payload]
         if not worker.registered:
             with pytest.raises(UnknownWorker):
-                self.book.results(worker.id, [[job_id, attempt, status, payload]], self.now)
+                self.book.results(worker.id, [row], self.now)
+            # The server hands it on: a run lost with this worker counts if its job still waits for it.
+            held = self.book.scheduler.jobs.get(job_id)
+            counts = (worker.lost.pop(job_id, None) == attempt and status != protocol.REQUEUE
+                      and held is not None and (held.state, held.attempt) == (PENDING, attempt))
+            self._check_result(job_id, attempt, status, counts,
+                               lambda: self.book.results_from_lost_worker(worker.id, [row], self.now))
             return
         counts = self.lease_of.get(job_id) == (worker.id, attempt)
+        if counts:
+            del self.lease_of[job_id]
+        self._check_result(job_id, attempt, status, counts, lambda: self.book.results(worker.id, [row], self.now))
+
+    def _check_result(self, job_id: str, attempt: int, status: str, counts: bool, report) -> None:
+        """Deliver a result with ``report()``; it changes the job exactly when it ``counts``."""
         held = self.book.scheduler.jobs.get(job_id)
         before = None if held is None else (held.state, held.worker, held.attempt)
         outcomes_before = sum(len(rows) for rows in self.book.outbox.outcomes.values())
-        self.book.results(worker.id, [[job_id, attempt, status, payload]], self.now)
+        report()
         outcomes_after = sum(len(rows) for rows in self.book.outbox.outcomes.values())
         if not counts:
             after = self.book.scheduler.jobs.get(job_id)
             assert after is held and (None if after is None else (after.state, after.worker, after.attempt)) == before
             assert outcomes_after == outcomes_before, f"a stale result for {job_id} was answered"
             return
-        del self.lease_of[job_id]
         self._check_counted(job_id, attempt, status, outcomes_after - outcomes_before)
 
     def _check_counted(self, job_id: str, attempt: int, status: str, new_outcomes: int) -> None:
@@ -653,5 +679,90 @@ def test_an_id_submitted_again_after_it_finished_is_answered_not_run_again(tmp_p
         assert outbox.leases == [] and "x" not in book.scheduler.jobs, "not run again"
         assert journal.counts == counts, "the state counts do not drift"
         assert (journal.get("x").state, journal.get("x").outcome) == (states.DONE, b"\xa2ok")
+    finally:
+        journal.close()
+
+
+# --- results a worker sends after it was declared dead, before it registers again ---------------------
+
+
+def test_a_result_sent_after_being_declared_dead_counts_when_nobody_took_the_job(tmp_path):
+    journal, book = _book_with_one_leased_job(str(tmp_path / "journal.db"))
+    book.worker_lost(b"w", 2.0)  # frozen past its heartbeats: the job waits again, attempt 1 spent
+    try:
+        book.results_from_lost_worker(b"w", [["x", 1, protocol.OK, b"\xa2ok"]], 3.0)
+        outbox = book.take_outbox()
+        journal.commit()
+        assert outbox.outcomes[CLIENTS[0]] == [["x", protocol.OK, b"\xa2ok"]] and outbox.leases == []
+        assert "x" not in book.scheduler.jobs and book.scheduler.pending_by_queue() == {}
+        assert (journal.get("x").state, journal.get("x").attempts) == (states.DONE, 1)
+        book.worker_joined(b"w", ["default"], {"thread": 1}, [], 4.0)  # it registers again, holding nothing
+        assert book.take_outbox().leases == []
+    finally:
+        journal.close()
+
+
+def test_a_failure_sent_after_being_declared_dead_is_retried_as_any_failure(tmp_path):
+    journal = Journal(str(tmp_path / "journal.db"))
+    book = JobBook(journal, rng=random.Random(1))
+    book.submit(CLIENTS[0], [["x", "tasks:add", "thread", "default", 0, b"\x90", {"retries": 1, "backoff": 2.0}]],
+                False, 1.0)
+    book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    book.take_outbox()
+    book.worker_lost(b"w", 2.0)
+    try:
+        book.results_from_lost_worker(b"w", [["x", 1, protocol.FAILED, ERROR]], 3.0)
+        assert book.scheduler.jobs["x"].state == DEFERRED and 3.0 + 1.0 <= book.next_due() <= 3.0 + 3.0
+        assert book.take_outbox().outcomes == {}
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize("since", ["leased to another", "registered again", "another attempt", "given back",
+                                   "other worker", "broker restarted"])
+def test_a_result_sent_after_being_declared_dead_is_ignored_once_the_job_moved_on(tmp_path, since):
+    journal, book = _book_with_one_leased_job(str(tmp_path / "journal.db"))
+    book.worker_lost(b"w", 2.0)
+    reporter, row = b"w", ["x", 1, protocol.OK, b"\xa2ok"]
+    if since == "leased to another":
+        book.worker_joined(b"v", ["default"], {"thread": 1}, [], 2.5)
+        book.take_outbox()
+    elif since == "registered again":  # its hello claimed nothing: the run it reports now was not kept
+        book.worker_joined(b"w", ["default"], {"thread": 0}, [], 2.5)
+    elif since == "another attempt":
+        row = ["x", 2, protocol.OK, b"\xa2ok"]
+    elif since == "given back":
+        row = ["x", 1, protocol.REQUEUE, b""]
+    elif since == "other worker":
+        reporter = b"v"
+    else:
+        journal.close()
+        journal = Journal(journal.path)
+        book = JobBook(journal)
+        book.restore()
+    held = book.scheduler.jobs["x"]
+    before = (held.state, held.worker, held.attempt)
+    try:
+        book.results_from_lost_worker(reporter, [row], 3.0)
+        assert book.scheduler.jobs["x"] is held and (held.state, held.worker, held.attempt) == before
+        assert book.take_outbox().outcomes == {}
+    finally:
+        journal.close()
+
+
+def test_only_the_latest_workers_declared_dead_are_remembered(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "LOST_WORKERS_REMEMBERED", 1)
+    journal = Journal(str(tmp_path / "journal.db"))
+    book = JobBook(journal)
+    book.submit(CLIENTS[0], [[job_id, "tasks:add", "thread", "default", 0, b"\x90", {}] for job_id in "xy"], False, 1.0)
+    for worker in (b"a", b"b"):  # a runs x, b runs y; both are declared dead
+        book.worker_joined(worker, ["default"], {"thread": 1}, [], 1.0)
+        book.take_outbox()
+    for worker in (b"a", b"b"):
+        book.worker_lost(worker, 2.0)
+    try:
+        book.results_from_lost_worker(b"a", [["x", 1, protocol.OK, b"\xa2ok"]], 3.0)
+        book.results_from_lost_worker(b"b", [["y", 1, protocol.OK, b"\xa2ok"]], 3.0)
+        assert book.take_outbox().outcomes[CLIENTS[0]] == [["y", protocol.OK, b"\xa2ok"]], "a was forgotten"
     finally:
         journal.close()

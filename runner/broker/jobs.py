@@ -34,6 +34,7 @@ from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
 
 log = logger.bind(component="jobs")
 
+LOST_WORKERS_REMEMBERED = 1000  # workers declared dead whose runs can still be kept if they report them
 
 
 @dataclass
@@ -57,6 +58,9 @@ class JobBook:
         self._deferred: list[tuple[float, int, Job]] = []  # retries waiting for their time
         self._deferred_order = itertools.count()
         self._draining: set[bytes] = set()
+        # Runs of workers declared dead, until they register again: a run one of them reports
+        # finished before that still counts if nobody else took its job (see results_from_lost_worker).
+        self._lost_runs: dict[bytes, dict[str, int]] = {}
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -150,6 +154,7 @@ class JobBook:
                       running: list[list], now: float) -> None:
         """A worker (re)registered; it keeps the runs it still has that nobody else holds."""
         self._draining.discard(worker)
+        self._lost_runs.pop(worker, None)  # the runs it still has are claimed below
         self.scheduler.worker_joined(worker, queues, slots)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
@@ -183,9 +188,10 @@ class JobBook:
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
                 self.scheduler.requeue(job, front=True)
                 self.journal.set_attempts(job.id, job.attempt)
+                self._remember_lost_run(worker, job)
             else:
-                message = (f"job {job.id} was lost with its worker {job.attempt} times "
-                           f"(max_attempts={job.rules.attempt_limit})")
+                message = (f"job {job.id} lost its worker during attempt {job.attempt}, its last "
+                           f"(max_attempts={job.rules.max_attempts}, retries={job.rules.retries})")
                 log.bind(job=job.id).error("dead: {}", message)
                 self._finish(job, states.DEAD, protocol.FAILED, error_blob(WorkerLostError.raised_here(message), attempts=job.attempt), now)
 
@@ -195,14 +201,45 @@ class JobBook:
             job = self.scheduler.job_finished(worker, job_id, attempt)
             if job is None:
                 log.bind(job=job_id).info("ignored a stale {} result for attempt {}", status, attempt)
-            elif status == protocol.OK:
-                self._finish(job, states.DONE, protocol.OK, payload, now)
             elif status == protocol.REQUEUE:
                 job.attempt -= 1  # given back unrun: no attempt is charged
                 self.journal.set_attempts(job.id, job.attempt)
                 self.scheduler.requeue(job, front=True)
             else:
-                self._failed(job, payload, now)
+                self._outcome(job, status, payload, now)
+
+    def results_from_lost_worker(self, worker: bytes, rows: list[list], now: float) -> None:
+        """Outcomes a worker declared dead sent before registering again (it was frozen or cut off).
+
+        Each counts when its job still waits for the run that was lost with this worker,
+        as a run it re-announced would be kept; anything else (a job taken by another
+        worker since, or moved on) is ignored, as a stale result is.
+        """
+        runs = self._lost_runs.get(worker, {})
+        for job_id, attempt, status, payload in rows:
+            job = self.scheduler.jobs.get(job_id)
+            lost_with_it = runs.pop(job_id, None) == attempt
+            if not lost_with_it or job is None or status == protocol.REQUEUE or not self.scheduler.claim(job, attempt):
+                log.bind(job=job_id).info("ignored a {} result for attempt {} from a worker declared dead", status, attempt)
+                continue
+            log.bind(job=job_id).info("kept the {} result of attempt {} its worker sent after it was declared dead",
+                                      status, attempt)
+            self._outcome(job, status, payload, now)
+
+    def _remember_lost_run(self, worker: bytes, job: Job) -> None:
+        runs = self._lost_runs.get(worker)
+        if runs is None:
+            if len(self._lost_runs) >= LOST_WORKERS_REMEMBERED:
+                del self._lost_runs[next(iter(self._lost_runs))]  # the longest gone: it is not coming back
+            runs = self._lost_runs[worker] = {}
+        runs[job.id] = job.attempt
+
+    def _outcome(self, job: Job, status: str, payload: bytes, now: float) -> None:
+        """A run of ``job`` the broker counts ended: done, or failed (and maybe retried)."""
+        if status == protocol.OK:
+            self._finish(job, states.DONE, protocol.OK, payload, now)
+        else:
+            self._failed(job, payload, now)
 
     def _failed(self, job: Job, error: bytes, now: float) -> None:
         if should_retry(job.rules, job.attempt):

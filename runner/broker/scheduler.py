@@ -181,6 +181,15 @@ class Scheduler:
         job.attempt = attempt  # the lease is for the run the worker has, not a new one
         return True
 
+    def claim(self, job: Job, attempt: int) -> bool:
+        """Take a waiting job out of its queue for a finished run nobody leased (its worker was
+        declared dead meanwhile); False if the job moved on (leased again, or a later attempt)."""
+        if job.state != PENDING or job.attempt != attempt:
+            return False
+        self._waiting[(job.queue, job.pool)].remove(job)
+        del self.jobs[job.id]
+        return True
+
     def drop_lease(self, job: Job) -> None:
         """Forget a running job's lease (it was cancelled by force); its credit returns."""
         worker = self.workers.get(job.worker) if job.worker else None

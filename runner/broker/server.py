@@ -139,6 +139,9 @@ class Broker:
             return
         if not known and message.type not in (protocol.HELLO, protocol.BYE):
             # A peer we declared dead (or never met): it must introduce itself again.
+            if message.type == protocol.RESULTS:  # a run nobody else took since still counts
+                self.jobs.results_from_lost_worker(peer_id, message.body["results"], time.time())
+                self._schedule_flush()
             self._send_error(peer_id, f"{message.type} before hello: say hello first", code="hello")
             return
         self._handlers[message.type](peer_id, message)

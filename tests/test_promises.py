@@ -1,0 +1,251 @@
+"""Promises of docs/guarantees.md about peers that come back and jobs given up on, with real processes.
+
+A worker declared dead that comes back, a client whose connection drops while the
+broker stays up, and the thread pool's rules (forced cancel, timeouts, retries after
+a timeout), plus a forced cancel's neighbours in a process pool. Jobs that must be
+running at a given moment are gated (tests/gates.py): they record their start, then
+wait for a file the test creates; each run leaves one line, so the tests count runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import CancelledError
+
+import pytest
+
+import runner
+import tasks
+from cluster import ROOT, environment, read_line, wait_until
+from runner.errors import TaskTimeoutError
+from runner.local import die_with_parent
+from test_reliability_rules import lines, process_gone, wait_for_journal, wait_for_lines, worker_entry
+
+HEARTBEAT = ("--heartbeat", "0.2")  # a peer silent for 0.6 s is declared dead
+IMPORTS = ("tasks", "jobs", "gates")
+THREADS_ONLY = ("--processes", "0")
+STARTING = 60  # seconds for waits that include starting a process (a loaded machine is slow at it)
+
+
+def start_worker(processes, address: str, *arguments: str) -> subprocess.Popen:
+    return processes.worker(address, *HEARTBEAT, *arguments, imports=IMPORTS)
+
+
+def gated_job(client: runner.Client, folder, name: str, gated_runs: int = 1, **options) -> tuple:
+    """Submit a job whose first ``gated_runs`` runs wait at its gate; return its future, record and gate."""
+    record, gate = folder / name, folder / f"{name}.gate"
+    return client.submit("gates:gated", str(record), str(gate), gated_runs, name, **options), record, gate
+
+
+def broker_with_journal(processes, tmp_path) -> tuple[str, object]:
+    journal = tmp_path / "journal.db"
+    _, address = processes.broker(*HEARTBEAT, journal=journal)
+    return address, journal
+
+
+# --- a worker declared dead comes back ---------------------------------------------------------
+
+
+def test_a_worker_declared_dead_that_comes_back_keeps_the_run_nobody_else_took(processes, tmp_path, client_factory):
+    address, journal = broker_with_journal(processes, tmp_path)
+    worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "1")
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "kept", pool="thread")
+    assert wait_for_lines(record, 1) == [str(worker.pid)]
+
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not client.status()["workers"], timeout=15, message="the stopped worker declared dead")
+        # Its job went back to the queue (no other worker can take it there).
+        assert client.status()["queues"] == {"default": 1}
+        assert client.fetch(future.job_id)["state"] == "pending"
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+
+    # It comes back and re-announces its run; the broker gives it the lease again.
+    wait_until(lambda: (worker_entry(client, worker.pid) or {}).get("running") == 1, timeout=15,
+               message="the woken worker registered again holding its run")
+    assert client.status()["queues"].get("default", 0) == 0
+    assert client.fetch(future.job_id)["state"] == "running"
+    gate.touch()
+    assert future.result(timeout=30) == {"run": 1, "pid": worker.pid, "value": "kept"}
+    assert lines(record) == [str(worker.pid)], "the job ran once: the kept run was not started again"
+    wait_for_journal(journal, future.job_id, (1, "done"))
+    assert client.status()["jobs"]["done"] == 1
+
+
+# --- a client's connection drops while the broker stays up -------------------------------------
+
+
+def start_away_client(processes, address: str, folder) -> subprocess.Popen:
+    """The client of tests/away_client.py, recorded so that the fixture stops it."""
+    script = ROOT / "tests" / "away_client.py"
+    away = subprocess.Popen([sys.executable, str(script), address, str(folder)], stdout=subprocess.PIPE,
+                            env=environment(), cwd=ROOT, preexec_fn=die_with_parent)
+    processes.started.append(away)
+    return away
+
+
+def test_a_client_that_comes_back_gets_its_jobs_without_doubles_and_missed_outcomes_from_the_journal(
+        processes, tmp_path, client_factory):
+    address, journal = broker_with_journal(processes, tmp_path)
+    start_worker(processes, address, *THREADS_ONLY, "--threads", "2")
+    observer = client_factory(address)
+    observer.wait_for_workers(1, timeout=30)
+    away = start_away_client(processes, address, tmp_path)
+    ids = json.loads(read_line(away, STARTING))
+    wait_for_lines(tmp_path / "finishes", 1)
+    wait_for_lines(tmp_path / "running", 1)
+    wait_until(lambda: observer.status()["queues"].get("later") == 1, timeout=10, message="one job waits in 'later'")
+
+    os.kill(away.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: observer.status()["clients"] == 1, timeout=15, message="the stopped client declared gone")
+        (tmp_path / "finishes.gate").touch()  # finishes while its client is away
+        wait_until(lambda: observer.fetch(ids["finishes"])["state"] == "done", timeout=15,
+                   message="the job finished while its client was away")
+    finally:
+        os.kill(away.pid, signal.SIGCONT)
+
+    # Back, it resends every job it has no outcome for: the finished one is answered from the journal.
+    assert json.loads(read_line(away, 30)) == {"name": "finishes",
+                                               "result": {"run": 1, "pid": int(lines(tmp_path / "finishes")[0]),
+                                                          "value": "finishes"}}
+    status = observer.status()
+    assert status["clients"] == 2
+    assert status["queues"] == {"later": 1}, "the resent waiting job was not doubled"
+    assert status["jobs"]["running"] == 1, "the resent running job was not doubled"
+
+    (tmp_path / "running.gate").touch()
+    assert json.loads(read_line(away, 30))["name"] == "running"
+    later_worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "2", "--queue", "later")
+    waiting = json.loads(read_line(away, STARTING))
+    assert waiting == {"name": "waiting", "result": {"run": 1, "pid": later_worker.pid, "value": "waiting"}}
+    assert away.wait(timeout=30) == 0
+    for name in ("finishes", "running", "waiting"):
+        assert len(lines(tmp_path / name)) == 1, f"the job {name!r} ran more than once"
+        wait_for_journal(journal, ids[name], (1, "done"))
+    assert observer.status()["jobs"]["done"] == 3
+
+
+# --- the thread pool: jobs that cannot be stopped ---------------------------------------------
+
+
+def test_a_forced_cancel_abandons_a_running_thread_job_and_drops_its_late_result(
+        processes, broker_address, client_factory, tmp_path):
+    # One thread: a job submitted after the cancel runs only once the abandoned one has returned.
+    worker = start_worker(processes, broker_address, *THREADS_ONLY, "--threads", "1")
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "abandoned", pool="thread")
+    wait_for_lines(record, 1)
+    assert client.cancel(future, force=True) is True
+    assert future.cancelled()
+    with pytest.raises(CancelledError):
+        future.result(timeout=1)
+
+    after = client.submit(tasks.add, 2, 3, pool="thread")
+    gate.touch()
+    assert after.result(timeout=30) == 5
+    assert lines(tmp_path / "abandoned.done") == [str(worker.pid)], "the abandoned thread ran on to its end"
+    assert client.fetch(future.job_id)["state"] == "cancelled", "the abandoned job's late result was kept"
+    jobs = client.status()["jobs"]
+    assert (jobs["cancelled"], jobs["done"]) == (1, 1)
+    assert lines(record) == [str(worker.pid)], "a cancelled job is not run again"
+
+
+def test_a_thread_job_past_its_timeout_fails_and_its_late_result_is_discarded(
+        processes, broker_address, client_factory, tmp_path):
+    worker = start_worker(processes, broker_address, *THREADS_ONLY, "--threads", "1")
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "late", pool="thread", timeout=0.5)
+    with pytest.raises(TaskTimeoutError) as timed_out:
+        future.result(timeout=30)
+    assert timed_out.value.attempts == 1
+
+    after = client.submit(tasks.add, 2, 3, pool="thread")
+    gate.touch()
+    assert after.result(timeout=30) == 5
+    assert lines(tmp_path / "late.done") == [str(worker.pid)], "the timed-out thread ran on to its end"
+    fetched = client.fetch(future.job_id)
+    assert fetched["state"] == "failed" and isinstance(fetched["error"], TaskTimeoutError), fetched
+    jobs = client.status()["jobs"]
+    assert (jobs["failed"], jobs["done"]) == (1, 1)
+    assert lines(record) == [str(worker.pid)]
+
+
+def test_a_thread_job_past_its_timeout_is_retried_when_retries_allow(
+        processes, broker_address, client_factory, tmp_path):
+    worker = start_worker(processes, broker_address, *THREADS_ONLY, "--threads", "2")
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=30)
+    # Only the first run waits at the gate (past its timeout); the retry returns at once.
+    future, record, gate = gated_job(client, tmp_path, "retried", pool="thread", timeout=0.5, retries=1,
+                                     retry_backoff=0.05)
+    try:
+        assert future.result(timeout=30) == {"run": 2, "pid": worker.pid, "value": "retried"}
+        assert lines(record) == [str(worker.pid)] * 2
+        assert client.fetch(future.job_id) == {"id": future.job_id, "state": "done",
+                                               "result": {"run": 2, "pid": worker.pid, "value": "retried"}}
+    finally:
+        gate.touch()  # frees the abandoned first run's thread
+
+
+# --- a forced cancel in a process pool --------------------------------------------------------
+
+
+def test_a_forced_cancel_gives_the_jobs_that_shared_its_process_pool_back_uncharged(
+        processes, tmp_path, client_factory):
+    address, journal = broker_with_journal(processes, tmp_path)
+    start_worker(processes, address, "--processes", "2", "--threads", "0")
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    # Both pool processes started first, so the gated runs below wait only for their turn.
+    warm = [client.submit("jobs:pid_after", 0.3) for _ in range(2)]
+    assert len({future.result(timeout=STARTING) for future in warm}) == 2
+    # One at a time, so each runs in a pool process of its own (not batched into one). The neighbour's
+    # first run waits at its gate, a second returns at once; it has a single attempt, so a charged loss fails it.
+    neighbour, neighbour_record, _ = gated_job(client, tmp_path, "neighbour", max_attempts=1)
+    neighbour_pid = int(wait_for_lines(neighbour_record, 1)[0])
+    victim, victim_record, _ = gated_job(client, tmp_path, "victim")
+    victim_pid = int(wait_for_lines(victim_record, 1)[0])
+    assert victim_pid != neighbour_pid
+
+    assert client.cancel(victim, force=True) is True
+    assert victim.cancelled()
+    for pid in (victim_pid, neighbour_pid):
+        wait_until(lambda pid=pid: process_gone(pid), timeout=15, message=f"pool process {pid} ended")
+    result = neighbour.result(timeout=30)
+    assert result["run"] == 2 and result["pid"] not in (neighbour_pid, victim_pid)
+    assert client.fetch(neighbour.job_id)["state"] == "done"
+    wait_for_journal(journal, neighbour.job_id, (1, "done"))  # its lost run was not charged
+    assert client.fetch(victim.job_id)["state"] == "cancelled"
+    assert len(lines(victim_record)) == 1, "a cancelled job is not run again"
+
+
+def test_a_run_that_finished_while_its_worker_was_declared_dead_is_kept(processes, tmp_path, client_factory):
+    address, journal = broker_with_journal(processes, tmp_path)
+    worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "1")
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "finished-away", pool="thread")
+    assert wait_for_lines(record, 1) == [str(worker.pid)]
+
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not client.status()["workers"], timeout=15, message="the stopped worker declared dead")
+        # Open while it sleeps: on waking, its run ends and reports, mostly before the worker registers again.
+        gate.touch()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert future.result(timeout=30) == {"run": 1, "pid": worker.pid, "value": "finished-away"}
+    assert lines(record) == [str(worker.pid)], "the job ran again although its only run had finished"
+    wait_for_journal(journal, future.job_id, (1, "done"))
+    wait_until(lambda: (worker_entry(client, worker.pid) or {}).get("running") == 0, timeout=15,
+               message="the woken worker registered again, holding nothing")
