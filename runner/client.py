@@ -24,6 +24,7 @@ from loguru import logger
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
+from runner.ids import JobIds
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -82,8 +83,7 @@ class Client:
         self.timeout = timeout
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.identity = b"c-" + uuid.uuid4().hex.encode()
-        self._job_prefix = uuid.uuid4().hex[:16] + "-"
-        self._job_numbers = itertools.count(1)
+        self._job_ids = JobIds()
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
@@ -177,7 +177,7 @@ class Client:
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
 
     def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
-        job_id = self._job_prefix + str(next(self._job_numbers))
+        job_id = self._job_ids.next()
         future = JobFuture(self, job_id)
         self._enqueue(reference, options, args, kwargs, future, job_id)
         return future
@@ -188,7 +188,7 @@ class Client:
         if self._closed:
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
-        job_id = job_id or self._job_prefix + str(next(self._job_numbers))
+        job_id = job_id or self._job_ids.next()
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = waiter
         self._unresolved[job_id] = row
