@@ -9,7 +9,8 @@ from loguru import logger
 from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
+from runner.errors import (RemoteTraceback, TaskError, TaskNotAllowedError, TaskTimeoutError, WorkerLostError,
+                           WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
@@ -29,6 +30,7 @@ __all__ = [
     "RemoteTraceback",
     "Task",
     "TaskError",
+    "TaskNotAllowedError",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerPoolError",

@@ -78,15 +78,18 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
               help="Queue to serve; repeat for several [default: default].")
 @click.option("--import", "imports", multiple=True, envvar="RUNNER_IMPORTS",
               help="Module whose functions this worker may run; repeat for several.")
+@click.option("--allow-module", "allow_modules", multiple=True, envvar="RUNNER_ALLOW_MODULES", metavar="GLOB",
+              help="Also run functions of modules matching GLOB (e.g. 'myapp.*'); repeat for several. Never admits "
+                   "the standard library, dangerous packages or private modules: name those with --import.")
 @click.option("--allow-any-module", is_flag=True,
-              help="Run functions from any module (only for clusters no one else can reach).")
+              help="Same as --allow-module '*' (for the embedded cluster, which runs its user's own code).")
 @click.option("--name", help="Name shown in status [default: HOST-PID].")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400), envvar="RUNNER_GRACE",
               help="Seconds running jobs get to finish after SIGTERM before they are given back.")
 @heartbeat_options
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
-           allow_any_module: bool, name: str | None, grace: float, heartbeat: float, liveness: int, log_level: str,
+           allow_modules: tuple[str, ...], allow_any_module: bool, name: str | None, grace: float, heartbeat: float, liveness: int, log_level: str,
            log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
     from workers.worker import Worker
@@ -98,11 +101,12 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
         raise click.BadParameter("a worker needs at least one of --processes and --threads above 0")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the worker import
-    if not imports and not allow_any_module:
+    globs = list(allow_modules) + (["*"] if allow_any_module else [])
+    if not imports and not globs:
         click.echo("runner worker: warning: no --import given; this worker can run no task", err=True)
     try:
         instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
-                          imports=None if allow_any_module else list(imports), heartbeat=heartbeat,
+                          imports=list(imports), allow_modules=globs, heartbeat=heartbeat,
                           liveness=liveness, grace=grace, name=name)
     except ImportError as exc:
         raise click.ClickException(f"cannot import a module given with --import: {exc}") from None

@@ -41,7 +41,18 @@ class WorkerPoolError(TaskError):
     """A process-pool child died while running the job (exit code or signal in the message)."""
 
 
-_RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError)}
+class TaskNotAllowedError(TaskError, LookupError):
+    """The worker refused the job's function: its module is not admitted (``--import``,
+    ``--allow-module``), or it names a private name, a non-callable, or something defined
+    elsewhere. The message names the target and what to do; the module was not imported.
+
+    A TaskError (what clients caught before) and a LookupError (the worker-side
+    ``workers.execute.TaskNotAllowed`` of old, now this class), so old handlers keep working.
+    """
+
+
+_RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError,
+                                                    TaskNotAllowedError)}
 
 
 class RemoteTraceback(Exception):

@@ -31,6 +31,7 @@ from loguru import logger
 from runner import protocol
 from runner.errors import WorkerPoolError
 from workers import execute
+from workers.admission import Admission
 
 log = logger.bind(component="pools")
 
@@ -68,9 +69,9 @@ class ProcessPool:
     name = "process"
     killable = True
 
-    def __init__(self, size: int, allowed_modules: frozenset[str] | None) -> None:
+    def __init__(self, size: int, admission: Admission) -> None:
         self.size = size
-        self._allowed = allowed_modules
+        self._admission = admission
         self._context = multiprocessing.get_context("forkserver")
         self._peak_kib: dict[int, int] = {}  # child pid -> highest VmHWM seen
         # The loop thread samples and replaces; pool callbacks read the children when one dies.
@@ -141,7 +142,7 @@ class ProcessPool:
             max_workers=self.size,
             mp_context=self._context,
             initializer=execute.configure,
-            initargs=(self._allowed, os.getpid()),
+            initargs=(self._admission, os.getpid()),
         )
 
     def _children_by_pid(self) -> dict:
@@ -155,11 +156,11 @@ class ProcessPool:
 class Pools:
     """Both pools of a worker: submit jobs by pool name, hear back through ``on_done``."""
 
-    def __init__(self, processes: int, threads: int, allowed_modules: frozenset[str] | None) -> None:
-        execute.configure(allowed_modules)  # the thread pool runs in this process
+    def __init__(self, processes: int, threads: int, admission: Admission) -> None:
+        execute.configure(admission)  # the thread pool runs in this process
         self.by_name: dict[str, ThreadPool | ProcessPool] = {}
         if processes:
-            self.by_name["process"] = ProcessPool(processes, allowed_modules)
+            self.by_name["process"] = ProcessPool(processes, admission)
         if threads:
             self.by_name["thread"] = ThreadPool(threads)
 

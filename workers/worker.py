@@ -22,6 +22,7 @@ import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Sequence
 
 import zmq
 from loguru import logger
@@ -33,6 +34,7 @@ from runner.errors import TaskTimeoutError
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
+from workers.admission import Admission
 from workers.backlog import Backlog
 from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
@@ -63,7 +65,8 @@ class Worker:
         processes: int,
         threads: int,
         queues: list[str],
-        imports: list[str] | None,
+        imports: list[str],
+        allow_modules: Sequence[str] = (),
         heartbeat: float = 1.0,
         liveness: int = 3,
         grace: float = DEFAULT_GRACE,
@@ -75,7 +78,8 @@ class Worker:
         self.grace = grace
         self.identity = b"w-" + uuid.uuid4().hex.encode()
         os.environ["RUNNER_BROKER"] = connect  # tasks' runner.get_client() connects here (pool children inherit it)
-        self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
+        self.admission = Admission(imports, allow_modules)
+        self.pools = Pools(processes, threads, self.admission)
         self.loop = EventLoop()
         self.context = zmq.Context()
         self.connection = BrokerConnection(
@@ -98,7 +102,8 @@ class Worker:
 
     def run(self) -> None:
         """Say hello, then serve jobs until stopped and drained."""
-        log.info("worker {} connecting to {} (queues {}, slots {})", self.name, self.address, self.queues, self.pools.slots())
+        log.info("worker {} connecting to {} (queues {}, slots {}, runs {})", self.name, self.address, self.queues,
+                 self.pools.slots(), self.admission.describe())
         self.connection.start()
         self.loop.call_every(1.0, self.pools.sample_memory)
         try:
