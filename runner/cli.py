@@ -12,6 +12,7 @@ import click
 
 from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JOURNAL, DEFAULT_LIVENESS,
                                   DEFAULT_RESULT_TTL)
+from runner.broker.limits import Limits
 from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
@@ -33,6 +34,26 @@ def heartbeat_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="Seconds between heartbeats.")(command)
 
 
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The broker's limits (runner/broker/limits.py), each a flag and an environment variable."""
+    defaults = Limits()
+    for name, what in reversed(LIMIT_FLAGS):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, name, default=getattr(defaults, name), show_default=True,
+                               type=click.IntRange(1, None), envvar="RUNNER_" + name.upper(), help=what)(command)
+    return command
+
+
+LIMIT_FLAGS = (
+    ("max_message_bytes", "Largest message accepted (ZeroMQ MAXMSGSIZE); a larger one drops its sender's connection."),
+    ("max_payload_bytes", "Largest packed arguments of one job; a larger job fails with PayloadTooLargeError."),
+    ("max_pending", "Unfinished jobs per client; beyond it submit raises BackpressureError (or waits: block=True)."),
+    ("max_peers", "Connected clients and workers; a hello beyond it is refused (the client fails to connect)."),
+    ("max_sync_objects", "Lock, semaphore, event and queue names one client may use; beyond it: LimitError."),
+    ("max_invalid_frames", "Invalid frames from one peer before it is forgotten and its frames are ignored for 60s."),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="runner")
 def cli() -> None:
@@ -46,10 +67,11 @@ def cli() -> None:
               help="SQLite file keeping every accepted job; ':memory:' turns durability off (env RUNNER_JOURNAL).")
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
+@limit_options
 @heartbeat_options
 @logging_options
 def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, log_level: str,
-           log_json: bool) -> None:
+           log_json: bool, **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
     import sqlite3
 
@@ -57,7 +79,10 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
 
     setup_logging(log_level, log_json)
     try:
-        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl)
+        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
+                        limits=Limits(**limits))
+    except ValueError as exc:
+        raise click.UsageError(str(exc).replace("max_", "--max-").replace("_", "-")) from None
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -23,7 +23,8 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.errors import exception_from_blob
+from runner.broker.limits import Limits
+from runner.errors import BackpressureError, PayloadTooLargeError, exception_from_blob
 from runner.ids import JobIds
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
@@ -70,9 +71,15 @@ class JobFuture(Future):
 
 
 class Client:
-    """A connection to a broker; with no address, to a new embedded local cluster."""
+    """A connection to a broker; with no address, to a new embedded local cluster.
 
-    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
+    ``block`` decides what ``submit`` does when this client already has the broker's
+    ``--max-pending`` unfinished jobs: raise ``runner.BackpressureError`` (False, the
+    default) or wait until outcomes make room (True). ``map`` always waits.
+    """
+
+    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None,
+                 block: bool = False) -> None:
         self._cluster = None
         if address is None:
             from runner.local import LocalCluster
@@ -88,6 +95,12 @@ class Client:
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
+        # The broker's limits (its welcome says them); until then, what any broker allows.
+        self.block = block  # at max_pending unfinished jobs, submit waits (True) or raises BackpressureError
+        self.max_pending = Limits().max_pending
+        self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
+        self._room = threading.Condition()
+        self._waiting_for_room = 0
         self._closed = False
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
         self.loop = EventLoop()
@@ -101,7 +114,11 @@ class Client:
         self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
         self._thread.start()
         self.loop.call_soon_threadsafe(self.connection.start)
-        if not self.connection.registered.wait(timeout):
+        self.connection.answered.wait(timeout)
+        if self.connection.refusal is not None:
+            self.close()
+            raise BrokerUnreachable(f"the broker at {address} refused this client: {self.connection.refusal}")
+        if not self.connection.registered.is_set():
             self.close()
             raise BrokerUnreachable(
                 f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
@@ -138,7 +155,7 @@ class Client:
 
         def fill() -> None:
             for index, args in itertools.islice(argument_tuples, MAP_WINDOW - len(window)):
-                window.append((index, self._enqueue(reference, job_options, args, {}, (call, index))))
+                window.append((index, self._enqueue(reference, job_options, args, {}, (call, index), block=True)))
 
         fill()  # work starts now, as with Executor.map, not at the first next()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -183,17 +200,45 @@ class Client:
         return future
 
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
-                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
+                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None, block: bool | None = None) -> str:
         """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
         if self._closed:
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
+        if len(self._futures) >= self.max_pending:
+            self._wait_for_room(self.block if block is None else block)
         payload = encode_arguments(args, kwargs)
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError.raised_here(
+                f"the job's arguments take {len(payload)} bytes, more than the broker's limit of "
+                f"{self.max_payload_bytes} (runner broker --max-payload-bytes); pass a path or key to the data instead")
         job_id = job_id or self._job_ids.next()
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = waiter
         self._unresolved[job_id] = row
         self._jobs_out.add(row, alone=len(self._futures) == 1)
         return job_id
+
+    def _wait_for_room(self, block: bool) -> None:
+        """At the broker's max_pending: raise BackpressureError, or wait until an outcome frees room."""
+        if not block:
+            raise BackpressureError.raised_here(
+                f"this client has {len(self._futures)} unfinished jobs, the broker's limit (runner broker "
+                "--max-pending); wait for some to finish, or create the Client with block=True")
+        with self._room:
+            self._waiting_for_room += 1
+            try:
+                while len(self._futures) >= self.max_pending and not self._closed:
+                    self._room.wait()
+            finally:
+                self._waiting_for_room -= 1
+        if self._closed:
+            raise ClientClosed("this client was closed while submit waited for room")
+
+    def _made_room(self) -> None:
+        """Outcomes arrived or jobs were dropped: wake submitters waiting for room (rarely any)."""
+        if self._waiting_for_room:
+            with self._room:
+                self._room.notify_all()
 
     def _abandon(self, job_ids: list[str]) -> None:
         """Cancel jobs nobody waits for any more (an unfinished map), without waiting for answers."""
@@ -273,6 +318,7 @@ class Client:
     def _forget(self, job_id: str) -> None:
         self._futures.pop(job_id, None)
         self._unresolved.pop(job_id, None)
+        self._made_room()
 
     def _request(self, message_type: str, body: dict, timeout: float | None, *, forever: bool = False) -> dict:
         """Send a request and wait for its reply: ``timeout`` seconds (None: the client's), or ``forever``."""
@@ -310,6 +356,7 @@ class Client:
                 waiter.set_exception(closed)
         self._futures.clear()
         self._unresolved.clear()
+        self._made_room()
         if self._cluster is not None:
             self._cluster.close()
         current.forget(self)
@@ -343,6 +390,10 @@ class Client:
         self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
+        limits = body.get("limits", {})  # an older broker sends none
+        self.max_pending = limits.get("max_pending", self.max_pending)
+        self.max_payload_bytes = limits.get("max_payload_bytes", self.max_payload_bytes)
+        self._jobs_out.max_message_bytes = limits.get("max_message_bytes", self._jobs_out.max_message_bytes)
         if again:  # the broker forgot us: send every job without an outcome, and every request, again
             rows = list(self._unresolved.values())
             log.warning("registered again with {}; resending {} unfinished jobs", self.address, len(rows))
@@ -375,6 +426,7 @@ class Client:
                 _settle(waiter, job_id, status, blob)
         for call, delivered in for_maps.items():
             call.deliver(delivered)
+        self._made_room()
         self._acknowledger.add([row[0] for row in outcomes])  # the broker keeps each outcome until then
 
 

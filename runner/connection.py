@@ -22,6 +22,10 @@ from runner.transport import DealerLink, connect_dealer
 
 log = logger.bind(component="connection")
 
+#: Error codes by which the broker refuses a peer (runner/broker/limits.py): it has --max-peers
+#: peers already, or cut this one off for invalid frames. The peer's hellos keep trying.
+REFUSALS = ("full", "cut_off")
+
 
 class BrokerConnection:
     """Hello, heartbeats and re-registration around one DEALER socket."""
@@ -46,6 +50,8 @@ class BrokerConnection:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.registered = threading.Event()  # set at the first welcome; other threads wait on it
+        self.answered = threading.Event()  # set at the first welcome or refusal
+        self.refusal: str | None = None  # why the broker refused our hello (it is full), until it welcomes us
         self._hello = hello
         self._on_message = on_message
         self._on_welcome = on_welcome
@@ -87,6 +93,11 @@ class BrokerConnection:
             return
         if message.type == protocol.WELCOME:
             self._welcomed(message.body)
+        elif message.type == protocol.ERROR and message.body.get("code") in REFUSALS:
+            if self.refusal is None:
+                log.warning("the broker at {} refused us: {}", self.address, message.body["message"])
+            self.refusal = message.body["message"]
+            self.answered.set()
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
             log.warning("the broker at {} does not know us ({}); registering again", self.address, message.body["message"])
             self._say_hello()
@@ -100,9 +111,11 @@ class BrokerConnection:
         if broker_interval < self.heartbeat:  # beat at least as often as the broker expects
             self.heartbeat = broker_interval
             self._restart_heartbeats()
-        self.registered.set()
-        if self._on_welcome is not None:
+        if self._on_welcome is not None:  # first: a client learns the broker's limits before it submits
             self._on_welcome(body, self._welcomes > 1)
+        self.refusal = None
+        self.registered.set()
+        self.answered.set()
 
     def _restart_heartbeats(self) -> None:
         if self._timer is not None:

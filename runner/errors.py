@@ -51,8 +51,24 @@ class TaskNotAllowedError(TaskError, LookupError):
     """
 
 
+class LimitError(TaskError):
+    """The broker refused a job or request beyond one of its limits; the message names the flag."""
+
+
+class BackpressureError(LimitError):
+    """The client has as many unfinished jobs at the broker as ``--max-pending`` allows.
+
+    ``submit`` raises it at once, unless the Client was made with ``block=True`` (it then waits).
+    """
+
+
+class PayloadTooLargeError(LimitError, ValueError):
+    """A job's packed arguments exceed the broker's ``--max-payload-bytes`` (a ValueError, as before)."""
+
+
 _RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError,
-                                                    TaskNotAllowedError)}
+                                                    TaskNotAllowedError, LimitError, BackpressureError,
+                                                    PayloadTooLargeError)}
 
 
 class RemoteTraceback(Exception):

@@ -39,13 +39,18 @@ def check_address(address: str) -> str:
     return address
 
 
-def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
-    """Bind the broker's ROUTER; return it with the address actually bound."""
+def bind_router(context: zmq.Context, address: str,
+                max_message_bytes: int = protocol.MAX_MESSAGE_BYTES) -> tuple[zmq.Socket, str]:
+    """Bind the broker's ROUTER; return it with the address actually bound.
+
+    ZeroMQ drops the connection of a peer that sends a message over ``max_message_bytes``
+    before any of it reaches the broker's memory.
+    """
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, not vanishes
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its identity back
-    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     try:
@@ -159,11 +164,13 @@ class RouterLink:
         socket: zmq.Socket,
         on_frame: Callable[[bytes, bytes], None],
         on_unreachable: Callable[[bytes], None],
+        on_invalid: Callable[[bytes, str], None] | None = None,
     ) -> None:
         self.loop = loop
         self.socket = socket
         self._on_frame = on_frame
         self._on_unreachable = on_unreachable
+        self._on_invalid = on_invalid or (lambda peer, problem: log.warning("{!r}: {}", peer, problem))
         self._outboxes: dict[bytes, collections.deque[bytes]] = {}
         self._retry_scheduled = False
         loop.add_socket(socket, self._drain)
@@ -223,6 +230,6 @@ class RouterLink:
             except zmq.Again:
                 return
             if len(frames) != 2:
-                log.warning("dropped a message of {} frames from {!r}: expected exactly one", len(frames) - 1, frames[0])
+                self._on_invalid(frames[0], f"dropped a message of {len(frames) - 1} frames: expected exactly one")
                 continue
             self._on_frame(frames[0], frames[1])

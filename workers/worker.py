@@ -30,7 +30,7 @@ from loguru import logger
 from runner.log import debug_job
 from runner import protocol
 from runner.connection import BrokerConnection
-from runner.errors import TaskTimeoutError
+from runner.errors import PayloadTooLargeError, TaskTimeoutError
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
@@ -42,6 +42,7 @@ from workers.pools import Pools, ResultRow
 log = logger.bind(component="worker")
 
 DEFAULT_GRACE = 30.0  # seconds running jobs get to finish after SIGTERM
+RESULT_ROW_BYTES = protocol.MAX_NAME + 32  # a result row's id, attempt and status, beside its blob
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Worker:
         self._epoch = 0
         self._draining = threading.Event()  # set once shutdown begins; read by any thread
         self.jobs_done = 0
+        self.max_message_bytes = protocol.MAX_MESSAGE_BYTES  # the broker's limits, once it welcomes us
+        self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
         self.abandoned_threads = 0  # thread-pool jobs left running (past a timeout or the grace)
 
     def run(self) -> None:
@@ -131,6 +134,9 @@ class Worker:
         }
 
     def _on_welcome(self, body: dict, again: bool) -> None:
+        limits = body.get("limits", {})  # an older broker sends none
+        self.max_message_bytes = limits.get("max_message_bytes", self.max_message_bytes)
+        self.max_payload_bytes = limits.get("max_payload_bytes", self.max_payload_bytes)
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
         if self._draining.is_set():
             self.connection.send(protocol.DRAIN)
@@ -272,12 +278,18 @@ class Worker:
             self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in surplus])
 
     def _send_results(self, results: list[list]) -> None:
+        """Send result rows in messages the broker accepts; a result over its payload limit fails instead."""
         if not results:
             return
-        for job_id, _, status, _ in results:
-            debug_job(log, job_id, "finished: {}", status)
+        for row in results:
+            debug_job(log, row[0], "finished: {}", row[2])
+            if len(row[3]) > self.max_payload_bytes:
+                row[2:] = protocol.FAILED, execute.encode_error(PayloadTooLargeError.raised_here(
+                    f"the task's result takes {len(row[3])} bytes, more than the broker's limit of "
+                    f"{self.max_payload_bytes} (runner broker --max-payload-bytes); return a path or key to it instead"))
         self.jobs_done += sum(1 for row in results if row[2] != protocol.REQUEUE)
-        self.connection.send(protocol.RESULTS, {"results": results})
+        for batch in protocol.split_by_size(results, 3, RESULT_ROW_BYTES, self.max_message_bytes):
+            self.connection.send(protocol.RESULTS, {"results": batch})
 
     # --- shutdown ----------------------------------------------------------------------
 
