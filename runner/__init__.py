@@ -9,13 +9,14 @@ from loguru import logger
 from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import (RemoteTraceback, TaskError, TaskNotAllowedError, TaskTimeoutError, WorkerLostError,
-                           WorkerPoolError)
+from runner.errors import (BackpressureError, LimitError, PayloadTooLargeError, RemoteTraceback, TaskError,
+                           TaskNotAllowedError, TaskTimeoutError, WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
+    "BackpressureError",
     "BrokerUnreachable",
     "Client",
     "ClientClosed",
@@ -26,7 +27,9 @@ __all__ = [
     "Queue",
     "Semaphore",
     "get_client",
+    "LimitError",
     "LocalCluster",
+    "PayloadTooLargeError",
     "RemoteTraceback",
     "Task",
     "TaskError",
