@@ -167,6 +167,8 @@ class Worker:
                 log.bind(job=job_id).error("the broker leased more {} jobs than this worker's credit", pool)
                 refused.append([job_id, attempt, protocol.REQUEUE, b""])
             else:
+                if job_id in self.running:  # leased again: the new attempt supersedes the one held
+                    self._release(job_id)
                 self._held[pool] += 1
                 self.running[job_id] = Running(attempt, pool)
                 self.backlog.add(pool, priority, (job_id, attempt, task, payload, timeout))
