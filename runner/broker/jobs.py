@@ -86,18 +86,17 @@ class JobBook:
         at once with a LimitError outcome and not accepted.
         """
         fresh = []
-        room = self.quota.room(client)
+        room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
                 self._move(self.scheduler.jobs[job_id], client)
             elif resend and self._answer_from_journal(client, job_id):
                 pass
-            elif room <= 0 or len(payload) > self.limits.max_payload_bytes:
+            elif room <= 0 or len(payload) > max_payload:
                 self._refuse(client, job_id, room, len(payload))
                 continue
             else:
                 room -= 1
-                self.quota.add(client)
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
@@ -105,6 +104,7 @@ class JobBook:
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
+        self.quota.add(client, len(fresh))
         if fresh and self.journal.add_jobs(fresh) < len(fresh):
             self._answer_reused_ids(client, [row[0] for row in fresh])
 

@@ -61,17 +61,17 @@ class ClientQuota:
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
-        self.held: collections.Counter[bytes] = collections.Counter()
+        self.held: dict[bytes, int] = {}
 
     def room(self, client: bytes) -> int:
         """How many more jobs ``client`` may have accepted now."""
-        return self.max_pending - self.held[client]
+        return self.max_pending - self.held.get(client, 0)
 
-    def add(self, client: bytes) -> None:
-        self.held[client] += 1
+    def add(self, client: bytes, count: int = 1) -> None:
+        self.held[client] = self.held.get(client, 0) + count
 
     def remove(self, client: bytes) -> None:
-        held = self.held[client] - 1
+        held = self.held.get(client, 0) - 1
         if held > 0:
             self.held[client] = held
         else:
