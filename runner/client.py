@@ -23,7 +23,6 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.broker.limits import Limits
 from runner.errors import BackpressureError, PayloadTooLargeError, exception_from_blob
 from runner.ids import JobIds
 from runner.mapping import MapCall, decode_outcome
@@ -97,7 +96,7 @@ class Client:
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
         # The broker's limits (its welcome says them); until then, what any broker allows.
         self.block = block  # at max_pending unfinished jobs, submit waits (True) or raises BackpressureError
-        self.max_pending = Limits().max_pending
+        self.max_pending: float = float("inf")  # an older broker has no such limit
         self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
         self._room = threading.Condition()
         self._waiting_for_room = 0
