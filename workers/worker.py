@@ -177,9 +177,14 @@ class Worker:
         for pool in touched:
             self._feed(pool)
 
+    def _holds(self, job_id: str, attempt: int) -> bool:
+        """This worker still holds this attempt of the job (not stopped, given back or superseded)."""
+        entry = self.running.get(job_id)
+        return entry is not None and entry.attempt == attempt
+
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
-        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job):
+        while group := self.backlog.take(pool, self._holds, self.credit.seconds_per_job):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]
@@ -274,7 +279,7 @@ class Worker:
         log.debug("asking the broker for {} jobs per pool", credit)
         self.connection.send(protocol.CREDIT, {"slots": credit})
         for pool in credit:
-            surplus = self.backlog.give_back(pool, self.credit.excess(pool, self._held[pool]), self.running.__contains__)
+            surplus = self.backlog.give_back(pool, self.credit.excess(pool, self._held[pool]), self._holds)
             if surplus:
                 log.debug("giving {} waiting {} jobs back: they are slower than the prefetch assumed", len(surplus), pool)
             self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in surplus])
@@ -300,7 +305,7 @@ class Worker:
             return
         self._draining.set()
         self.connection.send(protocol.DRAIN)
-        waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if row[0] in self.running]
+        waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if self._holds(row[0], row[1])]
         self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in waiting])
         if not self.running:
             self.loop.stop()
