@@ -106,3 +106,36 @@ def test_max_sync_objects_per_client(processes, client_factory):
     with pytest.raises(runner.LimitError, match="--max-sync-objects"):
         client.Event("c").set()
     assert client_factory(address).Event("c").is_set() is False  # another client has its own count
+
+
+def next_error(socket: zmq.Socket) -> dict:
+    """The body of the next error the broker sends (heartbeats skipped), within 10 s."""
+    while socket.poll(10_000):
+        message = protocol.decode(socket.recv())
+        if message.type == protocol.ERROR:
+            return message.body
+    raise AssertionError("the broker sent no error within 10s")
+
+
+def test_a_registered_peer_sending_invalid_frames_is_forgotten_and_ignored(processes, client_factory):
+    _, address = processes.broker("--heartbeat", "0.2", "--max-invalid-frames", "5")
+    client = client_factory(address)
+    context = zmq.Context()
+    try:
+        peer = context.socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(address)
+        peer.send(protocol.encode(protocol.HELLO, {"role": "client", "name": "noisy", "pid": 1, "host": "h"}))
+        assert peer.poll(10_000) and protocol.decode(peer.recv()).type == protocol.WELCOME
+        assert client.status()["clients"] == 2
+        codes = []
+        for _ in range(5):
+            peer.send(b"\xc1 not msgpack")
+            codes.append(next_error(peer)["code"])
+        assert codes == ["invalid"] * 4 + ["cut_off"]
+        wait_until(lambda: client.status()["clients"] == 1, timeout=10, message="the noisy peer is forgotten")
+        peer.send(protocol.encode(protocol.STATUS, {"request": 1}))  # valid, but ignored while cut off
+        assert not any(protocol.decode(peer.recv()).type == protocol.REPLY for _ in iter(lambda: peer.poll(500), 0))
+    finally:
+        context.destroy(linger=0)
+    assert client.status()["clients"] == 1  # the broker serves the others as before
