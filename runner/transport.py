@@ -25,6 +25,8 @@ log = logger.bind(component="transport")
 HIGH_WATER_MARK = 100_000
 #: Messages handled per socket per loop turn, so one busy socket cannot starve timers.
 DRAIN_LIMIT = 1_000
+#: Messages the broker holds for one peer whose ZeroMQ pipe is full, before it counts as unreachable.
+OUTBOX_LIMIT = 100_000
 #: Seconds before retrying a ROUTER send that found the peer's pipe full.
 ROUTER_RETRY = 0.01
 
@@ -179,10 +181,14 @@ class RouterLink:
         """Send to ``peer``; if it is gone, report it through ``on_unreachable``."""
         frame = protocol.encode(message_type, body)
         outbox = self._outboxes.get(peer)
-        if outbox is not None:
+        if outbox is None:
+            self._send_frame(peer, frame)
+        elif len(outbox) < OUTBOX_LIMIT:
             outbox.append(frame)
-            return
-        self._send_frame(peer, frame)
+        else:  # it reads nothing: hold no more for it than ZeroMQ's pipe and this outbox
+            log.warning("{!r} read none of the last {} messages; treating it as unreachable", peer, OUTBOX_LIMIT)
+            del self._outboxes[peer]
+            self._on_unreachable(peer)
 
     def forget(self, peer: bytes) -> None:
         """Drop anything still waiting for a peer that is gone."""
