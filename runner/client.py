@@ -94,8 +94,8 @@ class Client:
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, tuple[Future, str, dict]] = {}  # resent after re-registration
-        # The broker's limits (its welcome says them); until then, what any broker allows.
         self.block = block  # at max_pending unfinished jobs, submit waits (True) or raises BackpressureError
+        # The broker's limits (its welcome says them); until then, what any broker allows.
         self.max_pending: float = float("inf")  # an older broker has no such limit
         self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
         self._room = threading.Condition()
