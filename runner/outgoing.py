@@ -24,7 +24,9 @@ SEND_NOW_ROWS = 256  # queued jobs a submitting thread sends itself, not waiting
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one message carries them all
 ACK_BATCH = 10_000
 SUBMIT_PAYLOAD_AT = protocol.JOB_FIELDS.index("payload")
-SUBMIT_ROW_BYTES = 3 * protocol.MAX_NAME + 128  # id, task, queue, and the small fields  # acknowledgements that leave at once, without waiting for ACK_DELAY
+#: Bound on a submit row's packed size beside its payload: task and queue (MAX_NAME each, checked
+#: at submit), the client's 32-digit id, pool, priority and options. A full MAX_BATCH fits 64 MiB.
+SUBMIT_ROW_BYTES = 2 * protocol.MAX_NAME + 128  # acknowledgements that leave at once, without waiting for ACK_DELAY
 
 
 class JobSender:
