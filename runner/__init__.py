@@ -9,13 +9,15 @@ from loguru import logger
 from runner.client import Client, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import (BrokerUnreachable, ClientClosed, ClusterGone, RemoteTraceback, TaskError, TaskTimeoutError,
+from runner.errors import (BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, LimitError,
+                           PayloadTooLargeError, RemoteTraceback, TaskError, TaskNotAllowedError, TaskTimeoutError,
                            WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
+    "BackpressureError",
     "BrokerUnreachable",
     "Client",
     "ClientClosed",
@@ -27,10 +29,13 @@ __all__ = [
     "Queue",
     "Semaphore",
     "get_client",
+    "LimitError",
     "LocalCluster",
+    "PayloadTooLargeError",
     "RemoteTraceback",
     "Task",
     "TaskError",
+    "TaskNotAllowedError",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerPoolError",

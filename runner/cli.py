@@ -12,6 +12,7 @@ import click
 
 from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JOURNAL, DEFAULT_LIVENESS,
                                   DEFAULT_RESULT_TTL)
+from runner.broker.limits import Limits
 from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
@@ -40,6 +41,26 @@ def exit_with_option(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="End as soon as the process PID ends; repeat for several.")(command)
 
 
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The broker's limits (runner/broker/limits.py), each a flag and an environment variable."""
+    defaults = Limits()
+    for name, what in reversed(LIMIT_FLAGS):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, name, default=getattr(defaults, name), show_default=True,
+                               type=click.IntRange(1, None), envvar="RUNNER_" + name.upper(), help=what)(command)
+    return command
+
+
+LIMIT_FLAGS = (
+    ("max_message_bytes", "Largest message accepted (ZeroMQ MAXMSGSIZE); a larger one drops its sender's connection."),
+    ("max_payload_bytes", "Largest packed arguments of one job; a larger job fails with PayloadTooLargeError."),
+    ("max_pending", "Unfinished jobs per client; beyond it submit raises BackpressureError (or waits: block=True)."),
+    ("max_peers", "Connected clients and workers; a hello beyond it is refused (the client fails to connect)."),
+    ("max_sync_objects", "Lock, semaphore, event and queue names one client may use; beyond it: LimitError."),
+    ("max_invalid_frames", "Invalid frames from one peer before it is forgotten and its frames are ignored for 60s."),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="runner")
 def cli() -> None:
@@ -54,11 +75,12 @@ def cli() -> None:
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
+@limit_options
 @heartbeat_options
 @exit_with_option
 @logging_options
 def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, scratch: str | None,
-           exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
+           exit_with: tuple[int, ...], log_level: str, log_json: bool, **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
     import sqlite3
 
@@ -70,7 +92,10 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
     if exit_with:
         lifetime.exit_with(exit_with, lambda: _leave(scratch))
     try:
-        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl)
+        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
+                        limits=Limits(**limits))
+    except ValueError as exc:
+        raise click.UsageError(str(exc).replace("max_", "--max-").replace("_", "-")) from None
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
@@ -95,8 +120,11 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
               help="Queue to serve; repeat for several [default: default].")
 @click.option("--import", "imports", multiple=True, envvar="RUNNER_IMPORTS",
               help="Module whose functions this worker may run; repeat for several.")
+@click.option("--allow-module", "allow_modules", multiple=True, envvar="RUNNER_ALLOW_MODULES", metavar="GLOB",
+              help="Also run functions of modules matching GLOB (e.g. 'myapp.*'); repeat for several. Never admits "
+                   "the standard library, dangerous packages or private modules: name those with --import.")
 @click.option("--allow-any-module", is_flag=True,
-              help="Run functions from any module (only for clusters no one else can reach).")
+              help="Same as --allow-module '*' (for the embedded cluster, which runs its user's own code).")
 @click.option("--name", help="Name shown in status [default: HOST-PID].")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 86400), envvar="RUNNER_GRACE",
               help="Seconds running jobs get to finish after SIGTERM before they are given back.")
@@ -108,9 +136,9 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
 @exit_with_option
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
-           allow_any_module: bool, name: str | None, grace: float, max_jobs_per_child: int | None,
-           max_memory_per_child: float | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...],
-           log_level: str, log_json: bool) -> None:
+           allow_modules: tuple[str, ...], allow_any_module: bool, name: str | None, grace: float,
+           max_jobs_per_child: int | None, max_memory_per_child: float | None, heartbeat: float, liveness: int,
+           exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
     from runner import lifetime
     from workers.worker import Worker
@@ -122,11 +150,12 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
         raise click.BadParameter("a worker needs at least one of --processes and --threads above 0")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the worker import
-    if not imports and not allow_any_module:
+    globs = list(allow_modules) + (["*"] if allow_any_module else [])
+    if not imports and not globs:
         click.echo("runner worker: warning: no --import given; this worker can run no task", err=True)
     try:
         instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
-                          imports=None if allow_any_module else list(imports), heartbeat=heartbeat,
+                          imports=list(imports), allow_modules=globs, heartbeat=heartbeat,
                           liveness=liveness, grace=grace, name=name, max_jobs_per_child=max_jobs_per_child,
                           max_memory_per_child=max_memory_per_child)
     except ImportError as exc:

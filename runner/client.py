@@ -23,7 +23,9 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.errors import BrokerUnreachable, ClientClosed, ClusterGone, exception_from_blob
+from runner.errors import (BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, PayloadTooLargeError,
+                           exception_from_blob)
+from runner.ids import JobIds
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -61,9 +63,15 @@ class JobFuture(Future):
 
 
 class Client:
-    """A connection to a broker; with no address, to a new embedded local cluster."""
+    """A connection to a broker; with no address, to a new embedded local cluster.
 
-    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
+    ``block`` decides what ``submit`` does when this client already has the broker's
+    ``--max-pending`` unfinished jobs: raise ``runner.BackpressureError`` (False, the
+    default) or wait until outcomes make room (True). ``map`` always waits.
+    """
+
+    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None,
+                 block: bool = False) -> None:
         self._cluster = None
         if address is None:  # an embedded cluster: its processes end with this one, or at close()
             from runner.local import LocalCluster
@@ -74,13 +82,18 @@ class Client:
         self.timeout = timeout
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.identity = b"c-" + uuid.uuid4().hex.encode()
-        self._job_prefix = uuid.uuid4().hex[:16] + "-"
-        self._job_numbers = itertools.count(1)
+        self._job_ids = JobIds()
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
         self._requests: dict[int, list] = {}  # request -> [future, type, body], resent after re-registration
         self.holdings = sync.Holdings()  # the slots its Lock/Semaphore objects hold
+        self.block = block  # at max_pending unfinished jobs, submit waits (True) or raises BackpressureError
+        # The broker's limits (its welcome says them); until then, what any broker allows.
+        self.max_pending: float = float("inf")  # an older broker has no such limit
+        self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
+        self._room = threading.Condition()
+        self._waiting_for_room = 0
         self._closed = False
         self._refusal: Callable[[], Exception] | None = None  # why this client takes no more work
         self._pid = os.getpid()  # a forked copy of this client is not this process's client
@@ -98,7 +111,10 @@ class Client:
             if self._cluster is not None:
                 self._cluster.on_broker_exit(self._broker_ended)
             self.loop.call_soon_threadsafe(self.connection.start)
-            if not self.connection.registered.wait(timeout):
+            self.connection.answered.wait(timeout)
+            if self.connection.refusal is not None:
+                raise BrokerUnreachable(f"the broker at {address} refused this client: {self.connection.refusal}")
+            if not self.connection.registered.is_set():
                 raise BrokerUnreachable(
                     f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
                     "(set the address with --connect or RUNNER_BROKER)"
@@ -137,7 +153,7 @@ class Client:
 
         def fill() -> None:
             for index, args in itertools.islice(argument_tuples, MAP_WINDOW - len(window)):
-                window.append((index, self._enqueue(reference, job_options, args, {}, (call, index))))
+                window.append((index, self._enqueue(reference, job_options, args, {}, (call, index), block=True)))
 
         fill()  # work starts now, as with Executor.map, not at the first next()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -176,16 +192,22 @@ class Client:
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
 
     def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
-        job_id = self._job_prefix + str(next(self._job_numbers))
+        job_id = self._job_ids.next()
         future = JobFuture(self, job_id)
         self._enqueue(reference, options, args, kwargs, future, job_id)
         return future
 
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
-                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
+                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None, block: bool | None = None) -> str:
         """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
+        if len(self._futures) >= self.max_pending:
+            self._wait_for_room(self.block if block is None else block)
         payload = encode_arguments(args, kwargs)
-        job_id = job_id or self._job_prefix + str(next(self._job_numbers))
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError.raised_here(
+                f"the job's arguments take {len(payload)} bytes, more than the broker's limit of "
+                f"{self.max_payload_bytes} (runner broker --max-payload-bytes); pass a path or key to the data instead")
+        job_id = job_id or self._job_ids.next()
         row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
         self._futures[job_id] = waiter
         if self._refusal is not None:  # checked after the insert, so a concurrent _fail_waiters cannot miss it
@@ -194,6 +216,28 @@ class Client:
         self._unresolved[job_id] = row
         self._jobs_out.add(row, alone=len(self._futures) == 1)
         return job_id
+
+    def _wait_for_room(self, block: bool) -> None:
+        """At the broker's max_pending: raise BackpressureError, or wait until an outcome frees room."""
+        if not block:
+            raise BackpressureError.raised_here(
+                f"this client has {len(self._futures)} unfinished jobs, the broker's limit (runner broker "
+                "--max-pending); wait for some to finish, or create the Client with block=True")
+        with self._room:
+            self._waiting_for_room += 1
+            try:
+                while len(self._futures) >= self.max_pending and not self._closed:
+                    self._room.wait()
+            finally:
+                self._waiting_for_room -= 1
+        if self._closed:
+            raise ClientClosed("this client was closed while submit waited for room")
+
+    def _made_room(self) -> None:
+        """Outcomes arrived or jobs were dropped: wake submitters waiting for room (rarely any)."""
+        if self._waiting_for_room:
+            with self._room:
+                self._room.notify_all()
 
     def _abandon(self, job_ids: list[str]) -> None:
         """Cancel jobs nobody waits for any more (an unfinished map), without waiting for answers."""
@@ -273,6 +317,7 @@ class Client:
     def _forget(self, job_id: str) -> None:
         self._futures.pop(job_id, None)
         self._unresolved.pop(job_id, None)
+        self._made_room()
 
     def _request(self, message_type: str, body: dict, timeout: float | None, *, forever: bool = False) -> dict:
         """Send a request and wait for its reply: ``timeout`` seconds (None: the client's), or ``forever``."""
@@ -322,6 +367,7 @@ class Client:
                 waiter.set_exception(error)
         self._futures.clear()
         self._unresolved.clear()
+        self._made_room()
 
     def _broker_ended(self, pid: int, status: int) -> None:
         """On the cluster's watcher thread: hand the news to the I/O thread, unless closing anyway."""
@@ -367,6 +413,10 @@ class Client:
         self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
+        limits = body.get("limits", {})  # an older broker sends none
+        self.max_pending = limits.get("max_pending", self.max_pending)
+        self.max_payload_bytes = limits.get("max_payload_bytes", self.max_payload_bytes)
+        self._jobs_out.max_message_bytes = limits.get("max_message_bytes", self._jobs_out.max_message_bytes)
         if not again:
             return
         # The broker forgot us: we hold no slot, and every job without an outcome and every
@@ -411,6 +461,7 @@ class Client:
                 _settle(waiter, job_id, status, blob)
         for call, delivered in for_maps.items():
             call.deliver(delivered)
+        self._made_room()
         self._acknowledger.add([row[0] for row in outcomes])  # the broker keeps each outcome until then
 
 

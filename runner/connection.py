@@ -27,6 +27,9 @@ from runner.transport import DealerLink, connect_dealer
 log = logger.bind(component="connection")
 
 WAITING_LOG_EVERY = 5.0  # seconds between "waiting for the broker" lines until the first welcome
+#: Error codes by which the broker refuses a peer (runner/broker/limits.py): it has --max-peers
+#: peers already, or cut this one off for invalid frames. The peer's hellos keep trying.
+REFUSALS = ("full", "cut_off")
 
 
 class BrokerConnection:
@@ -53,6 +56,8 @@ class BrokerConnection:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.registered = threading.Event()  # set at the first welcome; other threads wait on it
+        self.answered = threading.Event()  # set at the first welcome or refusal
+        self.refusal: str | None = None  # why the broker refused our hello (it is full), until it welcomes us
         self._hello = hello
         self._on_message = on_message
         self._on_welcome = on_welcome
@@ -106,6 +111,11 @@ class BrokerConnection:
             return
         if message.type == protocol.WELCOME:
             self._welcomed(message.body)
+        elif message.type == protocol.ERROR and message.body.get("code") in REFUSALS:
+            if self.refusal is None:
+                log.warning("the broker at {} refused us: {}", self.address, message.body["message"])
+            self.refusal = message.body["message"]
+            self.answered.set()
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
             if not self._hello_waiting():
                 log.warning("the broker at {} does not know us ({}); registering again", self.address,
@@ -122,9 +132,11 @@ class BrokerConnection:
         if broker_interval < self.heartbeat:  # beat at least as often as the broker expects
             self.heartbeat = broker_interval
             self._restart_heartbeats()
-        self.registered.set()
-        if self._on_welcome is not None:
+        if self._on_welcome is not None:  # first: a client learns the broker's limits before it submits
             self._on_welcome(body, self._welcomes > 1)
+        self.refusal = None
+        self.registered.set()
+        self.answered.set()
 
     def _restart_heartbeats(self) -> None:
         if self._timer is not None:

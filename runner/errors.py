@@ -68,7 +68,34 @@ class WorkerPoolError(TaskError):
     """A process-pool child died while running the job (exit code or signal in the message)."""
 
 
-_RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError)}
+class TaskNotAllowedError(TaskError, LookupError):
+    """The worker refused the job's function: its module is not admitted (``--import``,
+    ``--allow-module``), or it names a private name, a non-callable, or something defined
+    elsewhere. The message names the target and what to do; the module was not imported.
+
+    A TaskError (what clients caught before) and a LookupError (the worker-side
+    ``workers.execute.TaskNotAllowed`` of old, now this class), so old handlers keep working.
+    """
+
+
+class LimitError(TaskError):
+    """The broker refused a job or request beyond one of its limits; the message names the flag."""
+
+
+class BackpressureError(LimitError):
+    """The client has as many unfinished jobs at the broker as ``--max-pending`` allows.
+
+    ``submit`` raises it at once, unless the Client was made with ``block=True`` (it then waits).
+    """
+
+
+class PayloadTooLargeError(LimitError, ValueError):
+    """A job's packed arguments exceed the broker's ``--max-payload-bytes`` (a ValueError, as before)."""
+
+
+_RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError,
+                                                    TaskNotAllowedError, LimitError, BackpressureError,
+                                                    PayloadTooLargeError)}
 
 
 class RemoteTraceback(Exception):

@@ -1,8 +1,9 @@
 """An embedded cluster: a broker and workers as child processes of this one, on 127.0.0.1.
 
 What ``Client()`` with no address starts, and what ``runner local`` runs. The
-broker binds an ephemeral port and prints the address it got; the workers may
-run functions from any module (only this process's clients can reach them) and
+broker binds an ephemeral port and prints the address it got; the workers run
+their user's own code (``--allow-any-module``: any module except the standard
+library, dangerous packages and private modules, see workers/admission.py) and
 see this program's import path, so a script's own functions can be jobs.
 
 Lifetime: the children live as long as this process (whichever thread started

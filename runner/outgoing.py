@@ -22,7 +22,11 @@ from runner.loop import EventLoop, Timer
 
 SEND_NOW_ROWS = 256  # queued jobs a submitting thread sends itself, not waiting for the I/O thread
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one message carries them all
-ACK_BATCH = 10_000  # acknowledgements that leave at once, without waiting for ACK_DELAY
+ACK_BATCH = 10_000
+SUBMIT_PAYLOAD_AT = protocol.JOB_FIELDS.index("payload")
+#: Bound on a submit row's packed size beside its payload: task and queue (MAX_NAME each, checked
+#: at submit), the client's 32-digit id, pool, priority and options. A full MAX_BATCH fits 64 MiB.
+SUBMIT_ROW_BYTES = 2 * protocol.MAX_NAME + 128  # acknowledgements that leave at once, without waiting for ACK_DELAY
 
 
 class JobSender:
@@ -31,6 +35,7 @@ class JobSender:
     def __init__(self, loop: EventLoop, connection: BrokerConnection) -> None:
         self._loop = loop
         self._connection = connection
+        self.max_message_bytes = protocol.MAX_MESSAGE_BYTES  # the broker's, once it welcomes us
         self._rows: deque[list] = deque()
         self._scheduled = False  # the I/O thread will send on its next turn
         self._lock = threading.Lock()  # keeps batches in order when two threads send
@@ -54,9 +59,9 @@ class JobSender:
             self.send(rows)
 
     def send(self, rows: list[list], resend: bool = False) -> None:
-        """Send ``rows`` now, in messages of at most MAX_BATCH (``resend``: after registering again)."""
-        for start in range(0, len(rows), protocol.MAX_BATCH):
-            body: dict = {"jobs": rows[start : start + protocol.MAX_BATCH]}
+        """Send ``rows`` now, in messages the broker accepts (``resend``: after registering again)."""
+        for batch in protocol.split_by_size(rows, SUBMIT_PAYLOAD_AT, SUBMIT_ROW_BYTES, self.max_message_bytes):
+            body: dict = {"jobs": batch}
             if resend:
                 body["resend"] = True
             self._connection.send(protocol.SUBMIT, body)

@@ -16,7 +16,8 @@ See docs/protocol.md for the message catalogue.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from operator import itemgetter
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -97,6 +98,32 @@ def pack(value: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """Decode msgpack strictly; unpackb bounds every length by the blob's own size."""
     return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+
+
+#: Bytes a message needs beside its rows' payloads: the envelope and the body's keys.
+ENVELOPE_BYTES = 1024
+
+
+def split_by_size(rows: list[list], payload_at: int, row_bytes: int, max_bytes: int) -> Iterator[list[list]]:
+    """``rows`` in runs that each fit one message of at most ``max_bytes`` and MAX_BATCH rows.
+
+    A row counts its payload (at ``payload_at``) plus ``row_bytes``, a bound on its
+    other fields; a row too large alone still leaves, alone (the receiver refuses it).
+    """
+    budget = max_bytes - ENVELOPE_BYTES
+    if len(rows) <= MAX_BATCH and sum(map(len, map(itemgetter(payload_at), rows))) + len(rows) * row_bytes <= budget:
+        if rows:
+            yield rows  # the usual case: one message, found at C speed
+        return
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        cost = len(row[payload_at]) + row_bytes
+        if index > start and (size + cost > budget or index - start >= MAX_BATCH):
+            yield rows[start:index]
+            start, size = index, 0
+        size += cost
+    if start < len(rows):
+        yield rows[start:]
 
 
 def encode(message_type: str, body: dict[str, Any] | None = None) -> bytes:
@@ -284,6 +311,11 @@ def _check_wait_workers(body: dict) -> None:
 def _check_welcome(body: dict) -> None:
     _number(_need(body, "heartbeat", (int, float), "the heartbeat interval in seconds"), "heartbeat", 0.001, 3600)
     _integer(_need(body, "liveness", int, "a number of missed heartbeats"), "liveness", 1, 1000)
+    limits = body.get("limits", {})  # the broker's limits (runner/broker/limits.py); absent from older brokers
+    if not isinstance(limits, dict):
+        raise ProtocolError(f"limits must be a map of name to integer, got {type(limits).__name__}")
+    for name, value in limits.items():
+        _integer(value, f"limits[{name!r:.40}]", 1, 2**62)
     _session(body)
 
 

@@ -14,6 +14,7 @@ import queue as stdlib_queue
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from runner.errors import LimitError
 from runner import protocol
 from runner.current import get_client
 
@@ -48,6 +49,8 @@ def _raise_for(answer: dict) -> dict:
         raise stdlib_queue.Full
     if kind == "Empty":
         raise stdlib_queue.Empty
+    if kind == "LimitError":
+        raise LimitError.raised_here(answer["error"])
     raise ValueError(answer["error"])
 
 

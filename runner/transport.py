@@ -25,6 +25,8 @@ log = logger.bind(component="transport")
 HIGH_WATER_MARK = 100_000
 #: Messages handled per socket per loop turn, so one busy socket cannot starve timers.
 DRAIN_LIMIT = 1_000
+#: Messages the broker holds for one peer whose ZeroMQ pipe is full, before it counts as unreachable.
+OUTBOX_LIMIT = 100_000
 #: Seconds before retrying a ROUTER send that found the peer's pipe full.
 ROUTER_RETRY = 0.01
 
@@ -39,13 +41,18 @@ def check_address(address: str) -> str:
     return address
 
 
-def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
-    """Bind the broker's ROUTER; return it with the address actually bound."""
+def bind_router(context: zmq.Context, address: str,
+                max_message_bytes: int = protocol.MAX_MESSAGE_BYTES) -> tuple[zmq.Socket, str]:
+    """Bind the broker's ROUTER; return it with the address actually bound.
+
+    ZeroMQ drops the connection of a peer that sends a message over ``max_message_bytes``
+    before any of it reaches the broker's memory.
+    """
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, not vanishes
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its identity back
-    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     try:
@@ -159,11 +166,13 @@ class RouterLink:
         socket: zmq.Socket,
         on_frame: Callable[[bytes, bytes], None],
         on_unreachable: Callable[[bytes], None],
+        on_invalid: Callable[[bytes, str], None] | None = None,
     ) -> None:
         self.loop = loop
         self.socket = socket
         self._on_frame = on_frame
         self._on_unreachable = on_unreachable
+        self._on_invalid = on_invalid or (lambda peer, problem: log.warning("{!r}: {}", peer, problem))
         self._outboxes: dict[bytes, collections.deque[bytes]] = {}
         self._retry_scheduled = False
         loop.add_socket(socket, self._drain)
@@ -172,10 +181,14 @@ class RouterLink:
         """Send to ``peer``; if it is gone, report it through ``on_unreachable``."""
         frame = protocol.encode(message_type, body)
         outbox = self._outboxes.get(peer)
-        if outbox is not None:
+        if outbox is None:
+            self._send_frame(peer, frame)
+        elif len(outbox) < OUTBOX_LIMIT:
             outbox.append(frame)
-            return
-        self._send_frame(peer, frame)
+        else:  # it reads nothing: hold no more for it than ZeroMQ's pipe and this outbox
+            log.warning("{!r} read none of the last {} messages; treating it as unreachable", peer, OUTBOX_LIMIT)
+            del self._outboxes[peer]
+            self._on_unreachable(peer)
 
     def forget(self, peer: bytes) -> None:
         """Drop anything still waiting for a peer that is gone."""
@@ -223,6 +236,6 @@ class RouterLink:
             except zmq.Again:
                 return
             if len(frames) != 2:
-                log.warning("dropped a message of {} frames from {!r}: expected exactly one", len(frames) - 1, frames[0])
+                self._on_invalid(frames[0], f"dropped a message of {len(frames) - 1} frames: expected exactly one")
                 continue
             self._on_frame(frames[0], frames[1])

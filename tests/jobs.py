@@ -128,3 +128,8 @@ def crash_after(seconds: float, code: int = 13) -> None:
     """Live a while (long enough for the worker to sample memory), then end the process."""
     time.sleep(seconds)
     os._exit(code)
+
+
+def blob(size: int) -> bytes:
+    """A result of ``size`` bytes: for the broker's payload limit."""
+    return b"x" * size

@@ -358,6 +358,8 @@ class JobBookMachine(RuleBasedStateMachine):
             where = places.get(job_id, []) + (["final"] if final else [])
             assert len(where) == 1, f"{job_id} is in {where}"
         assert set(places) <= set(self.jobs), "no job the model never submitted"
+        held = collections.Counter(job.client for job in self.book.scheduler.jobs.values())
+        assert self.book.quota.held == dict(held), "--max-pending counts exactly each client's unfinished jobs"
         self._check_leases()
         self._check_attempts()
         self._settled = True

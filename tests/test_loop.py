@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from runner import protocol
+from runner import protocol, transport
 from runner.loop import EventLoop
 from runner.transport import DealerLink, RouterLink, bind_router, connect_dealer
 
@@ -590,3 +590,28 @@ def test_a_callback_may_remove_and_close_another_socket(loop, context):
         assert runner.error is None, f"the loop crashed: {runner.error!r}"
     finally:
         runner.stop()
+
+
+def test_router_link_holds_a_bounded_outbox_for_a_peer_that_reads_nothing(loop, context, monkeypatch):
+    monkeypatch.setattr(transport, "OUTBOX_LIMIT", 50)
+    monkeypatch.setattr(transport, "HIGH_WATER_MARK", 10)
+    socket, address = bind_router(context, "tcp://127.0.0.1:*")
+    unreachable: list[bytes] = []
+    peers: list[bytes] = []
+    router = RouterLink(loop, socket, on_frame=lambda peer, frame: peers.append(peer),
+                        on_unreachable=unreachable.append)
+    silent = context.socket(zmq.DEALER)
+    silent.setsockopt(zmq.RCVHWM, 10)
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.connect(address)
+    silent.send(protocol.encode(protocol.HELLO, {}))
+    deadline = time.monotonic() + 10
+    while not peers and time.monotonic() < deadline:
+        socket.poll(100)
+        router._drain()
+    for seq in range(10_000):  # far beyond both high-water marks and the outbox limit
+        router.send(peers[0], protocol.HEARTBEAT, {"seq": seq, "pad": b"x" * 10_000})  # past the kernel's buffers
+        if unreachable:
+            break
+    assert unreachable == peers and len(router._outboxes.get(peers[0], ())) <= 50
+    silent.close()

@@ -10,7 +10,7 @@ def row(job_id: str, timeout: float | None = None) -> tuple:
     return (job_id, 1, "tasks:noop", b"\x92\x90\x80", timeout)
 
 
-def everything(job_id: str) -> bool:
+def everything(job_id: str, attempt: int) -> bool:
     return True
 
 
@@ -83,8 +83,9 @@ def test_jobs_no_longer_wanted_are_dropped_and_drain_empties():
     backlog = Backlog({"thread": 1})
     for n in range(4):
         backlog.add("thread", n, row(f"j{n}"))
-    wanted = {"j0", "j1"}
-    assert [job[0] for job in backlog.take("thread", wanted.__contains__)] == ["j1"]
+    backlog.add("thread", 9, (*row("j0")[:1], 2, *row("j0")[2:]))  # j0 leased again: attempt 2 supersedes 1
+    wanted = {("j0", 1), ("j1", 1)}
+    assert [job[0] for job in backlog.take("thread", lambda *held: held in wanted)] == ["j1"]
     assert backlog.waiting("thread") == 1
     assert [job[0] for job in backlog.drain("thread")] == ["j0"]
     assert backlog.waiting("thread") == 0

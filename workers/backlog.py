@@ -42,11 +42,12 @@ class Backlog:
     def waiting(self, pool: str) -> int:
         return len(self._waiting[pool])
 
-    def take(self, pool: str, still_wanted: Callable[[str], bool],
+    def take(self, pool: str, still_wanted: Callable[[str, int], bool],
              seconds_per_job: Callable[[str], float | None] = lambda task: None, most: int | None = None) -> list[Row]:
         """The next group to submit to ``pool`` (empty if no slot is free or nothing waits).
 
-        Jobs no longer ``still_wanted`` (stopped or given back while waiting) are dropped.
+        Jobs no longer ``still_wanted(id, attempt)`` (stopped, given back or leased again while
+        waiting) are dropped.
         A group holds jobs of one task whose measured ``seconds_per_job`` is short: long
         or unknown jobs go alone, so they never queue behind each other in one process.
         It holds at most ``most`` jobs if given (what the pool child may still run).
@@ -60,7 +61,7 @@ class Backlog:
         limit = 1
         while waiting and len(group) < limit:
             row = waiting[0][2]
-            if not still_wanted(row[0]):
+            if not still_wanted(row[0], row[1]):
                 heapq.heappop(waiting)
                 continue
             if not group:
@@ -81,11 +82,11 @@ class Backlog:
         """A submission to ``pool`` ended: its slot is free."""
         self.busy[pool] -= 1
 
-    def give_back(self, pool: str, count: int, still_wanted: Callable[[str], bool]) -> list[Row]:
+    def give_back(self, pool: str, count: int, still_wanted: Callable[[str, int], bool]) -> list[Row]:
         """Remove up to ``count`` waiting jobs, lowest priority and newest first (for other workers)."""
         if count <= 0:
             return []
-        live = sorted(entry for entry in self._waiting[pool] if still_wanted(entry[2][0]))
+        live = sorted(entry for entry in self._waiting[pool] if still_wanted(entry[2][0], entry[2][1]))
         keep, returned = live[: max(0, len(live) - count)], live[max(0, len(live) - count):]
         heapq.heapify(keep)
         self._waiting[pool] = keep

@@ -1,4 +1,4 @@
-"""What runs inside a pool: resolve the task against the allowlist, call it, capture the outcome.
+"""What runs inside a pool: resolve the task as admission.py admits it, call it, capture the outcome.
 
 This module is imported in the worker process (for the thread pool) and in every
 process-pool child, where :func:`configure` runs as the pool's initializer. It
@@ -13,64 +13,65 @@ import os
 import resource
 import sys
 import traceback
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from runner import lifetime, protocol
-from runner.errors import error_blob
+from runner.errors import TaskNotAllowedError, error_blob
+from workers.admission import Admission
 
-#: Modules whose functions may run here; None means any module (embedded cluster only).
-_allowed_modules: frozenset[str] | None = frozenset()
+#: What jobs may run here (admission.py); the default admits nothing until configure().
+_admission = Admission()
 _resolved: dict[str, Callable[..., Any]] = {}
 _statm: int | None = None  # descriptor of /proc/self/statm, opened at the first measurement
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-
-class TaskNotAllowed(LookupError):
-    """The job names a function outside the modules this worker was started with."""
+#: The name this error had before it moved to runner.errors; ``except TaskNotAllowed`` still catches it.
+TaskNotAllowed = TaskNotAllowedError
 
 
 class TaskNotFound(LookupError):
     """The job names a function that does not exist in an allowed module."""
 
 
-def configure(allowed_modules: Iterable[str] | None, worker_pid: int | None = None) -> None:
-    """Set the allowlist and import each allowed module now, so import errors show at start.
+def configure(admission: Admission, worker_pid: int | None = None) -> None:
+    """Set what jobs may run and import each ``--import`` module now, so import errors show at start.
 
     In a pool child, ``worker_pid`` names the worker: the child ends when it does, even
     by SIGKILL (a ProcessPoolExecutor child holds both ends of its call queue, so it
     would never see its parent go and would wait forever as an orphan).
     """
-    global _allowed_modules
+    global _admission
     if worker_pid is not None:
         lifetime.exit_with([worker_pid])
-    _allowed_modules = None if allowed_modules is None else frozenset(allowed_modules)
+    _admission = admission
     _resolved.clear()
-    for module in sorted(_allowed_modules or ()):
+    for module in sorted(admission.imports):
         importlib.import_module(module)
 
 
 def resolve(task: str) -> Callable[..., Any]:
-    """Find the function a ``module:qualname`` reference names, if the allowlist permits it."""
+    """Find the function a ``module:qualname`` reference names, if this worker admits it.
+
+    The module is checked before it is imported, so a refused module is never imported.
+    """
     function = _resolved.get(task)
     if function is not None:
         return function
+    refusal = _admission.refusal(task)
+    if refusal is not None:
+        raise TaskNotAllowedError.raised_here(refusal)
     module_name, _, qualname = task.partition(":")
-    if _allowed_modules is not None and module_name not in _allowed_modules:
-        allowed = ", ".join(sorted(_allowed_modules)) or "none"
-        raise TaskNotAllowed(
-            f"task {task!r} is not allowed on this worker: module {module_name!r} was not given "
-            f"with --import (allowed: {allowed}); start the worker with --import {module_name}"
-        )
     try:
-        target: Any = importlib.import_module(module_name)
+        path: list[Any] = [importlib.import_module(module_name)]
         for part in qualname.split("."):
-            target = getattr(target, part)
+            path.append(getattr(path[-1], part))
     except (ImportError, AttributeError) as exc:
         raise TaskNotFound(f"task {task!r} cannot be found on this worker: {exc}") from None
-    if not callable(target):
-        raise TaskNotFound(f"task {task!r} names a {type(target).__name__}, not a function")
-    _resolved[task] = target
-    return target
+    refusal = _admission.target_refusal(task, path[1:])
+    if refusal is not None:
+        raise TaskNotAllowedError.raised_here(refusal)
+    _resolved[task] = path[-1]
+    return path[-1]
 
 
 def run(task: str, payload: bytes) -> tuple[str, bytes]:

@@ -32,6 +32,7 @@ from loguru import logger
 from runner import protocol
 from runner.errors import WorkerPoolError
 from workers import execute
+from workers.admission import Admission
 from workers.recycling import Recycler
 
 log = logger.bind(component="pools")
@@ -94,10 +95,10 @@ class ProcessPool:
     name = "process"
     killable = True
 
-    def __init__(self, size: int, allowed_modules: frozenset[str] | None, recycler: Recycler | None = None) -> None:
+    def __init__(self, size: int, admission: Admission, recycler: Recycler | None = None) -> None:
         self.size = size
         self.recycler = recycler
-        self._allowed = allowed_modules
+        self._admission = admission
         self._context = multiprocessing.get_context("forkserver")
         self._peak_kib: dict[int, int] = {}  # child pid -> highest VmHWM seen
         # Pool callbacks (on any thread) free and retire lanes and read the children to explain a
@@ -265,7 +266,7 @@ class ProcessPool:
             max_workers=self._per_lane,
             mp_context=self._context,
             initializer=execute.configure,
-            initargs=(self._allowed, os.getpid()),
+            initargs=(self._admission, os.getpid()),
         )
 
     def _children_by_pid(self) -> dict:
@@ -283,12 +284,11 @@ class ProcessPool:
 class Pools:
     """Both pools of a worker: submit jobs by pool name, hear back through ``on_done``."""
 
-    def __init__(self, processes: int, threads: int, allowed_modules: frozenset[str] | None,
-                 recycler: Recycler | None = None) -> None:
-        execute.configure(allowed_modules)  # the thread pool runs in this process
+    def __init__(self, processes: int, threads: int, admission: Admission, recycler: Recycler | None = None) -> None:
+        execute.configure(admission)  # the thread pool runs in this process
         self.by_name: dict[str, ThreadPool | ProcessPool] = {}
         if processes:
-            self.by_name["process"] = ProcessPool(processes, allowed_modules, recycler)
+            self.by_name["process"] = ProcessPool(processes, admission, recycler)
         if threads:
             self.by_name["thread"] = ThreadPool(threads)
 

@@ -22,6 +22,7 @@ import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Sequence
 
 import zmq
 from loguru import logger
@@ -29,10 +30,11 @@ from loguru import logger
 from runner.log import debug_job
 from runner import protocol
 from runner.connection import BrokerConnection
-from runner.errors import TaskTimeoutError
+from runner.errors import PayloadTooLargeError, TaskTimeoutError
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
+from workers.admission import Admission
 from workers.backlog import Backlog
 from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
@@ -41,6 +43,7 @@ from workers.recycling import Recycler
 log = logger.bind(component="worker")
 
 DEFAULT_GRACE = 30.0  # seconds running jobs get to finish after SIGTERM
+RESULT_ROW_BYTES = protocol.MAX_NAME + 32  # a result row's id, attempt and status, beside its blob
 
 
 @dataclass
@@ -64,7 +67,8 @@ class Worker:
         processes: int,
         threads: int,
         queues: list[str],
-        imports: list[str] | None,
+        imports: list[str],
+        allow_modules: Sequence[str] = (),
         heartbeat: float = 1.0,
         liveness: int = 3,
         grace: float = DEFAULT_GRACE,
@@ -81,7 +85,8 @@ class Worker:
         recycler = None
         if max_jobs_per_child is not None or max_memory_per_child is not None:
             recycler = Recycler(max_jobs_per_child, max_memory_per_child)
-        self.pools = Pools(processes, threads, None if imports is None else frozenset(imports), recycler)
+        self.admission = Admission(imports, allow_modules)
+        self.pools = Pools(processes, threads, self.admission, recycler)
         self._recycled_told = 0  # pool children replaced, as last told to the broker
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -101,11 +106,14 @@ class Worker:
         self._epoch = 0
         self._draining = threading.Event()  # set once shutdown begins; read by any thread
         self.jobs_done = 0
+        self.max_message_bytes = protocol.MAX_MESSAGE_BYTES  # the broker's limits, once it welcomes us
+        self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
         self.abandoned_threads = 0  # thread-pool jobs left running (past a timeout or the grace)
 
     def run(self) -> None:
         """Say hello, then serve jobs until stopped and drained."""
-        log.info("worker {} connecting to {} (queues {}, slots {})", self.name, self.address, self.queues, self.pools.slots())
+        log.info("worker {} connecting to {} (queues {}, slots {}, runs {})", self.name, self.address, self.queues,
+                 self.pools.slots(), self.admission.describe())
         self.connection.start()
         self.loop.call_every(1.0, self._tend_pools)
         try:
@@ -142,6 +150,9 @@ class Worker:
             self.connection.send(protocol.HEARTBEAT, {"recycled": recycled})
 
     def _on_welcome(self, body: dict, again: bool) -> None:
+        limits = body.get("limits", {})  # an older broker sends none
+        self.max_message_bytes = limits.get("max_message_bytes", self.max_message_bytes)
+        self.max_payload_bytes = limits.get("max_payload_bytes", self.max_payload_bytes)
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
         if self._draining.is_set():
             self.connection.send(protocol.DRAIN)
@@ -172,6 +183,8 @@ class Worker:
                 log.bind(job=job_id).error("the broker leased more {} jobs than this worker's credit", pool)
                 refused.append([job_id, attempt, protocol.REQUEUE, b""])
             else:
+                if job_id in self.running:  # leased again: the new attempt supersedes the one held
+                    self._release(job_id)
                 self._held[pool] += 1
                 self.running[job_id] = Running(attempt, pool)
                 self.backlog.add(pool, priority, (job_id, attempt, task, payload, timeout))
@@ -180,10 +193,14 @@ class Worker:
         for pool in touched:
             self._feed(pool)
 
+    def _holds(self, job_id: str, attempt: int) -> bool:
+        """This worker still holds this attempt of the job (not stopped, given back or superseded)."""
+        entry = self.running.get(job_id)
+        return entry is not None and entry.attempt == attempt
+
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
-        while group := self.backlog.take(pool, self.running.__contains__, self.credit.seconds_per_job,
-                                         self.pools.room(pool)):
+        while group := self.backlog.take(pool, self._holds, self.credit.seconds_per_job, self.pools.room(pool)):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]
@@ -278,18 +295,24 @@ class Worker:
         log.debug("asking the broker for {} jobs per pool", credit)
         self.connection.send(protocol.CREDIT, {"slots": credit})
         for pool in credit:
-            surplus = self.backlog.give_back(pool, self.credit.excess(pool, self._held[pool]), self.running.__contains__)
+            surplus = self.backlog.give_back(pool, self.credit.excess(pool, self._held[pool]), self._holds)
             if surplus:
                 log.debug("giving {} waiting {} jobs back: they are slower than the prefetch assumed", len(surplus), pool)
             self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in surplus])
 
     def _send_results(self, results: list[list]) -> None:
+        """Send result rows in messages the broker accepts; a result over its payload limit fails instead."""
         if not results:
             return
-        for job_id, _, status, _ in results:
-            debug_job(log, job_id, "finished: {}", status)
+        for row in results:
+            debug_job(log, row[0], "finished: {}", row[2])
+            if len(row[3]) > self.max_payload_bytes:
+                row[2:] = protocol.FAILED, execute.encode_error(PayloadTooLargeError.raised_here(
+                    f"the task's result takes {len(row[3])} bytes, more than the broker's limit of "
+                    f"{self.max_payload_bytes} (runner broker --max-payload-bytes); return a path or key to it instead"))
         self.jobs_done += sum(1 for row in results if row[2] != protocol.REQUEUE)
-        self.connection.send(protocol.RESULTS, {"results": results})
+        for batch in protocol.split_by_size(results, 3, RESULT_ROW_BYTES, self.max_message_bytes):
+            self.connection.send(protocol.RESULTS, {"results": batch})
 
     # --- shutdown ----------------------------------------------------------------------
 
@@ -298,7 +321,7 @@ class Worker:
             return
         self._draining.set()
         self.connection.send(protocol.DRAIN)
-        waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if row[0] in self.running]
+        waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if self._holds(row[0], row[1])]
         self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in waiting])
         if not self.running:
             self.loop.stop()

@@ -27,7 +27,8 @@ from loguru import logger
 from runner.log import debug_job
 from runner import protocol
 from runner.broker import journal as states
-from runner.errors import WorkerLostError, error_blob
+from runner.errors import BackpressureError, PayloadTooLargeError, WorkerLostError, error_blob
+from runner.broker.limits import ClientQuota, Limits
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
@@ -50,8 +51,10 @@ class Outbox:
 class JobBook:
     """Every job the broker holds, and every decision about it."""
 
-    def __init__(self, journal: Journal, *, rng: random.Random | None = None) -> None:
+    def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None) -> None:
         self.journal = journal
+        self.limits = limits or Limits()
+        self.quota = ClientQuota(self.limits.max_pending)
         self.scheduler = Scheduler()
         self.rng = rng or random.Random()
         self.outbox = Outbox()
@@ -74,20 +77,30 @@ class JobBook:
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
             self.scheduler.submit(job)
+            self.quota.add(job.client)
             count += 1
         return count
 
     # --- clients ------------------------------------------------------------------------------
 
     def submit(self, client: bytes, rows: list[list], resend: bool, now: float) -> None:
-        """Accept jobs; a resent id is recognised: held jobs are not doubled, finished ones answered."""
+        """Accept jobs; a resent id is recognised: held jobs are not doubled, finished ones answered.
+
+        A job beyond the client's ``max_pending``, or with too large a payload, is answered
+        at once with a LimitError outcome and not accepted.
+        """
         fresh = []
+        room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
-                self.scheduler.jobs[job_id].client = client
+                self._move(self.scheduler.jobs[job_id], client)
             elif resend and self._answer_from_journal(client, job_id):
                 pass
+            elif room <= 0 or len(payload) > max_payload:
+                self._refuse(client, job_id, room, len(payload))
+                continue
             else:
+                room -= 1
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
@@ -95,8 +108,23 @@ class JobBook:
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
+        self.quota.add(client, len(fresh))
         if fresh and self.journal.add_jobs(fresh) < len(fresh):
             self._answer_reused_ids(client, [row[0] for row in fresh])
+
+    def _move(self, job: Job, client: bytes) -> None:
+        """A held job resubmitted under another identity: its outcome goes there now."""
+        if job.client != client:
+            self.quota.remove(job.client)
+            self.quota.add(client)
+            job.client = client
+
+    def _refuse(self, client: bytes, job_id: str, room: int, size: int) -> None:
+        refusal = self.limits.payload_refusal(size)
+        error = PayloadTooLargeError.raised_here(refusal) if refusal else BackpressureError.raised_here(
+            self.quota.refusal())
+        log.bind(job=job_id).debug("refused: {}", error.message)
+        self.outbox.outcomes[client].append([job_id, protocol.FAILED, error_blob(error)])
 
     def _answer_reused_ids(self, client: bytes, job_ids: list[str]) -> None:
         """Some ids were already journaled as finished (a client reused them without ``resend``):
@@ -104,6 +132,7 @@ class JobBook:
         for job_id in job_ids:
             stored = self.journal.get(job_id)
             if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
+                self.quota.remove(client)
                 log.bind(job=job_id).warning("job id {} was submitted again after it finished: "
                                              "answered with its stored outcome, not run again", job_id)
                 self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
@@ -146,6 +175,7 @@ class JobBook:
         job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
                   client, RetryRules.from_wire(stored.options))
         self.scheduler.submit(job)
+        self.quota.add(client)
         return True
 
     # --- workers ------------------------------------------------------------------------------
@@ -254,6 +284,7 @@ class JobBook:
 
     def _finish(self, job: Job, state: str, status: str, outcome: bytes, now: float) -> None:
         self.scheduler.jobs.pop(job.id, None)
+        self.quota.remove(job.client)  # every held job finishes exactly once
         self.journal.finish(job.id, state, status, outcome, job.attempt, now)
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
         debug_job(log, job.id, "final: {} after {} attempts", state, job.attempt)

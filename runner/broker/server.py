@@ -22,6 +22,7 @@ from runner.log import debug_job
 from runner import protocol
 from runner.broker.jobs import JobBook
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
+from runner.broker.limits import Limits, Offenders, SyncQuota
 from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
 from runner.broker.scheduler import RUNNING, UnknownWorker
@@ -37,6 +38,8 @@ DEFAULT_LIVENESS = 3  # heartbeats missed before a peer is declared dead
 DEFAULT_JOURNAL = "runner-journal.db"
 DEFAULT_RESULT_TTL = 3600.0  # seconds an outcome is kept after its client has it
 UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever claimed
+LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small fields, beside its payload
+OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
 
 
 @dataclass
@@ -65,10 +68,12 @@ class Broker:
         heartbeat: float = DEFAULT_HEARTBEAT,
         liveness: int = DEFAULT_LIVENESS,
         result_ttl: float = DEFAULT_RESULT_TTL,
+        limits: Limits | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
+        self.limits = limits or Limits()
         self.journal = Journal(journal)
-        self.jobs = JobBook(self.journal)
+        self.jobs = JobBook(self.journal, limits=self.limits)
         restored = self.jobs.restore()
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
@@ -77,8 +82,11 @@ class Broker:
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
-        router, self.address = bind_router(self.context, bind)
-        self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable)
+        router, self.address = bind_router(self.context, bind, self.limits.max_message_bytes)
+        self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable, self._on_invalid)
+        self._wire_limits = self.limits.wire()
+        self.sync_quota = SyncQuota(self.limits.max_sync_objects)
+        self.offenders = Offenders(self.limits.max_invalid_frames)
         self.liveness = Liveness(heartbeat, liveness)
         self.peers: dict[bytes, Peer] = {}
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
@@ -128,14 +136,15 @@ class Broker:
     # --- incoming ---------------------------------------------------------------------
 
     def _on_frame(self, peer_id: bytes, frame: bytes) -> None:
+        if self.offenders.cut and self.offenders.ignored(peer_id, time.monotonic()):
+            return
         known = peer_id in self.peers
         if known:
             self.liveness.seen(peer_id, time.monotonic())
         try:
             message = protocol.decode(frame)
         except protocol.ProtocolError as exc:
-            log.warning("dropped a malformed message from {!r}: {}", peer_id, exc)
-            self._send_error(peer_id, f"malformed message dropped: {exc}")
+            self._on_invalid(peer_id, f"malformed message dropped: {exc}")
             return
         if not known and message.type not in (protocol.HELLO, protocol.BYE):
             # A peer we declared dead (or never met): it must introduce itself again.
@@ -146,10 +155,31 @@ class Broker:
             return
         self._handlers[message.type](peer_id, message)
 
+    def _on_invalid(self, peer_id: bytes, problem: str) -> None:
+        """An invalid frame: answered with an error, until the peer passes max_invalid_frames."""
+        if self.offenders.ignored(peer_id, time.monotonic()):
+            return
+        log.debug("{!r}: {}", peer_id, problem)
+        if not self.offenders.invalid(peer_id, time.monotonic()):
+            self._send_error(peer_id, problem)
+            return
+        log.warning("cut off {!r} for {:.0f}s: it sent {} invalid frames (runner broker --max-invalid-frames); "
+                    "the last: {}", peer_id, self.offenders.cut_off, self.offenders.threshold, problem)
+        self._send_error(peer_id, f"cut off for {self.offenders.cut_off:.0f}s after {self.offenders.threshold} "
+                                  f"invalid frames; the last: {problem}", code="cut_off")
+        if peer_id in self.peers:
+            self._remove_peer(peer_id, "sent too many invalid frames")
+
     def _on_hello(self, peer_id: bytes, message: protocol.Message) -> None:
         body = message.body
         if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
             self._remove_peer(peer_id, "said hello again", charged=False)
+        elif len(self.peers) >= self.limits.max_peers:
+            log.warning("refused {} {} from {}: the broker has its limit of {} peers (runner broker --max-peers)",
+                        body["role"], body["name"], body["host"], self.limits.max_peers)
+            self._send_error(peer_id, f"the broker has its limit of {self.limits.max_peers} connected clients and "
+                                      "workers (runner broker --max-peers); try again later", code="full")
+            return
         peer = Peer(peer_id, body["role"], body["name"], body["host"], body["pid"], session=body.get("session", 0))
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
@@ -162,6 +192,7 @@ class Broker:
         self.link.send(peer_id, protocol.WELCOME, {
             "heartbeat": self.liveness.interval, "liveness": self.liveness.liveness, "broker": self.id,
             "session": peer.session,
+            "limits": self._wire_limits,
         })
         self._answer_worker_waiters()
         self._schedule_flush()
@@ -219,6 +250,10 @@ class Broker:
     def _on_sync(self, peer_id: bytes, message: protocol.Message) -> None:
         if message.body.get("session", self.peers[peer_id].session) != self.peers[peer_id].session:
             return  # sent before the peer's latest hello: it sends it again once welcomed, in its new session
+        refusal = self.sync_quota.use(peer_id, message.body["name"])
+        if refusal is not None:
+            self._reply(peer_id, message, {"error": refusal, "kind": "LimitError"})
+            return
         replies = sync_ops.handle(self.sync, peer_id, message.body["request"], message.body, time.monotonic())
         self._sync_replies(replies)
 
@@ -284,6 +319,7 @@ class Broker:
         peer = self.peers.pop(peer_id)
         self.liveness.forget(peer_id)
         self.link.forget(peer_id)
+        self.sync_quota.forget(peer_id)
         self._worker_waiters = [w for w in self._worker_waiters if w[0] != peer_id]
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
@@ -325,7 +361,8 @@ class Broker:
                     for job in jobs]
             for job in jobs:
                 debug_job(log, job.id, "leased to {} (attempt {})", self.peers[worker].name, job.attempt)
-            self.link.send(worker, protocol.JOBS, {"jobs": rows})
+            for batch in protocol.split_by_size(rows, 4, LEASE_ROW_BYTES, self.limits.max_message_bytes):
+                self.link.send(worker, protocol.JOBS, {"jobs": batch})
 
     def _send_outcomes(self, outcomes: dict[bytes, list[list]], final: bool) -> None:
         """Results (``final`` False), or cancellations (``final`` True: after the commit)."""
@@ -334,7 +371,8 @@ class Broker:
             if not rows:
                 continue
             if client in self.peers:
-                self.link.send(client, protocol.OUTCOMES, {"outcomes": rows})
+                for batch in protocol.split_by_size(rows, 2, OUTCOME_ROW_BYTES, self.limits.max_message_bytes):
+                    self.link.send(client, protocol.OUTCOMES, {"outcomes": batch})
             else:
                 log.info("kept {} outcomes for client {!r}, which is away, until it asks again", len(rows), client)
 
