@@ -22,7 +22,6 @@ import runner
 import tasks
 from cluster import ROOT, environment, read_line, wait_until
 from runner.errors import TaskTimeoutError
-from runner.local import die_with_parent
 from test_reliability_rules import lines, process_gone, wait_for_journal, wait_for_lines, worker_entry
 
 HEARTBEAT = ("--heartbeat", "0.2")  # a peer silent for 0.6 s is declared dead
@@ -86,7 +85,7 @@ def start_away_client(processes, address: str, folder) -> subprocess.Popen:
     """The client of tests/away_client.py, recorded so that the fixture stops it."""
     script = ROOT / "tests" / "away_client.py"
     away = subprocess.Popen([sys.executable, str(script), address, str(folder)], stdout=subprocess.PIPE,
-                            env=environment(), cwd=ROOT, preexec_fn=die_with_parent)
+                            env=environment(), cwd=ROOT)
     processes.started.append(away)
     return away
 

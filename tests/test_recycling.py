@@ -69,8 +69,8 @@ def test_the_backlog_caps_a_group_at_the_room_left_in_the_child():
     for n in range(50):
         backlog.add("process", 0, (f"j{n}", 1, "tasks:noop", b"", None))
     short = lambda task: 1e-6  # noqa: E731 - measured short: groups as large as the backlog allows
-    assert backlog.take("process", lambda job_id: True, short, most=0) == []
-    group = backlog.take("process", lambda job_id: True, short, most=3)
+    assert backlog.take("process", lambda job_id, attempt: True, short, most=0) == []
+    group = backlog.take("process", lambda job_id, attempt: True, short, most=3)
     assert [row[0] for row in group] == ["j0", "j1", "j2"]
 
 
