@@ -29,6 +29,46 @@ def note_pid_after(seconds: float, path: str) -> int:
     return os.getpid()
 
 
+# --- gates: a job that runs exactly as long as the test needs ------------------------------------
+#: A gated job that the test never opens fails after this long instead of holding its slot forever.
+GATE_TIMEOUT = 90.0
+
+
+def wait_for_gate(gate: str) -> None:
+    """Return once the file ``gate`` exists (the test creates it: "open the gate")."""
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {gate} was not opened within {GATE_TIMEOUT:g}s")
+        time.sleep(0.01)
+
+
+def gated(gate: str, record: str, value=None, finished: str | None = None) -> dict:
+    """Append this process's id to ``record`` (the job has started), wait for the gate, append
+    it to ``finished`` if given, then return the value with where and when the job started."""
+    started = time.time()
+    _append_line(record, str(os.getpid()))
+    wait_for_gate(gate)
+    if finished:
+        _append_line(finished, str(os.getpid()))
+    return {"value": value, "pid": os.getpid(), "started": started}
+
+
+def ancestry() -> list[int]:
+    """This process's id and its ancestors' (parent first): who a pool child belongs to."""
+    chain = [os.getpid()]
+    while chain[-1] > 1:
+        with open(f"/proc/{chain[-1]}/stat") as stat:
+            chain.append(int(stat.read().rsplit(")", 1)[1].split()[1]))
+    return chain
+
+
+def slow_ancestry(seconds: float) -> list[int]:
+    """Sleep, then return :func:`ancestry`: a long job that says which worker's pool ran it."""
+    time.sleep(seconds)
+    return ancestry()
+
+
 # --- used by tests/test_reliability_rules.py --------------------------------------------------
 # Each run appends one line to a file the test names, so the test sees every attempt, where it
 # ran and when it started, even across processes and workers.
