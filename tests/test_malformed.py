@@ -6,6 +6,7 @@ import random
 
 import msgpack
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 import tasks
 from runner import protocol
@@ -42,21 +43,32 @@ def test_a_thousand_malformed_frames_then_a_job_still_succeeds(processes, broker
     context = zmq.Context()
     attacker = context.socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)
+    monitor = attacker.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     attacker.connect(broker_address)
     try:
-        for frames in _malformed_frames(1000):
-            attacker.send_multipart(frames)
-        # Every single-frame message from an unregistered peer gets an error reply.
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_CONNECTED
+        frames = _malformed_frames(1000)
+        for message in frames:
+            attacker.send_multipart(message)
+        # Every single-frame message from an unregistered peer gets one error reply; a
+        # multi-frame one is dropped unanswered.
+        expected = sum(1 for message in frames if len(message) == 1)
         errors = 0
-        poller_deadline = 10_000
-        while attacker.poll(poller_deadline if errors == 0 else 500):
+        while errors < expected and attacker.poll(10_000):
             message = protocol.decode(attacker.recv())
             assert message.type == protocol.ERROR and message.body["message"]
             errors += 1
-        assert errors >= 900
-        # An oversized frame (over ZeroMQ's MAXMSGSIZE) only costs the sender its connection.
+        assert errors == expected
+        assert not attacker.poll(200), "more replies than messages"
+
+        # A frame over the limit (ZeroMQ's MAXMSGSIZE on the broker) is never read: the broker
+        # closes the sender's connection, and answers nothing.
         attacker.send(b"\0" * (protocol.MAX_MESSAGE_BYTES + 1))
+        assert monitor.poll(10_000), "the broker kept the connection of a peer that sent an oversized frame"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        assert not attacker.poll(500), "the broker answered an oversized frame"
     finally:
+        monitor.close()
         attacker.close()
         context.term()
 
