@@ -39,6 +39,8 @@ def chaos_job(index: int) -> tuple:
     return tasks.sleep_then, (rng.uniform(0.01, 0.05), index + 1), {"pool": pool}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # the run's own deadline is 180 s
 def test_chaos_workers_and_the_broker_killed_under_load_lose_nothing(processes, tmp_path):
     address, journal = free_address(), tmp_path / "journal.db"
     broker, _ = processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)
@@ -106,6 +108,8 @@ def test_a_stopped_worker_loses_its_job_to_another_and_gives_no_second_result(pr
         assert client.submit(tasks.add, 1, 1, pool="thread").result(timeout=30) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # up to 60 s to accept the jobs, then 120 s for their results
 def test_ten_thousand_queued_jobs_survive_kill_9_of_the_broker(processes, tmp_path):
     address, journal = free_address(), tmp_path / "journal.db"
     broker, _ = processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)
