@@ -40,11 +40,11 @@ class Processes:
     """Starts runner commands and remembers them so that every one gets stopped."""
 
     #: Every Processes not yet stopped: the leak check allows their processes (and descendants).
-    open: "set[Processes]" = set()
+    live: "set[Processes]" = set()
 
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
-        Processes.open.add(self)
+        Processes.live.add(self)
         self.scratch = Path(tempfile.mkdtemp(prefix="runner-test-"))  # journals live here
         self._brokers = 0
 
@@ -79,13 +79,13 @@ class Processes:
         for process in reversed(self.started):
             self.stop(process)
         self.started.clear()
-        Processes.open.discard(self)
+        Processes.live.discard(self)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     @classmethod
     def running_pids(cls) -> set[int]:
         """Process ids started by every Processes not yet stopped (a module's shared cluster)."""
-        return {process.pid for started in cls.open for process in started.started if process.poll() is None}
+        return {process.pid for started in cls.live for process in started.started if process.poll() is None}
 
 
 def wait_until(condition, timeout: float, interval: float = 0.02, message: str = "condition") -> None:

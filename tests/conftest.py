@@ -12,7 +12,7 @@ import pytest
 from cluster import EXAMPLES, SESSION_VARIABLE, Processes, wait_until
 
 sys.path.insert(0, str(EXAMPLES))  # the task functions of examples/tasks.py
-os.environ[SESSION_VARIABLE] = str(os.getpid())  # inherited by every process a test starts, however
+os.environ[SESSION_VARIABLE] = str(os.getpid())  # inherited by every process a test starts, by any means
 
 import runner  # noqa: E402
 
