@@ -31,7 +31,7 @@ def run_example(name: str, *arguments: str, timeout: float) -> subprocess.Comple
     result = subprocess.run([sys.executable, str(EXAMPLES / name), *arguments], capture_output=True, text=True,
                             timeout=timeout, cwd=ROOT, env=environment(), preexec_fn=die_with_parent)
     if result.returncode == NOT_JUDGED:
-        pytest.skip(f"{name}: {result.stderr.strip().splitlines()[-1]}")
+        pytest.skip(f"{name}: {(result.stderr.strip().splitlines() or ['claim not judged'])[-1]}")
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
