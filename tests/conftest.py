@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 import pytest
 
-from cluster import EXAMPLES, ROOT, Processes, wait_until
+from cluster import EXAMPLES, SESSION_VARIABLE, Processes, wait_until
 
 sys.path.insert(0, str(EXAMPLES))  # the task functions of examples/tasks.py
+os.environ[SESSION_VARIABLE] = str(os.getpid())  # inherited by every process a test starts, by any means
 
 import runner  # noqa: E402
 
@@ -60,34 +63,71 @@ def two_workers():
         started.stop_all()
 
 
-def _live_children(pid: int) -> list[str]:
-    """Command lines of this process's children that are still running (not zombies)."""
-    children = []
+def _session_processes() -> dict[int, tuple[int, str]]:
+    """This session's live processes, wherever they were reparented: pid -> (parent pid, command line).
+
+    A cheap scan of /proc: a process is ours when its environment carries this pytest
+    process's id in SESSION_VARIABLE (other test runs on the machine carry their own).
+    """
+    marker = f"{SESSION_VARIABLE}={os.getpid()}".encode()
+    found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker not in environ.read().split(b"\0"):
+                    continue
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    children.append(cmdline.read().replace(b"\0", b" ").decode(errors="replace"))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
-    return children
+        if fields[0] != "Z":
+            found[int(entry)] = (int(fields[1]), command)
+    return found
+
+
+def _leaked() -> dict[int, str]:
+    """This session's processes that belong to no open Processes (nor descend from one)."""
+    found = _session_processes()
+    allowed = Processes.running_pids()
+
+    def owned(pid: int) -> bool:
+        seen = set()
+        while pid in found and pid not in seen:
+            if pid in allowed:
+                return True
+            seen.add(pid)
+            pid = found[pid][0]
+        return pid in allowed
+
+    return {pid: command for pid, (_, command) in found.items() if not owned(pid)}
+
+
+def _check_no_leaks(when: str) -> None:
+    """Fail if processes of this session outlive their test; end them (by pid) either way."""
+    # A killed worker's pool children notice within moments (pidfd), then their forkserver.
+    try:
+        wait_until(lambda: not _leaked(), timeout=15, interval=0.1, message="no processes left behind")
+    except AssertionError:
+        left = _leaked()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"{when} left processes running (now killed): {sorted(left.items())[:5]}") from None
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(request):
+    """After every test, none of the processes it started still runs (shared clusters aside)."""
+    yield
+    _check_no_leaks(request.node.nodeid)
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_process_left_behind():
-    """The session ends with no runner child process still running (fixtures stop theirs)."""
+def no_process_left_behind_at_the_end():
+    """The session ends with none of its processes running, shared clusters included."""
     yield
-    left = [command for command in _live_children(os.getpid()) if "runner" in command]
-    assert not left, f"the test left processes running: {left}"
-    def orphans() -> list[str]:
-        return [command for command in _live_children(1) if "multiprocessing.forkserver" in command and str(ROOT) in command]
-
-    # A killed worker's pool children notice within moments (pidfd), then their forkserver.
-    try:
-        wait_until(lambda: not orphans(), timeout=15, message="no orphaned pool processes")
-    except AssertionError:
-        raise AssertionError(f"pool processes outlived their workers: {orphans()[:3]}") from None
+    _check_no_leaks("the test session")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from cluster import ROOT, environment
+from cluster import ROOT, die_with_parent, environment
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
@@ -19,7 +19,7 @@ def test_tiny_run_measures_submit_and_round_trip(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--tiny", "--cases", "submit,roundtrip", "--runs", "1",
          "--output", str(output), "--no-docs"],
-        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60, check=False, preexec_fn=die_with_parent,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())

@@ -39,6 +39,8 @@ def chaos_job(index: int) -> tuple:
     return tasks.sleep_then, (rng.uniform(0.01, 0.05), index + 1), {"pool": pool}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # the run's own deadline is 180 s
 def test_chaos_workers_and_the_broker_killed_under_load_lose_nothing(processes, tmp_path):
     address, journal = free_address(), tmp_path / "journal.db"
     broker, _ = processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)
@@ -79,30 +81,35 @@ def test_chaos_workers_and_the_broker_killed_under_load_lose_nothing(processes, 
 
 
 def test_a_stopped_worker_loses_its_job_to_another_and_gives_no_second_result(processes, broker_address, tmp_path):
-    marker = tmp_path / "finished-by"
+    gate, record, finished = tmp_path / "gate", tmp_path / "started-by", tmp_path / "finished-by"
     stopped = processes.worker(broker_address, "--processes", "0", "--threads", "1", "--heartbeat", HEARTBEAT,
                                imports=("tasks", "jobs"))
     with runner.Client(broker_address) as client:
         client.wait_for_workers(1, timeout=30)
-        future = client.submit("jobs:note_pid_after", 1.0, str(marker), pool="thread")
-        wait_until(lambda: client.status()["jobs"]["running"] == 1, timeout=10, message="job running")
+        future = client.submit("jobs:gated", str(gate), str(record), None, str(finished), pool="thread")
+        wait_until(lambda: record.exists() and record.read_text() == f"{stopped.pid}\n", timeout=10,
+                   message="the job running on the first worker")
         os.kill(stopped.pid, signal.SIGSTOP)
         try:
+            gate.touch()  # the stopped worker's run cannot pass it until SIGCONT
             healthy = processes.worker(broker_address, "--processes", "0", "--threads", "1", "--heartbeat", HEARTBEAT,
                                        imports=("tasks", "jobs"))
-            assert future.result(timeout=30) == healthy.pid
+            assert future.result(timeout=30)["pid"] == healthy.pid
         finally:
             os.kill(stopped.pid, signal.SIGCONT)
         # The stopped worker wakes up, finishes its old run, and is ignored.
-        wait_until(lambda: marker.exists() and len(marker.read_text().split()) == 2, timeout=30,
+        wait_until(lambda: finished.exists() and len(finished.read_text().split()) == 2, timeout=30,
                    message="the stopped worker's run finished")
-        assert sorted(map(int, marker.read_text().split())) == sorted([stopped.pid, healthy.pid])
-        assert client.fetch(future.job_id)["result"] == healthy.pid
+        assert sorted(map(int, finished.read_text().split())) == sorted([stopped.pid, healthy.pid])
+        assert sorted(map(int, record.read_text().split())) == sorted([stopped.pid, healthy.pid])
         wait_until(lambda: len(client.status()["workers"]) == 2, timeout=30, message="the woken worker re-registered")
+        assert client.fetch(future.job_id)["result"]["pid"] == healthy.pid
         assert client.status()["jobs"]["done"] == 1
         assert client.submit(tasks.add, 1, 1, pool="thread").result(timeout=30) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # up to 60 s to accept the jobs, then 120 s for their results
 def test_ten_thousand_queued_jobs_survive_kill_9_of_the_broker(processes, tmp_path):
     address, journal = free_address(), tmp_path / "journal.db"
     broker, _ = processes.broker("--heartbeat", HEARTBEAT, bind=address, journal=journal)

@@ -11,12 +11,12 @@ import time
 import pytest
 
 import runner
-from cluster import ROOT, environment, read_line, wait_until
+from cluster import ROOT, die_with_parent, environment, read_line, wait_until
 
 
 def run(*arguments: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runner", *arguments], capture_output=True, text=True,
-                          timeout=timeout, env=environment(), cwd=ROOT)
+                          timeout=timeout, env=environment(), cwd=ROOT, preexec_fn=die_with_parent)
 
 
 @pytest.mark.parametrize("command", [[], ["broker"], ["worker"], ["submit"], ["status"], ["local"]])

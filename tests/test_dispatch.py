@@ -9,15 +9,20 @@ import tasks
 from cluster import environment, wait_until
 
 
-def test_higher_priority_jobs_run_first_on_a_busy_single_slot_worker(processes, broker_address, client_factory):
-    processes.worker(broker_address, "--processes", "1", "--threads", "0")
+def test_higher_priority_jobs_run_first_on_a_busy_single_slot_worker(processes, broker_address, client_factory,
+                                                                      tmp_path):
+    processes.worker(broker_address, "--processes", "1", "--threads", "0", imports=("tasks", "jobs"))
     client = client_factory(broker_address)
     client.wait_for_workers(1, timeout=30)
-    blocker = client.submit(tasks.record_order, "blocker", 1.0)
+    gate = tmp_path / "gate"
+    blocker = client.submit("jobs:gated", str(gate), str(tmp_path / "blocker-started"), "blocker")
     wait_until(lambda: client.status()["jobs"]["running"] == 1, timeout=10, message="blocker running")
     labels = [("low", 0), ("high", 10), ("low", 0), ("mid", 5), ("high", 10), ("low", 0), ("mid", 5)]
     futures = [client.submit(tasks.record_order, f"{label}-{n}", priority=priority) for n, (label, priority) in enumerate(labels)]
-    assert blocker.result(timeout=30)["label"] == "blocker"
+    wait_until(lambda: client.status()["queues"].get("default") == len(labels), timeout=10,
+               message=f"{len(labels)} jobs queued behind the blocker")
+    gate.touch()
+    assert blocker.result(timeout=30)["value"] == "blocker"
     ran = sorted((future.result(timeout=30) for future in futures), key=lambda result: result["started"])
     order = [result["label"] for result in ran]
     assert order == ["high-1", "high-4", "mid-3", "mid-6", "low-0", "low-2", "low-5"]

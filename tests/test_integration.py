@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import sqlite3
 import threading
 
 import pytest
@@ -11,21 +13,23 @@ import pytest
 import runner
 from runner.outgoing import SEND_NOW_ROWS
 import tasks
+from cluster import wait_until
 
 
 def test_two_thousand_jobs_all_return_correct_results_on_both_workers(two_workers):
-    futures = [two_workers.submit(tasks.slow_whoami if i % 100 == 0 else tasks.add, *( (0.05,) if i % 100 == 0 else (i, i))) for i in range(2000)]
+    long_job = "jobs:slow_ancestry"  # a 0.05 s process-pool job that says which worker's pool ran it
+    futures = [two_workers.submit(long_job, 0.05) if i % 100 == 0 else two_workers.submit(tasks.add, i, i)
+               for i in range(2000)]
     results = [future.result(timeout=60) for future in futures]
-    for i, result in enumerate(results):
-        if i % 100:
-            assert result == 2 * i
+    assert [result for i, result in enumerate(results) if i % 100] == [2 * i for i in range(2000) if i % 100]
     # Long jobs occupy slots, so the second worker must get some of them.
-    hosts = {(result["pid"]) for i, result in enumerate(results) if i % 100 == 0}
-    workers = two_workers.status()["workers"]
-    worker_pids = {worker["pid"] for worker in workers}
-    assert len(workers) == 2
-    assert len(hosts) >= 2, "jobs ran in a single pool process"
-    assert hosts.isdisjoint(worker_pids), "process-pool jobs must run in pool children, not in the worker"
+    worker_pids = {worker["pid"] for worker in two_workers.status()["workers"]}
+    assert len(worker_pids) == 2
+    ran_under = [worker_pids.intersection(results[i]) for i in range(0, 2000, 100)]
+    assert all(len(owners) == 1 for owners in ran_under), "each long job ran under exactly one of the workers"
+    assert set.union(*ran_under) == worker_pids, "every long job ran on the same worker"
+    assert not worker_pids.intersection(results[i][0] for i in range(0, 2000, 100)), \
+        "process-pool jobs must run in pool children, not in the worker"
 
 
 def test_both_workers_run_jobs(two_workers):
@@ -117,10 +121,34 @@ def test_task_decorator_defaults_and_local_call(two_workers):
     assert two_workers.submit(decorated.where, pool="process").result(timeout=30)["thread"] == "MainThread"
 
 
-def test_status_lists_workers_and_queues(two_workers):
+def test_status_lists_workers_and_queues(two_workers, tmp_path):
     status = two_workers.status()
     assert sorted(worker["id"] for worker in status["workers"]) == ["alpha", "beta"]
     for worker in status["workers"]:
         assert worker["slots"] == {"process": 2, "thread": 4}
-        assert worker["host"] and worker["pid"] > 0 and worker["running"] >= 0
-    assert isinstance(status["queues"], dict)
+        assert worker["host"] and worker["pid"] > 0 and worker["running"] == 0 and not worker["draining"]
+    assert not any(status["queues"].values()), status["queues"]
+
+    # A running job shows on the worker that runs it; one nobody serves shows in its queue.
+    gate, record = tmp_path / "gate", tmp_path / "started"
+    running = two_workers.submit("jobs:gated", str(gate), str(record), pool="thread")
+    waiting = two_workers.submit(tasks.add, 1, 2, pool="thread", queue="nobody-serves-this")
+    wait_until(lambda: record.exists() and two_workers.status()["queues"].get("nobody-serves-this") == 1, timeout=10,
+               message="one job running, one waiting")
+    status = two_workers.status()
+    by_pid = {worker["pid"]: worker for worker in status["workers"]}
+    runner_pid = int(record.read_text())
+    assert (by_pid[runner_pid]["running"], by_pid[runner_pid]["running_by_pool"]) == (1, {"thread": 1})
+    assert [worker["running"] for pid, worker in by_pid.items() if pid != runner_pid] == [0]
+    assert (status["jobs"]["running"], status["jobs"]["pending"]) == (1, 1)
+    gate.touch()
+    assert running.result(timeout=30)["pid"] == runner_pid
+    assert waiting.cancel()
+    wait_until(lambda: not two_workers.status()["queues"].get("nobody-serves-this"), timeout=10,
+               message="the cancelled job left its queue")
+
+
+def test_the_brokers_journal_file_is_in_wal_mode(two_workers):
+    journal = two_workers.status()["broker"]["journal"]
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as database:
+        assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

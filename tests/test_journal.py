@@ -127,7 +127,14 @@ def test_memory_journal_works_without_a_file():
         journal.close()
 
 
-def test_a_file_journal_is_durable(journal):
+def test_a_file_journal_runs_in_wal_mode_with_synchronous_normal(journal, path):
+    journal.add_jobs([row("a")])
+    journal.commit()
+    # WAL is a property of the file: a separate connection, as after a restart, sees it.
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection: the journal's own connection must use NORMAL (1).
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1
     assert journal.durable
 
 
@@ -172,7 +179,39 @@ def test_requeue_makes_a_dead_job_pending_with_fresh_attempts_for_the_new_client
     assert (stored.state, stored.attempts, stored.status, stored.outcome, stored.client) == (
         states.PENDING, 0, None, None, b"client-2")
     assert unfinished_ids(journal) == ["a", "b"], "a requeued job keeps its place in acceptance order"
-    assert journal.expire(10**9, 1.0) == 0, "its old delivery time is forgotten"
+
+
+def test_a_job_requeued_after_its_outcome_was_acknowledged_keeps_that_acknowledgements_time(journal):
+    # docs/guarantees.md: its new outcome may leave sooner than a full TTL after it is delivered.
+    journal.add_jobs([row("a")])
+    journal.finish("a", states.DEAD, "failed", b"error", 3, 100.0)
+    journal.delivered(["a"], 100.0)
+    journal.requeue("a", CLIENT)
+    journal.commit()
+    finish(journal, "a", states.DONE, 150.0)
+    journal.delivered(["a"], 150.0)
+    journal.commit()
+    assert journal.expire(now=161.0, result_ttl=60.0) == 1, "the first acknowledgement (t=100) is past the TTL"
+    journal.commit()
+    assert journal.get("a") is None
+
+
+def test_a_requeued_job_is_not_expired_by_its_old_acknowledgement_while_it_is_pending(journal):
+    journal.add_jobs([row("a")])
+    journal.finish("a", states.DEAD, "failed", b"error", 3, 100.0)
+    journal.delivered(["a"], 100.0)
+    journal.requeue("a", CLIENT)
+    journal.commit()
+    assert journal.expire(now=10**9, result_ttl=60.0) == 0
+    journal.commit()
+    assert journal.get("a").state == states.PENDING
+    # That acknowledgement is used up: the new outcome stays for its own TTL after its own delivery.
+    finish(journal, "a", states.DONE, 200.0)
+    journal.delivered(["a"], 200.0)
+    journal.commit()
+    assert journal.expire(now=259.0, result_ttl=60.0) == 0
+    assert journal.get("a").state == states.DONE
+    assert journal.expire(now=261.0, result_ttl=60.0) == 1
 
 
 def test_get_of_an_unknown_id_is_none(journal):

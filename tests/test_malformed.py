@@ -6,6 +6,7 @@ import random
 
 import msgpack
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 import tasks
 from runner import protocol
@@ -42,22 +43,29 @@ def test_a_thousand_malformed_frames_then_a_job_still_succeeds(processes, broker
     context = zmq.Context()
     attacker = context.socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)
+    monitor = attacker.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     attacker.connect(broker_address)
     try:
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_CONNECTED
         for frames in _malformed_frames(1000):
             attacker.send_multipart(frames)
         # Each invalid message gets an error reply until the 100th (--max-invalid-frames): that one
         # says the peer is cut off, and the rest are dropped unanswered.
         errors = []
-        poller_deadline = 10_000
-        while attacker.poll(poller_deadline if not errors else 500):
+        while attacker.poll(10_000 if not errors else 500):
             message = protocol.decode(attacker.recv())
             assert message.type == protocol.ERROR and message.body["message"]
             errors.append(message.body.get("code"))
         assert errors == ["invalid"] * 99 + ["cut_off"]
-        # An oversized frame (over ZeroMQ's MAXMSGSIZE) only costs the sender its connection.
+
+        # A frame over the limit (ZeroMQ's MAXMSGSIZE on the broker) is never read: the broker
+        # closes the sender's connection, and answers nothing.
         attacker.send(b"\0" * (protocol.MAX_MESSAGE_BYTES + 1))
+        assert monitor.poll(10_000), "the broker kept the connection of a peer that sent an oversized frame"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        assert not attacker.poll(500), "the broker answered an oversized frame"
     finally:
+        monitor.close()
         attacker.close()
         context.term()
 

@@ -20,7 +20,7 @@ import pytest
 
 import runner
 import tasks
-from cluster import ROOT, environment, read_line, wait_until
+from cluster import ROOT, die_with_parent, environment, read_line, wait_until
 from runner.errors import TaskTimeoutError
 from test_reliability_rules import lines, process_gone, wait_for_journal, wait_for_lines, worker_entry
 
@@ -85,7 +85,7 @@ def start_away_client(processes, address: str, folder) -> subprocess.Popen:
     """The client of tests/away_client.py, recorded so that the fixture stops it."""
     script = ROOT / "tests" / "away_client.py"
     away = subprocess.Popen([sys.executable, str(script), address, str(folder)], stdout=subprocess.PIPE,
-                            env=environment(), cwd=ROOT)
+                            env=environment(), cwd=ROOT, preexec_fn=die_with_parent)
     processes.started.append(away)
     return away
 

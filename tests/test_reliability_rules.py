@@ -257,14 +257,16 @@ def test_cancel_of_a_job_behind_a_busy_single_slot_worker_means_it_never_runs(
     start_worker(processes, broker_address, "--processes", "0", "--threads", "1")
     client = client_factory(broker_address)
     client.wait_for_workers(1, timeout=30)
-    blocker_record, cancelled_marker, after_marker = tmp_path / "blocker", tmp_path / "cancelled-ran", tmp_path / "after-ran"
-    blocker = client.submit("jobs:lingering", str(blocker_record), 99, 1.0, "blocker", pool="thread")
+    gate, blocker_record = tmp_path / "gate", tmp_path / "blocker"
+    cancelled_marker, after_marker = tmp_path / "cancelled-ran", tmp_path / "after-ran"
+    blocker = client.submit("jobs:gated", str(gate), str(blocker_record), "blocker", pool="thread")
     wait_for_lines(blocker_record, 1)
     queued = client.submit("jobs:touch", str(cancelled_marker), pool="thread")
     after = client.submit("jobs:touch", str(after_marker), pool="thread")
     wait_until(lambda: client.status()["queues"].get("default") == 2, timeout=10, message="two jobs waiting")
     assert queued.cancel() is True
     assert queued.cancelled()
+    gate.touch()
     assert blocker.result(timeout=30)["value"] == "blocker"
     assert after.result(timeout=30) == str(after_marker)
     assert not cancelled_marker.exists(), "a cancelled job ran"
@@ -276,11 +278,12 @@ def test_cancel_of_a_running_job_is_refused_and_the_job_completes(
     start_worker(processes, broker_address, "--processes", "0", "--threads", "1")
     client = client_factory(broker_address)
     client.wait_for_workers(1, timeout=30)
-    record = tmp_path / "runs"
-    future = client.submit("jobs:lingering", str(record), 99, 1.0, "kept", pool="thread")
+    gate, record = tmp_path / "gate", tmp_path / "runs"
+    future = client.submit("jobs:gated", str(gate), str(record), "kept", pool="thread")
     wait_for_lines(record, 1)
     assert future.cancel() is False
     assert not future.cancelled()
+    gate.touch()
     assert future.result(timeout=30)["value"] == "kept"
     assert len(lines(record)) == 1
 
@@ -356,32 +359,33 @@ def test_the_worker_pool_error_of_a_child_that_lived_a_while_names_its_exit_code
 
 
 def test_sigterm_lets_running_jobs_finish_within_grace_and_leases_the_worker_nothing_more(
-        processes, broker_address, client_factory):
+        processes, broker_address, client_factory, tmp_path):
     # Both serve 'default'; only the leaving worker serves 'first', so the first jobs run on it.
-    leaving = start_worker(processes, broker_address, "--processes", "0", "--threads", "4", "--grace", "10",
+    leaving = start_worker(processes, broker_address, "--processes", "0", "--threads", "4", "--grace", "60",
                            "--queue", "first", "--queue", "default")
     staying = start_worker(processes, broker_address, "--processes", "0", "--threads", "4")
     client = client_factory(broker_address)
     client.wait_for_workers(2, timeout=30)
-    running = [client.submit(tasks.record_order, f"running-{n}", 1.0, pool="thread", queue="first") for n in range(2)]
-    wait_until(lambda: (worker_entry(client, leaving.pid) or {}).get("running") == 2, timeout=10,
-               message="two jobs running on the first worker")
+    gate, record = tmp_path / "gate", tmp_path / "running"
+    running = [client.submit("jobs:gated", str(gate), str(record), f"running-{n}", pool="thread", queue="first")
+               for n in range(2)]
+    assert wait_for_lines(record, 2) == [str(leaving.pid)] * 2
 
-    signalled = time.time()
     leaving.send_signal(signal.SIGTERM)
     # The broker stops leasing to it (no credit) while its jobs still run.
     wait_until(lambda: (worker_entry(client, leaving.pid) or {}).get("draining"), timeout=10,
                message="the broker shows the first worker draining")
     # Had the broker kept leasing to it, these would be dealt over both workers (it has 2 free slots).
     later = [client.submit(tasks.record_order, f"later-{n}", 0.05, pool="thread") for n in range(6)]
-
-    finished = [future.result(timeout=30) for future in running]
-    assert [result["label"] for result in finished] == ["running-0", "running-1"]
-    assert {result["pid"] for result in finished} == {leaving.pid}, "the running jobs finished where they ran"
-    assert all(result["started"] + 1.0 > signalled for result in finished), "the signal came after the jobs ended"
-    assert leaving.wait(timeout=15) == 0
     assert {future.result(timeout=30)["pid"] for future in later} == {staying.pid}, \
         "a job was given to the worker after its SIGTERM"
+    assert leaving.poll() is None, "the worker left before its running jobs finished"
+
+    gate.touch()
+    finished = [future.result(timeout=30) for future in running]
+    assert [result["value"] for result in finished] == ["running-0", "running-1"]
+    assert {result["pid"] for result in finished} == {leaving.pid}, "the running jobs finished where they ran"
+    assert leaving.wait(timeout=15) == 0
 
 
 def test_sigterm_with_a_short_grace_gives_unfinished_jobs_back_without_charging_an_attempt(

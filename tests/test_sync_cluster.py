@@ -21,7 +21,7 @@ import time
 
 import pytest
 import sync_tasks
-from cluster import Processes, environment, read_line
+from cluster import Processes, die_with_parent, environment, read_line
 
 import runner
 from runner import protocol
@@ -377,7 +377,7 @@ def test_a_frozen_holder_loses_its_lock_when_its_heartbeats_stop(processes, clie
     """SIGSTOP: the holder's connection stays open, so only the missing heartbeats can free it."""
     _, address = processes.broker("--heartbeat", "0.2", "--liveness", "3")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, address], stdout=subprocess.PIPE,
-                              env=environment())
+                              env=environment(), preexec_fn=die_with_parent)
     processes.started.append(holder)  # stopped (and reaped) with the others, pass or fail
     held_token = int(read_line(holder, 30))
     os.kill(holder.pid, signal.SIGSTOP)
