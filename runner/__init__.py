@@ -6,7 +6,7 @@ cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
 
 from loguru import logger
 
-from runner.client import BrokerUnreachable, Client, ClientClosed, JobFuture
+from runner.client import AuthenticationError, BrokerUnreachable, Client, ClientClosed, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
 from runner.errors import RemoteTraceback, TaskError, TaskTimeoutError, WorkerLostError, WorkerPoolError
@@ -15,6 +15,7 @@ from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
+    "AuthenticationError",
     "BrokerUnreachable",
     "Client",
     "ClientClosed",

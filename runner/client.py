@@ -24,6 +24,7 @@ from loguru import logger
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
 from runner.errors import exception_from_blob
+from runner.keys import peer_identity
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -41,6 +42,14 @@ MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
 
 class BrokerUnreachable(ConnectionError):
     """The broker did not answer in time."""
+
+
+class AuthenticationError(BrokerUnreachable):
+    """The broker refused this side's CURVE key, or this side has none and the broker wants one.
+
+    The message says which key was used. Raised by ``Client()``, and by every wait of a client
+    whose key is revoked while it runs.
+    """
 
 
 class ClientClosed(RuntimeError):
@@ -71,17 +80,27 @@ class JobFuture(Future):
 class Client:
     """A connection to a broker; with no address, to a new embedded local cluster."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None,
+                 curve_keys: str | None = None) -> None:
+        """``curve_keys``: a key folder (``runner keys generate``); None: RUNNER_CURVE_KEYS when set;
+        "": none. The embedded cluster (no address) listens privately and takes no keys."""
         self._cluster = None
         if address is None:
             from runner.local import LocalCluster
 
             self._cluster = LocalCluster()
             address = self._cluster.address
+        elif curve_keys is None:
+            curve_keys = os.environ.get("RUNNER_CURVE_KEYS") or None
         self.address = check_address(address)
         self.timeout = timeout
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
-        self.identity = b"c-" + uuid.uuid4().hex.encode()
+        curve = None
+        if curve_keys:
+            from runner.keys import CLIENT, load_peer_keys  # zmq.auth only when needed
+
+            curve = load_peer_keys(curve_keys, CLIENT)
+        self.identity = peer_identity(b"c-", curve and curve.public_text, uuid.uuid4().hex)
         self._job_prefix = uuid.uuid4().hex[:16] + "-"
         self._job_numbers = itertools.count(1)
         self._request_numbers = itertools.count(1)
@@ -95,18 +114,22 @@ class Client:
         self.connection = BrokerConnection(
             self.loop, self.context, address, self.identity,
             hello=self._hello, on_message=self._on_message, on_welcome=self._on_welcome,
+            curve=curve, on_failure=self._on_auth_failure,
         )
         self._jobs_out = JobSender(self.loop, self.connection)
         self._acknowledger = Acknowledger(self.loop, self.connection)
         self._thread = threading.Thread(target=self._run_loop, name=f"runner-client-{self.identity[2:10].decode()}", daemon=True)
         self._thread.start()
         self.loop.call_soon_threadsafe(self.connection.start)
-        if not self.connection.registered.wait(timeout):
+        if not self.connection.settled.wait(timeout):
             self.close()
             raise BrokerUnreachable(
                 f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
                 "(set the address with --connect or RUNNER_BROKER)"
             )
+        if self.connection.failure is not None:
+            self.close()
+            raise AuthenticationError(self.connection.failure)
         current.make_current(self)
 
     # --- submitting ---------------------------------------------------------------------
@@ -185,7 +208,9 @@ class Client:
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
                  waiter: "Future | tuple[MapCall, int]", job_id: str | None = None) -> str:
         """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
-        if self._closed:
+        if self._closed or self.connection.failure:
+            if self.connection.failure:
+                raise AuthenticationError(self.connection.failure)
             raise ClientClosed("this client is closed; create a new runner.Client to submit")
         payload = encode_arguments(args, kwargs)
         job_id = job_id or self._job_prefix + str(next(self._job_numbers))
@@ -276,6 +301,8 @@ class Client:
 
     def _request(self, message_type: str, body: dict, timeout: float | None, *, forever: bool = False) -> dict:
         """Send a request and wait for its reply: ``timeout`` seconds (None: the client's), or ``forever``."""
+        if self.connection.failure:
+            raise AuthenticationError(self.connection.failure)
         request = next(self._request_numbers)
         future: Future = Future()
         body = {**body, "request": request}
@@ -349,6 +376,19 @@ class Client:
             self._jobs_out.send(rows, resend=True)
             for _, message_type, request_body in list(self._requests.values()):
                 self.connection.send(message_type, request_body)
+
+    def _on_auth_failure(self, reason: str) -> None:
+        """The key was refused (or revoked): everything waiting fails now rather than at its timeout."""
+        error = AuthenticationError(reason)
+        for pending in list(self._requests.values()):
+            if not pending[0].done():
+                pending[0].set_exception(error)
+        for job_id, waiter in list(self._futures.items()):
+            if isinstance(waiter, tuple):
+                waiter[0].fail(error)
+            elif not waiter.done():
+                waiter.set_exception(error)
+            self._forget(job_id)
 
     def _on_message(self, message: protocol.Message) -> None:
         body = message.body

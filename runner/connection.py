@@ -5,20 +5,28 @@ Says hello, keeps heartbeats going both ways (Paranoid Pirate: a side silent for
 silent, and registers again when the broker says it does not know us (it
 restarted, or declared us dead). Runs on the owner's event loop thread; only
 ``send`` may be called from other threads.
+
+When authentication fails (the handshake is refused, or the broker answers "denied")
+it stops for good: ``failure`` says why and ``settled`` is set, as it is at the first
+welcome, so the owner waits for whichever comes first.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 from loguru import logger
 
 from runner import protocol
+from runner.handshake import HandshakeJudge, HandshakeWatch
 from runner.loop import EventLoop, Timer
 from runner.transport import DealerLink, connect_dealer
+
+if TYPE_CHECKING:
+    from runner.keys import CurveKeys
 
 log = logger.bind(component="connection")
 
@@ -38,6 +46,8 @@ class BrokerConnection:
         on_welcome: Callable[[dict, bool], None] | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
+        curve: "CurveKeys | None" = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -46,6 +56,13 @@ class BrokerConnection:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.registered = threading.Event()  # set at the first welcome; other threads wait on it
+        self.settled = threading.Event()  # set at the first welcome or when authentication fails
+        self.failure: str | None = None
+        self.curve = curve
+        self.key_description = (f"the key {curve.public_text} ({curve.source})" if curve
+                                else "no CURVE key")
+        self._on_failure = on_failure
+        self._watch: HandshakeWatch | None = None
         self._hello = hello
         self._on_message = on_message
         self._on_welcome = on_welcome
@@ -57,7 +74,12 @@ class BrokerConnection:
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
-        self._link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._receive)
+        if self.failure is not None:
+            return
+        self._watch = HandshakeWatch(self.loop, HandshakeJudge(self.address, self.key_description, self.curve is not None),
+                                     self._fail)
+        socket = connect_dealer(self.context, self.address, self.identity, curve=self.curve, watch=self._watch.attach)
+        self._link = DealerLink(self.loop, socket, self._receive)
         self._say_hello()
         self._restart_heartbeats()
 
@@ -71,6 +93,8 @@ class BrokerConnection:
         """Say goodbye (so the broker acts now, not after heartbeats) and close."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._watch is not None:
+            self._watch.detach()
         if self._link is None:
             return
         if goodbye:
@@ -87,6 +111,8 @@ class BrokerConnection:
             return
         if message.type == protocol.WELCOME:
             self._welcomed(message.body)
+        elif message.type == protocol.ERROR and message.body.get("code") == "denied":
+            self._fail(f"{message.body['message']} (this side used {self.key_description})")
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
             log.warning("the broker at {} does not know us ({}); registering again", self.address, message.body["message"])
             self._say_hello()
@@ -101,6 +127,7 @@ class BrokerConnection:
             self.heartbeat = broker_interval
             self._restart_heartbeats()
         self.registered.set()
+        self.settled.set()
         if self._on_welcome is not None:
             self._on_welcome(body, self._welcomes > 1)
 
@@ -119,3 +146,14 @@ class BrokerConnection:
             self.start()
             return
         self.send(protocol.HEARTBEAT)
+
+    def _fail(self, reason: str) -> None:
+        """Authentication failed: stop for good (retrying would fail the same way) and tell the owner."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        log.error(reason)
+        self.close(goodbye=False)
+        self.settled.set()
+        if self._on_failure is not None:
+            self._on_failure(reason)

@@ -1,9 +1,10 @@
-"""An embedded cluster: a broker and workers as child processes of this one, on 127.0.0.1.
+"""An embedded cluster: a broker and workers as child processes of this one.
 
 What ``Client()`` with no address starts, and what ``runner local`` runs. The
-broker binds an ephemeral port and prints the address it got; the workers may
-run functions from any module (only this process's clients can reach them) and
-see this program's import path, so a script's own functions can be jobs.
+broker listens privately, on an ipc:// socket in a temporary folder only this
+user can enter (0700), and prints its address; the workers may run functions
+from any module (only this user's processes can reach them) and see this
+program's import path, so a script's own functions can be jobs.
 """
 
 from __future__ import annotations
@@ -30,19 +31,24 @@ class LocalCluster:
     """A broker plus ``workers`` workers, started now and stopped by ``close()``."""
 
     def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
-                 bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (), journal: str | None = None,
-                 log_level: str = "WARNING", heartbeat: float = 1.0) -> None:
+                 bind: str | None = None, queues: tuple[str, ...] = (), journal: str | None = None,
+                 log_level: str = "WARNING", heartbeat: float = 1.0, curve_keys: str | None = None) -> None:
+        """``bind`` None: the private ipc:// socket; ``curve_keys``: a key folder every process uses."""
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.processes: list[subprocess.Popen] = []
         self._log_level = log_level
-        self._scratch = tempfile.TemporaryDirectory(prefix="runner-local-") if journal is None else None
+        self._scratch = tempfile.TemporaryDirectory(prefix="runner-local-")  # mode 0700: the socket is private
         self.journal = journal or os.path.join(self._scratch.name, "journal.db")
+        self.curve_keys = curve_keys
+        keys = ["--curve-keys", curve_keys] if curve_keys else []
         try:
-            self._broker = self._spawn(["broker", "--bind", bind, "--journal", self.journal,
-                                        "--heartbeat", str(heartbeat)], stdout=subprocess.PIPE)
+            self._broker = self._spawn(["broker", "--bind", bind or f"ipc://{self._scratch.name}/broker",
+                                        "--journal", self.journal, "--heartbeat", str(heartbeat), *keys],
+                                       stdout=subprocess.PIPE)
             self.address = read_address(self._broker, START_TIMEOUT)
-            worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat)]
+            worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat),
+                           *keys]
             if processes is not None:
                 worker_args += ["--processes", str(processes)]
             if threads is not None:
@@ -62,7 +68,7 @@ class LocalCluster:
         """A new Client connected to this cluster (the caller closes it)."""
         from runner.client import Client
 
-        return Client(self.address, **options)
+        return Client(self.address, **{"curve_keys": self.curve_keys or "", **options})  # "": none, whatever the env says
 
     def close(self) -> None:
         """Stop the workers, then the broker: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
@@ -80,8 +86,7 @@ class LocalCluster:
             if process.stdout:
                 process.stdout.close()
         self.processes.clear()
-        if self._scratch is not None:
-            self._scratch.cleanup()
+        self._scratch.cleanup()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -109,7 +114,7 @@ def read_line(process: subprocess.Popen, timeout: float) -> str:
 def read_address(broker: subprocess.Popen, timeout: float) -> str:
     """The address line a broker prints on stdout once it is bound and has restored its journal."""
     line = read_line(broker, timeout)
-    if not line.startswith("tcp://"):
+    if not line.startswith(("tcp://", "ipc://")):
         raise RuntimeError(f"the broker (pid {broker.pid}) exited ({broker.poll()}) without an address: {line!r}; "
                            "see its log above")
     return line
@@ -118,6 +123,7 @@ def read_address(broker: subprocess.Popen, timeout: float) -> str:
 def _child_environment() -> dict[str, str]:
     """This process's environment, with its import path so workers find its modules."""
     environment = dict(os.environ)
+    environment.pop("RUNNER_CURVE_KEYS", None)  # the cluster passes --curve-keys itself, or none
     paths = [path or os.getcwd() for path in sys.path if not path or os.path.isdir(path)]
     main = sys.modules.get("__main__")
     if getattr(main, "__file__", None):

@@ -30,6 +30,7 @@ from runner.log import debug_job
 from runner import protocol
 from runner.connection import BrokerConnection
 from runner.errors import TaskTimeoutError
+from runner.keys import WORKER, load_peer_keys, peer_identity
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
@@ -68,19 +69,25 @@ class Worker:
         liveness: int = 3,
         grace: float = DEFAULT_GRACE,
         name: str | None = None,
+        curve_keys: str | None = None,
     ) -> None:
+        """``curve_keys``: a key folder with the broker's public key and this worker's pair."""
         self.address = check_address(connect)
         self.queues = list(queues) or ["default"]
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.grace = grace
-        self.identity = b"w-" + uuid.uuid4().hex.encode()
+        curve = None if curve_keys is None else load_peer_keys(curve_keys, WORKER)
+        self.identity = peer_identity(b"w-", curve and curve.public_text, uuid.uuid4().hex)
         os.environ["RUNNER_BROKER"] = connect  # tasks' runner.get_client() connects here (pool children inherit it)
+        if curve_keys is not None:
+            os.environ["RUNNER_CURVE_KEYS"] = os.path.abspath(curve_keys)  # and with these keys
         self.pools = Pools(processes, threads, None if imports is None else frozenset(imports))
         self.loop = EventLoop()
         self.context = zmq.Context()
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
+            curve=curve, on_failure=lambda reason: self.loop.stop(),
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
