@@ -92,6 +92,8 @@ class OncePer:
             return False
         if len(self._last) >= self.limit:
             self._last = {key: at for key, at in self._last.items() if now - at < self.interval}
+            if len(self._last) >= self.limit:  # a flood within one interval: forget it all, log again
+                self._last.clear()
         self._last[what] = now
         return True
 
