@@ -3,9 +3,9 @@
 ZeroMQ retries a refused handshake forever and says nothing to the socket's user; only a
 socket monitor sees why. ``HandshakeJudge`` reads the monitor's events (no sockets, testable
 alone) and names a failure once it is certain; ``HandshakeWatch`` feeds it from a monitor on
-the peer's loop. Without CURVE the watch ends at the first successful handshake, so the
-connection's steady state costs nothing more; with CURVE it stays, since a key revoked
-later shows only at a reconnect.
+the peer's loop. The watch ends at the first successful handshake, so the connection's
+steady state costs nothing more: a key revoked later is answered "denied" by the broker,
+and the connection starts a new watch whenever it reconnects.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class HandshakeJudge:
 
 
 class HandshakeWatch:
-    """A monitor on one DEALER, on the peer's loop, reporting a sure failure to ``on_failed``."""
+    """A monitor on one DEALER, on the peer's loop until the handshake succeeds; reports a sure
+    failure to ``on_failed``."""
 
     def __init__(self, loop: EventLoop, judge: HandshakeJudge, on_failed: Callable[[str], None]) -> None:
         self.loop = loop
@@ -99,5 +100,5 @@ class HandshakeWatch:
             if failure is not None:
                 self.detach()
                 self._on_failed(failure)
-            elif self.judge.succeeded and not self.judge.curve:
+            elif self.judge.succeeded:
                 self.detach()
