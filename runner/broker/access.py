@@ -63,9 +63,9 @@ class Access:
         """May this peer register as a worker?"""
         return not self.enabled or key_of(peer_id) in self.keyring.workers
 
-    def may_touch(self, peer_id: bytes, owner_id: bytes) -> bool:
-        """May ``peer_id`` see or act on a job submitted by ``owner_id``?"""
-        if not self.enabled:
+    def may_touch(self, peer_id: bytes, owner_id: bytes | None) -> bool:
+        """May ``peer_id`` see or act on a job submitted by ``owner_id``? (None: an unknown job, nobody's.)"""
+        if not self.enabled or owner_id is None:
             return True
         key = key_of(peer_id)
         return key in self.keyring.admins or key == key_of(owner_id)

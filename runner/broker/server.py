@@ -181,16 +181,13 @@ class Broker:
             self._remove_peer(peer_id, reason)
             log.warning("shut out peer {!r}: {}", peer_id, reason)
         elif self.guard and self.guard.once(f"deny {key_of(peer_id)}"):
-            log.warning("dropped frames from {!r}: {} (logged once a minute)", peer_id, reason)
+            log.warning("refused peer {!r}: {} (logged once a minute a key)", peer_id, reason)
         self._send_error(peer_id, f"authentication failed: {reason}", code="denied")
 
     def _on_hello(self, peer_id: bytes, message: protocol.Message) -> None:
         body = message.body
         if body["role"] == "worker" and not self.access.may_work(peer_id):
-            log.warning("refused a worker hello from {} pid {}: key {} is not under authorized/workers",
-                        body["host"], body["pid"], key_of(peer_id))
-            self._send_error(peer_id, f"authentication failed: key {key_of(peer_id)} may not register as a worker "
-                             "(it is not under authorized/workers)", code="denied")
+            self._deny(peer_id, f"key {key_of(peer_id)} may not register as a worker (not under authorized/workers)")
             return
         if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
             self._remove_peer(peer_id, "said hello again", charged=False)
@@ -220,7 +217,7 @@ class Broker:
         self._schedule_flush()
 
     def _on_cancel(self, client: bytes, message: protocol.Message) -> None:
-        if not self._may_touch(client, message.body["id"]):
+        if self.access.enabled and not self.access.may_touch(client, self.jobs.owner(message.body["id"])):
             self._reply(client, message, {"result": "unknown"})
             return
         result = self.jobs.cancel(message.body["id"], message.body.get("force", False), time.time())
@@ -231,7 +228,7 @@ class Broker:
 
     def _on_fetch(self, client: bytes, message: protocol.Message) -> None:
         job_id = message.body["id"]
-        if not self._may_touch(client, job_id):  # someone else's job: answered as if unknown
+        if self.access.enabled and not self.access.may_touch(client, self.jobs.owner(job_id)):  # as if unknown
             self._reply(client, message, {"state": "unknown"})
             return
         held = self.jobs.scheduler.jobs.get(job_id)
@@ -246,17 +243,8 @@ class Broker:
 
     def _on_requeue(self, client: bytes, message: protocol.Message) -> None:
         job_id = message.body["id"]
-        allowed = self._may_touch(client, job_id)
+        allowed = not self.access.enabled or self.access.may_touch(client, self.jobs.owner(job_id))
         self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client)})
-
-    def _may_touch(self, peer_id: bytes, job_id: str) -> bool:
-        """May this peer act on this job? (Always, without CURVE; an unknown job is nobody's.)"""
-        if not self.access.enabled:
-            return True
-        held = self.jobs.scheduler.jobs.get(job_id)
-        stored = None if held else self.journal.get(job_id)
-        owner = held.client if held else stored.client if stored else None
-        return owner is None or self.access.may_touch(peer_id, owner)
 
     def _on_dead_letters(self, client: bytes, message: protocol.Message) -> None:
         jobs = [{"id": job.id, "task": job.task, "queue": job.queue, "attempts": job.attempts, "error": job.outcome}
