@@ -187,3 +187,33 @@ def test_the_embedded_cluster_listens_privately():
         assert os.stat(folder).st_mode & 0o077 == 0
         with cluster.client() as client:
             assert client.status()["workers"] == []
+
+
+def test_refusals_are_logged_once_a_minute_per_address(processes, key_folder, tmp_path):
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "wb") as log_file:
+        broker = processes.runner("broker", "--bind", "tcp://127.0.0.1:*", "--journal", ":memory:",
+                                  "--curve-keys", str(key_folder), stdout=subprocess.PIPE, stderr=log_file)
+    address = read_line(broker, 30)
+    impostor = tmp_path / "impostor"
+    keys.generate(impostor)
+    shutil.copyfile(key_folder / "broker.key", impostor / "broker.key")
+    for _ in range(3):
+        with pytest.raises(runner.AuthenticationError):
+            runner.Client(address, curve_keys=str(impostor), timeout=AUTH_TIMEOUT)
+    for _ in range(3):
+        with pytest.raises(runner.AuthenticationError):
+            runner.Client(address, curve_keys="", timeout=AUTH_TIMEOUT)
+    wait_until(lambda: "failed the CURVE handshake" in log_path.read_text(), timeout=10, message="keyless logged")
+    logged = log_path.read_text()
+    assert logged.count("refused a connection from 127.0.0.1") == 1, logged
+    assert logged.count("failed the CURVE handshake") == 1, logged
+    assert keys.load_peer_keys(impostor, "client").public_text in logged
+
+
+def test_a_keyed_local_cluster(key_folder):
+    with runner.LocalCluster(workers=1, processes=1, threads=1, curve_keys=str(key_folder)) as cluster:
+        with cluster.client() as client:
+            assert client.submit("tasks:add", 3, 4).result(timeout=60) == 7
+        with pytest.raises(runner.AuthenticationError):
+            runner.Client(cluster.address, curve_keys="", timeout=AUTH_TIMEOUT)
