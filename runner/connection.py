@@ -152,7 +152,7 @@ class BrokerConnection:
         if self.failure is not None:
             return
         self.failure = reason
-        log.error(reason)
+        log.debug(reason)  # the owner reports it: the client raises it, the worker logs it and exits
         self.close(goodbye=False)
         self.settled.set()
         if self._on_failure is not None:

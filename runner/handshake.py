@@ -85,10 +85,10 @@ class HandshakeWatch:
         if self._monitor is None:
             return
         self.loop.remove_socket(self._monitor)
-        self._monitor.close(linger=0)
-        self._monitor = None
         if self._socket is not None and not self._socket.closed:
             self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self._monitor = None
 
     def _serve(self) -> None:
         while self._monitor is not None:

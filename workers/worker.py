@@ -87,7 +87,7 @@ class Worker:
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness,
-            curve=curve, on_failure=lambda reason: self.loop.stop(),
+            curve=curve, on_failure=self._on_auth_failure,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
@@ -131,6 +131,11 @@ class Worker:
             "queues": self.queues, "slots": self.pools.slots(), "epoch": self._epoch,
             "running": [[job_id, entry.attempt] for job_id, entry in self.running.items()],
         }
+
+    def _on_auth_failure(self, reason: str) -> None:
+        """The broker refused this worker's key (or it has none): retrying would not help; stop."""
+        log.error("{}; stopping", reason)
+        self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
