@@ -2,6 +2,7 @@
 #   docker run --rm IMAGE broker        (RUNNER_BIND, RUNNER_JOURNAL)
 #   docker run --rm IMAGE worker        (RUNNER_BROKER, RUNNER_PROCESSES, RUNNER_THREADS, RUNNER_IMPORTS)
 #   docker run --rm IMAGE status --connect tcp://HOST:5555
+#   docker run --rm -v KEYS:/keys IMAGE keys generate /keys      (RUNNER_CURVE_KEYS=/keys for the others)
 #
 # BASE_IMAGE is any image with Python 3.10+ and pip on PATH as `python` and `pip`: the
 # official slim image by default, or a local one where that cannot be pulled
@@ -27,8 +28,9 @@ RUN pip install --no-cache-dir --disable-pip-version-check --no-index --find-lin
  && runner --help >/dev/null \
  && groupadd --gid 10001 runner \
  && useradd --uid 10001 --gid runner --no-log-init --create-home --shell /bin/sh runner \
- && mkdir -p /data \
- && chown runner:runner /data
+ && mkdir -p /data /keys \
+ && chown runner:runner /data /keys \
+ && chmod 700 /keys
 # The example tasks (`--import tasks`): examples/tasks.py.
 COPY examples /app/examples
 ENV PYTHONPATH=/app/examples \

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.cases import run_cases, start_bench
+from benchmarks.cases import brief, run_cases, start_bench
 from benchmarks.cluster import ROOT, Cluster
 from benchmarks.machine import describe
+from benchmarks.curve import case_curve
 from benchmarks.scale import case_scale
 from benchmarks.settings import CASES, Sizes, parse_cases, sizes_for
 
@@ -85,7 +86,7 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
     def record(case: str, sample: dict) -> None:
         results["cases"][case]["runs"].append(sample)
 
-    main_cases = [case for case in cases if case != "scale"]
+    main_cases = [case for case in cases if case not in ("scale", "curve")]
     if main_cases:
         cluster = Cluster(scratch, "main")
         clusters.append(cluster)
@@ -103,6 +104,13 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
     if "scale" in cases:
         for run in range(1, sizes.runs + 1):
             record("scale", case_scale(scratch, sizes, run, clusters))
+    if "curve" in cases:
+        print(f"starting a CURVE broker and 2 workers; then submit, map and round trip, {sizes.runs} run(s)",
+              file=sys.stderr, flush=True)
+        for run in range(1, sizes.runs + 1):
+            record("curve", case_curve(scratch, sizes, clusters))
+            print(f"  curve run {run}/{sizes.runs}: {brief(results['cases']['curve']['runs'][-1])}",
+                  file=sys.stderr, flush=True)
 
 
 def new_results(arguments: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:

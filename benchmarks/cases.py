@@ -42,19 +42,24 @@ def run_cases(bench: Bench, cases: list[str], record: Callable[[str, Sample], No
         for run in range(1, bench.sizes.runs + 1):
             sample = CASES[case](bench)
             record(case, sample)
-            print(f"  {case} run {run}/{bench.sizes.runs}: {_brief(sample)}", file=sys.stderr, flush=True)
+            print(f"  {case} run {run}/{bench.sizes.runs}: {brief(sample)}", file=sys.stderr, flush=True)
 
 
 def start_bench(cluster: Cluster, sizes: Sizes) -> Bench:
     """Start the broker and workers, wait for them, start and warm the PPE, calibrate the CPU work."""
-    cluster.start_broker()
-    cluster.start_workers(WORKERS)
-    with runner.Client(cluster.address, timeout=REQUEST_TIMEOUT) as client:
-        client.wait_for_workers(WORKERS, timeout=START_TIMEOUT)
+    start_cluster(cluster)
     iterations = tasks.calibrate()
     ppe = ProcessPoolExecutor(max_workers=PPE_WORKERS)
     list(ppe.map(tasks.noop, range(sizes.warmup_jobs)))  # its processes exist and have imported the tasks
     return Bench(cluster, ppe, sizes, iterations)
+
+
+def start_cluster(cluster: Cluster) -> None:
+    """Start the broker and its workers and wait until they are all registered."""
+    cluster.start_broker()
+    cluster.start_workers(WORKERS)
+    with runner.Client(cluster.address, timeout=REQUEST_TIMEOUT, curve_keys=cluster.curve_keys or "") as client:
+        client.wait_for_workers(WORKERS, timeout=START_TIMEOUT)
 
 
 # --- the cases ----------------------------------------------------------------------------
@@ -64,10 +69,15 @@ def case_submit(bench: Bench) -> Sample:
     """Case 1: ``submit`` one by one, then gather every result."""
     jobs = bench.sizes.submit_jobs
     return {
-        "runner": on_runner(bench, budget(jobs), lambda client: throughput(
-            lambda: client.submit(tasks.noop), jobs, budget(jobs))),
+        "runner": runner_submit(bench),
         "ppe": attempt(lambda: throughput(lambda: bench.ppe.submit(tasks.noop), jobs, budget(jobs))),
     }
+
+
+def runner_submit(bench: Bench) -> dict:
+    """Case 1's runner side."""
+    jobs = bench.sizes.submit_jobs
+    return on_runner(bench, budget(jobs), lambda client: throughput(lambda: client.submit(tasks.noop), jobs, budget(jobs)))
 
 
 def case_map(bench: Bench) -> Sample:
@@ -85,12 +95,19 @@ def case_roundtrip(bench: Bench) -> Sample:
     count, warmup = bench.sizes.roundtrip_jobs, bench.sizes.roundtrip_warmup
     seconds = budget(count + warmup)
     return {
-        "runner": on_runner(bench, seconds, lambda client: round_trips(
-            lambda: client.submit(tasks.noop).result(REQUEST_TIMEOUT), count, warmup, seconds)),
+        "runner": runner_roundtrip(bench),
         "ppe": attempt(lambda: round_trips(
             lambda: bench.ppe.submit(tasks.noop).result(REQUEST_TIMEOUT), count, warmup, seconds)),
         "floor": attempt(lambda: floor.round_trips(count, warmup, seconds)),
     }
+
+
+def runner_roundtrip(bench: Bench) -> dict:
+    """Case 3's runner side."""
+    count, warmup = bench.sizes.roundtrip_jobs, bench.sizes.roundtrip_warmup
+    seconds = budget(count + warmup)
+    return on_runner(bench, seconds, lambda client: round_trips(
+        lambda: client.submit(tasks.noop).result(REQUEST_TIMEOUT), count, warmup, seconds))
 
 
 def case_cpu(bench: Bench) -> Sample:
@@ -149,7 +166,8 @@ def ppe_map(ppe: ProcessPoolExecutor, jobs: int, chunksize: int) -> dict[str, fl
 def on_runner(bench: Bench, seconds: float, body: Callable[[runner.Client], dict]) -> dict:
     """``body(client)`` with a fresh warmed-up client, closed by a watchdog after ``seconds``."""
     try:
-        client = runner.Client(bench.cluster.address, timeout=REQUEST_TIMEOUT, name="bench")
+        client = runner.Client(bench.cluster.address, timeout=REQUEST_TIMEOUT, name="bench",
+                               curve_keys=bench.cluster.curve_keys or "")
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     watchdog = Watchdog(seconds, client.close)
@@ -174,7 +192,7 @@ def attempt(body: Callable[[], dict]) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _brief(sample: Sample) -> str:
+def brief(sample: Sample) -> str:
     """One progress line: the headline number of each side."""
     parts = []
     for side, values in sample.items():

@@ -27,9 +27,11 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class Cluster:
     """A broker on its own journal, and workers started later; ``stop()`` ends them all."""
 
-    def __init__(self, scratch: Path, name: str) -> None:
+    def __init__(self, scratch: Path, name: str, curve_keys: str | None = None) -> None:
+        """``curve_keys``: a key folder; broker and workers then speak CURVE (clients must too)."""
         self.scratch = scratch
         self.name = name
+        self.curve_keys = curve_keys
         self.journal = scratch / f"{name}-journal.db"
         self.address: str | None = None
         self.broker: subprocess.Popen | None = None
@@ -38,7 +40,7 @@ class Cluster:
 
     def start_broker(self, bind: str = f"tcp://{HOST}:*", timeout: float = START_TIMEOUT) -> str:
         """Start a broker on this cluster's journal; return the address it printed once ready."""
-        command = ["broker", "--bind", bind, "--journal", str(self.journal)]
+        command = ["broker", "--bind", bind, "--journal", str(self.journal), *self._keys()]
         self.broker = self._spawn("broker", command, stdout=subprocess.PIPE)
         self.address = read_address(self.broker, timeout)
         return self.address
@@ -49,8 +51,11 @@ class Cluster:
             number = len(self.workers) + 1
             command = ["worker", "--connect", self.address, "--import", TASKS_MODULE,
                        "--processes", str(PROCESSES_PER_WORKER), "--threads", str(THREADS_PER_WORKER),
-                       "--name", f"bench-{self.name}-{number}"]
+                       "--name", f"bench-{self.name}-{number}", *self._keys()]
             self.workers.append(self._spawn(f"worker-{number}", command))
+
+    def _keys(self) -> list[str]:
+        return ["--curve-keys", self.curve_keys] if self.curve_keys else []
 
     @property
     def broker_pid(self) -> int:

@@ -30,7 +30,7 @@ MODES = {
                   roundtrip_warmup=10, cpu_jobs=4, io_jobs=64, scale_jobs=1_000, warmup_jobs=20),
 }
 
-CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale")
+CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale", "curve")
 ALIASES = {"broker_cpu": "map", "broker-cpu": "map"}  # case 7 is measured during case 2
 
 WORKERS = 2  # runner workers, each with ...

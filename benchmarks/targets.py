@@ -86,4 +86,10 @@ def rows(sizes: Sizes) -> list[Row]:
             "map/runner.jobs_per_s", "map", ratio_at_least(1.0, "map")),
         Row("7. broker CPU per job in case 2", "map", "runner.broker_cpu_us_per_job", "µs", target=at_most(25, "µs")),
         Row("   client CPU per job in case 2, for information", "map", "runner.client_cpu_us_per_job", "µs"),
+        Row("8. CURVE: submit (vs case 1 without CURVE)", "curve", "submit.jobs_per_s", "jobs/s",
+            "submit/runner.jobs_per_s", "no CURVE"),
+        Row("8. CURVE: map (vs case 2 without CURVE)", "curve", "map.jobs_per_s", "jobs/s",
+            "map/runner.jobs_per_s", "no CURVE", ratio_at_least(0.8, "no CURVE")),
+        Row("8. CURVE: round trip p50 (vs case 3 without CURVE)", "curve", "roundtrip.p50_us", "µs",
+            "roundtrip/runner.p50_us", "no CURVE", ratio_at_most(1.2, "no CURVE")),
     ]

@@ -9,7 +9,7 @@ from loguru import logger
 from runner.client import Client, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import (BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, LimitError,
+from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, LimitError,
                            PayloadTooLargeError, RemoteTraceback, TaskError, TaskNotAllowedError, TaskTimeoutError,
                            WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
@@ -17,6 +17,7 @@ from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
+    "AuthenticationError",
     "BackpressureError",
     "BrokerUnreachable",
     "Client",

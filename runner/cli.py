@@ -16,6 +16,8 @@ from runner.broker.limits import Limits
 from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
+CURVE_HELP = ("Folder of CurveZMQ keys (`runner keys generate DIR`): encrypt and authenticate every connection "
+              "(env RUNNER_CURVE_KEYS).")
 REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
 STOP_NOW_TIMEOUT = 5.0  # seconds an embedded worker whose owner or broker ended takes to stop, at most
 
@@ -26,6 +28,12 @@ def logging_options(command: Callable[..., Any]) -> Callable[..., Any]:
                            help="Write logs as one JSON object a line.")(command)
     return click.option("--log-level", default="INFO", envvar="RUNNER_LOG_LEVEL", show_default=True,
                         type=click.Choice(LEVELS, case_sensitive=False), help="Least severe log level shown.")(command)
+
+
+def curve_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--curve-keys DIR, shared by every command that listens or connects."""
+    return click.option("--curve-keys", envvar="RUNNER_CURVE_KEYS", type=click.Path(file_okay=False),
+                        help=CURVE_HELP)(command)
 
 
 def heartbeat_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,12 +84,19 @@ def cli() -> None:
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
 @limit_options
+@click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
+              help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
+@curve_option
 @heartbeat_options
 @exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, liveness: int, scratch: str | None,
-           exit_with: tuple[int, ...], log_level: str, log_json: bool, **limits: int) -> None:
-    """Run the broker: queues jobs and hands them to workers. Prints its address when ready."""
+def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, insecure: bool, curve_keys: str | None,
+           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
+           **limits: int) -> None:
+    """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
+
+    With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes).
+    """
     import sqlite3
 
     from runner import lifetime
@@ -92,15 +107,18 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
     if exit_with:
         lifetime.exit_with(exit_with, lambda: _leave(scratch))
     try:
-        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
-                        limits=Limits(**limits))
+        settings = Limits(**limits)
     except ValueError as exc:
         raise click.UsageError(str(exc).replace("max_", "--max-").replace("_", "-")) from None
-    except OSError as exc:
+    try:
+        server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
+                        limits=settings, curve_keys=curve_keys, insecure=insecure)
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
     _stop_on_signals(server.stop, interrupts=not exit_with)
+    signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
     click.echo(server.address)
     sys.stdout.flush()
     try:
@@ -132,13 +150,14 @@ def broker(bind: str, journal: str, result_ttl: float, heartbeat: float, livenes
               help="Replace a process-pool child by a fresh one after this many jobs [default: never].")
 @click.option("--max-memory-per-child", type=click.FloatRange(1, 2**31), envvar="RUNNER_MAX_MEMORY_PER_CHILD",
               help="Replace a process-pool child whose RSS is above this many MiB after a job [default: never].")
+@curve_option
 @heartbeat_options
 @exit_with_option
 @logging_options
 def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
            allow_modules: tuple[str, ...], allow_any_module: bool, name: str | None, grace: float,
-           max_jobs_per_child: int | None, max_memory_per_child: float | None, heartbeat: float, liveness: int,
-           exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
+           max_jobs_per_child: int | None, max_memory_per_child: float | None, curve_keys: str | None,
+           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
     """Run a worker: takes jobs from the broker and runs them in its pools."""
     from runner import lifetime
     from workers.worker import Worker
@@ -157,7 +176,7 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
         instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
                           imports=list(imports), allow_modules=globs, heartbeat=heartbeat,
                           liveness=liveness, grace=grace, name=name, max_jobs_per_child=max_jobs_per_child,
-                          max_memory_per_child=max_memory_per_child)
+                          max_memory_per_child=max_memory_per_child, curve_keys=curve_keys)
     except ImportError as exc:
         raise click.ClickException(f"cannot import a module given with --import: {exc}") from None
     except ValueError as exc:
@@ -168,6 +187,8 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     else:
         instance.install_signal_handlers()
     instance.run()
+    if instance.connection.failure:
+        raise click.ClickException(instance.connection.failure)
     if instance.abandoned_threads:
         # A thread-pool job abandoned at its timeout or the end of grace cannot be stopped;
         # leave without waiting for it, as the interpreter's exit would.
@@ -186,10 +207,11 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
+@curve_option
 @logging_options
 def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
-           queue: str | None, priority: int | None, wait: bool, timeout: float, log_level: str,
-           log_json: bool) -> None:
+           queue: str | None, priority: int | None, wait: bool, timeout: float, curve_keys: str | None,
+           log_level: str, log_json: bool) -> None:
     """Submit TASK (module:function) with ARGUMENTS, each parsed as JSON (else taken as a string)."""
     setup_logging(log_level, log_json)
     try:
@@ -199,7 +221,7 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
     if not isinstance(keywords, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
     options = {"pool": pool, "queue": queue, "priority": priority}
-    with _client(connect) as client:
+    with _client(connect, curve_keys) as client:
         try:
             future = client.submit(task, *map(_json_or_text, arguments), **keywords,
                                    **{key: value for key, value in options.items() if value is not None})
@@ -224,11 +246,12 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
 @cli.command()
 @click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@curve_option
 @logging_options
-def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
+def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Show the broker's workers and queues; exits non-zero if the broker does not answer."""
     setup_logging(log_level, log_json)
-    with _client(connect) as client:
+    with _client(connect, curve_keys) as client:
         snapshot = client.status()
     if as_json:
         click.echo(json.dumps(snapshot, indent=2))
@@ -245,14 +268,15 @@ def status(connect: str, as_json: bool, log_level: str, log_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--bind", default=DEFAULT_ADDRESS, envvar="RUNNER_BIND", show_default=True, help="Broker address.")
+@click.option("--bind", help="Broker address [default: a private ipc:// socket in a 0700 temporary folder].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
 @click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
 @click.option("--journal", help="The broker's journal file [default: a temporary file, removed at exit].")
+@curve_option
 @logging_options
-def local(bind: str, workers: int, processes: int | None, threads: int | None, journal: str | None, log_level: str,
-          log_json: bool) -> None:
+def local(bind: str | None, workers: int, processes: int | None, threads: int | None, journal: str | None,
+          curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
     import threading
 
@@ -265,7 +289,7 @@ def local(bind: str, workers: int, processes: int | None, threads: int | None, j
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     ended: list[str] = []
     with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
-                      log_level=log_level) as cluster:
+                      log_level=log_level, curve_keys=curve_keys) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
         stop = threading.Event()
@@ -282,13 +306,64 @@ def local(bind: str, workers: int, processes: int | None, threads: int | None, j
     click.echo("runner local: stopped")
 
 
-def _client(address: str):
-    from runner.client import BrokerUnreachable, Client
+@cli.group("keys")
+def keys_group() -> None:
+    """CurveZMQ key files: `generate DIR` once, then `add-client`, `add-worker`, `add-admin DIR NAME`.
+
+    See docs/security.md for where each file goes and how to revoke a key.
+    """
+
+
+FORCE_HELP = "Replace existing key files (peers still using the old keys are shut out)."
+
+
+@keys_group.command("generate")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def keys_generate(folder: str, force: bool) -> None:
+    """Make the broker, client and worker key pairs in FOLDER and authorize the client and worker."""
+    from runner import keys
 
     try:
-        return Client(address, timeout=REACH_TIMEOUT)
+        written = keys.generate(folder, force)
+    except (FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
+        click.echo(path)
+
+
+def _add_key_command(kind: str) -> None:
+    @keys_group.command(f"add-{kind}")
+    @click.argument("folder", type=click.Path(file_okay=False))
+    @click.argument("name")
+    @click.option("--force", is_flag=True, help=FORCE_HELP)
+    def add(folder: str, name: str, force: bool) -> None:
+        from runner import keys
+
+        try:
+            bundle = keys.add(folder, kind, name, force)
+        except (FileExistsError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{bundle}  (copy this folder to the {kind}'s machine; use it as --curve-keys there)")
+
+    add.help = (f"Make a key pair for one more {kind} named NAME in FOLDER/NAME/ (with the broker's public key) "
+                f"and authorize it under FOLDER/authorized/{kind}s/.")
+
+
+for _kind in ("client", "worker", "admin"):
+    _add_key_command(_kind)
+
+
+def _client(address: str, curve_keys: str | None):
+    from runner.client import BrokerUnreachable, Client
+    from runner.keys import KeyFileError
+
+    try:
+        return Client(address, timeout=REACH_TIMEOUT, curve_keys=curve_keys)
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--curve-keys") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--connect") from None
 

@@ -23,9 +23,10 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner.connection import BrokerConnection
-from runner.errors import (BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, PayloadTooLargeError,
-                           exception_from_blob)
+from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone,
+                           PayloadTooLargeError, exception_from_blob)
 from runner.ids import JobIds
+from runner.keys import peer_identity
 from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
@@ -68,20 +69,30 @@ class Client:
     ``block`` decides what ``submit`` does when this client already has the broker's
     ``--max-pending`` unfinished jobs: raise ``runner.BackpressureError`` (False, the
     default) or wait until outcomes make room (True). ``map`` always waits.
+
+    ``curve_keys``: a key folder (``runner keys generate``); None: RUNNER_CURVE_KEYS when set;
+    "": none. The embedded cluster (no address) listens privately and takes no keys.
     """
 
     def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, name: str | None = None,
-                 block: bool = False) -> None:
+                 block: bool = False, curve_keys: str | None = None) -> None:
         self._cluster = None
         if address is None:  # an embedded cluster: its processes end with this one, or at close()
             from runner.local import LocalCluster
 
             self._cluster = LocalCluster()
             address = self._cluster.address
+        elif curve_keys is None:
+            curve_keys = os.environ.get("RUNNER_CURVE_KEYS") or None
         self.address = check_address(address)
         self.timeout = timeout
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
-        self.identity = b"c-" + uuid.uuid4().hex.encode()
+        curve = None
+        if curve_keys:
+            from runner.keys import CLIENT, load_peer_keys  # zmq.auth only when needed
+
+            curve = load_peer_keys(curve_keys, CLIENT)
+        self.identity = peer_identity(b"c-", curve and curve.public_text, uuid.uuid4().hex)
         self._job_ids = JobIds()
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
@@ -102,6 +113,7 @@ class Client:
         self.connection = BrokerConnection(
             self.loop, self.context, address, self.identity,
             hello=self._hello, on_message=self._on_message, on_welcome=self._on_welcome,
+            curve=curve, on_failure=self._on_auth_failure,
         )
         self._jobs_out = JobSender(self.loop, self.connection)
         self._acknowledger = Acknowledger(self.loop, self.connection)
@@ -111,10 +123,12 @@ class Client:
             if self._cluster is not None:
                 self._cluster.on_broker_exit(self._broker_ended)
             self.loop.call_soon_threadsafe(self.connection.start)
-            self.connection.answered.wait(timeout)
+            settled = self.connection.settled.wait(timeout)
+            if self.connection.failure is not None:
+                raise AuthenticationError(self.connection.failure)
             if self.connection.refusal is not None:
                 raise BrokerUnreachable(f"the broker at {address} refused this client: {self.connection.refusal}")
-            if not self.connection.registered.is_set():
+            if not settled:
                 raise BrokerUnreachable(
                     f"cannot reach the broker at {address} within {timeout:g}s: is `runner broker` running there? "
                     "(set the address with --connect or RUNNER_BROKER)"
@@ -433,6 +447,12 @@ class Client:
             if message_type == protocol.SYNC:  # a new dict: the caller's thread may still send the old one
                 pending[2] = request_body = {**request_body, "session": session}
             self.connection.send(message_type, request_body)
+
+    def _on_auth_failure(self, reason: str) -> None:
+        """The key was refused (or revoked): everything waiting fails now rather than at its timeout."""
+        if self._refusal is None:
+            self._refusal = lambda: AuthenticationError(reason)
+        self._fail_waiters(AuthenticationError(reason))
 
     def _on_message(self, message: protocol.Message) -> None:
         body = message.body

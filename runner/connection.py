@@ -9,20 +9,28 @@ restarted, or declared us dead). Runs on the owner's event loop thread; only
 Each hello carries ``session``, the count of hellos sent, and the welcome echoes it:
 a request stamped with the session it was sent in lets the broker drop a copy sent
 before the latest hello, which the owner sends again after that hello's welcome.
+
+When authentication fails (the handshake is refused, or the broker answers "denied")
+it stops for good: ``failure`` says why and ``settled`` is set, as it is at the first
+welcome, so the owner waits for whichever comes first.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 from loguru import logger
 
 from runner import protocol
+from runner.handshake import HandshakeJudge, HandshakeWatch
 from runner.loop import EventLoop, Timer
 from runner.transport import DealerLink, connect_dealer
+
+if TYPE_CHECKING:
+    from runner.keys import CurveKeys
 
 log = logger.bind(component="connection")
 
@@ -48,6 +56,8 @@ class BrokerConnection:
         heartbeat: float = 1.0,
         liveness: int = 3,
         say_waiting: bool = False,
+        curve: "CurveKeys | None" = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -56,8 +66,14 @@ class BrokerConnection:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.registered = threading.Event()  # set at the first welcome; other threads wait on it
-        self.answered = threading.Event()  # set at the first welcome or refusal
+        self.settled = threading.Event()  # set at the first welcome or refusal, or when authentication fails
         self.refusal: str | None = None  # why the broker refused our hello (it is full), until it welcomes us
+        self.failure: str | None = None  # why authentication failed, for good
+        self.curve = curve
+        self.key_description = (f"the key {curve.public_text} ({curve.source})" if curve
+                                else "no CURVE key")
+        self._on_failure = on_failure
+        self._watch: HandshakeWatch | None = None
         self._hello = hello
         self._on_message = on_message
         self._on_welcome = on_welcome
@@ -74,7 +90,12 @@ class BrokerConnection:
 
     def start(self) -> None:
         """Connect and say hello (on the loop thread)."""
-        self._link = DealerLink(self.loop, connect_dealer(self.context, self.address, self.identity), self._receive)
+        if self.failure is not None:
+            return
+        self._watch = HandshakeWatch(self.loop, HandshakeJudge(self.address, self.key_description, self.curve is not None),
+                                     self._fail)
+        socket = connect_dealer(self.context, self.address, self.identity, curve=self.curve, watch=self._watch.attach)
+        self._link = DealerLink(self.loop, socket, self._receive)
         self._say_hello()
         self._restart_heartbeats()
 
@@ -88,6 +109,8 @@ class BrokerConnection:
         """Say goodbye (so the broker acts now, not after heartbeats) and close."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._watch is not None:
+            self._watch.detach()
         if self._link is None:
             return
         if goodbye:
@@ -115,7 +138,9 @@ class BrokerConnection:
             if self.refusal is None:
                 log.warning("the broker at {} refused us: {}", self.address, message.body["message"])
             self.refusal = message.body["message"]
-            self.answered.set()
+            self.settled.set()
+        elif message.type == protocol.ERROR and message.body.get("code") == "denied":
+            self._fail(f"{message.body['message']} (this side used {self.key_description})")
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
             if not self._hello_waiting():
                 log.warning("the broker at {} does not know us ({}); registering again", self.address,
@@ -136,7 +161,7 @@ class BrokerConnection:
             self._on_welcome(body, self._welcomes > 1)
         self.refusal = None
         self.registered.set()
-        self.answered.set()
+        self.settled.set()
 
     def _restart_heartbeats(self) -> None:
         if self._timer is not None:
@@ -164,3 +189,14 @@ class BrokerConnection:
             self._waiting_logged_at = now
             log.info("waiting for the broker at {} ({:.0f}s so far): is it running there, and is the address right?",
                      self.address, waited)
+
+    def _fail(self, reason: str) -> None:
+        """Authentication failed: stop for good (retrying would fail the same way) and tell the owner."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        log.debug(reason)  # the owner reports it: the client raises it, the worker logs it and exits
+        self.close(goodbye=False)
+        self.settled.set()
+        if self._on_failure is not None:
+            self._on_failure(reason)

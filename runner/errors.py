@@ -12,6 +12,14 @@ class BrokerUnreachable(ConnectionError):
     """The broker did not answer in time."""
 
 
+class AuthenticationError(BrokerUnreachable):
+    """The broker refused this side's CURVE key, or this side has none and the broker wants one.
+
+    The message says which key was used. Raised by ``Client()``, and by every wait of a client
+    whose key is revoked while it runs.
+    """
+
+
 class ClientClosed(RuntimeError):
     """The client was closed before this job's outcome arrived."""
 

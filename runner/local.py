@@ -1,10 +1,11 @@
-"""An embedded cluster: a broker and workers as child processes of this one, on 127.0.0.1.
+"""An embedded cluster: a broker and workers as child processes of this one.
 
 What ``Client()`` with no address starts, and what ``runner local`` runs. The
-broker binds an ephemeral port and prints the address it got; the workers run
-their user's own code (``--allow-any-module``: any module except the standard
-library, dangerous packages and private modules, see workers/admission.py) and
-see this program's import path, so a script's own functions can be jobs.
+broker listens privately, on an ipc:// socket in a scratch folder only this user
+can enter (0700), and prints its address; the workers run their user's own code
+(``--allow-any-module``: any module except the standard library, dangerous packages
+and private modules, see workers/admission.py) and see this program's import path,
+so a script's own functions can be jobs.
 
 Lifetime: the children live as long as this process (whichever thread started
 them), and the workers as long as their broker too (lifetime.py). Ctrl-C is this
@@ -41,25 +42,28 @@ class LocalCluster:
     """
 
     def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
-                 bind: str = "tcp://127.0.0.1:*", queues: tuple[str, ...] = (), journal: str | None = None,
-                 log_level: str = "WARNING", heartbeat: float = 1.0, grace: float = CLOSE_GRACE) -> None:
+                 bind: str | None = None, queues: tuple[str, ...] = (), journal: str | None = None,
+                 log_level: str = "WARNING", heartbeat: float = 1.0, grace: float = CLOSE_GRACE,
+                 curve_keys: str | None = None) -> None:
+        """``bind`` None: the private ipc:// socket; ``curve_keys``: a key folder every process uses."""
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.processes: list[subprocess.Popen] = []
         self._log_level = log_level
         self._closing = False
-        # The broker removes its scratch folder when it ends, even when this process was killed.
-        self._scratch = Scratch() if journal is None else None
+        # Mode 0700, so the ipc:// socket in it is private. The broker removes it when it ends,
+        # even when this process was killed.
+        self._scratch = Scratch()
         self.journal = journal or os.path.join(self._scratch.path, "journal.db")
+        self.curve_keys = curve_keys
+        keys = ["--curve-keys", curve_keys] if curve_keys else []
         try:
-            broker_args = ["broker", "--bind", bind, "--journal", self.journal, "--heartbeat", str(heartbeat)]
-            if self._scratch is not None:
-                broker_args += ["--scratch", self._scratch.path]
-            self._broker = self._spawn(broker_args, stdout=subprocess.PIPE,
-                                       keep_fds=() if self._scratch is None else (self._scratch.lock_fd,))
+            broker_args = ["broker", "--bind", bind or f"ipc://{self._scratch.path}/broker", "--journal", self.journal,
+                           "--heartbeat", str(heartbeat), "--scratch", self._scratch.path, *keys]
+            self._broker = self._spawn(broker_args, stdout=subprocess.PIPE, keep_fds=(self._scratch.lock_fd,))
             self.address = read_address(self._broker, START_TIMEOUT)
             worker_args = ["worker", "--connect", self.address, "--allow-any-module", "--heartbeat", str(heartbeat),
-                           "--grace", str(grace), "--exit-with", str(self._broker.pid)]
+                           "--grace", str(grace), "--exit-with", str(self._broker.pid), *keys]
             if processes is not None:
                 worker_args += ["--processes", str(processes)]
             if threads is not None:
@@ -79,7 +83,7 @@ class LocalCluster:
         """A new Client connected to this cluster (the caller closes it)."""
         from runner.client import Client
 
-        return Client(self.address, **options)
+        return Client(self.address, **{"curve_keys": self.curve_keys or "", **options})  # "": none, whatever the env says
 
     def on_broker_exit(self, callback: Callable[[int, int], None]) -> None:
         """Call ``callback(pid, exit_status)`` from a daemon thread if the broker ends before ``close()``."""
@@ -101,8 +105,7 @@ class LocalCluster:
         _stop_together(self.processes[1:])
         _stop_together(self.processes[:1])
         self.processes.clear()
-        if self._scratch is not None:
-            self._scratch.remove()
+        self._scratch.remove()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -149,7 +152,7 @@ def read_line(process: subprocess.Popen, timeout: float) -> str:
 def read_address(broker: subprocess.Popen, timeout: float) -> str:
     """The address line a broker prints on stdout once it is bound and has restored its journal."""
     line = read_line(broker, timeout)
-    if not line.startswith("tcp://"):
+    if not line.startswith(("tcp://", "ipc://")):
         raise RuntimeError(f"the broker (pid {broker.pid}) exited ({broker.poll()}) without an address: {line!r}; "
                            "see its log above")
     return line
@@ -158,6 +161,7 @@ def read_address(broker: subprocess.Popen, timeout: float) -> str:
 def _child_environment() -> dict[str, str]:
     """This process's environment, with its import path so workers find its modules."""
     environment = dict(os.environ)
+    environment.pop("RUNNER_CURVE_KEYS", None)  # the cluster passes --curve-keys itself, or none
     paths = [path or os.getcwd() for path in sys.path if not path or os.path.isdir(path)]
     main = sys.modules.get("__main__")
     if getattr(main, "__file__", None):

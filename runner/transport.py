@@ -11,13 +11,16 @@ from __future__ import annotations
 import collections
 import re
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 from loguru import logger
 
 from runner import protocol
 from runner.loop import EventLoop
+
+if TYPE_CHECKING:
+    from runner.keys import CurveKeys
 
 log = logger.bind(component="transport")
 
@@ -42,13 +45,17 @@ def check_address(address: str) -> str:
 
 
 def bind_router(context: zmq.Context, address: str,
-                max_message_bytes: int = protocol.MAX_MESSAGE_BYTES) -> tuple[zmq.Socket, str]:
+                max_message_bytes: int = protocol.MAX_MESSAGE_BYTES,
+                secure: Callable[[zmq.Socket], None] | None = None) -> tuple[zmq.Socket, str]:
     """Bind the broker's ROUTER; return it with the address actually bound.
 
     ZeroMQ drops the connection of a peer that sends a message over ``max_message_bytes``
-    before any of it reaches the broker's memory.
+    before any of it reaches the broker's memory. ``secure`` sets the socket up as a CURVE
+    server before it binds (runner/broker/guard.py).
     """
     socket = context.socket(zmq.ROUTER)
+    if secure is not None:
+        secure(socket)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished peer raises, not vanishes
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its identity back
@@ -63,9 +70,19 @@ def bind_router(context: zmq.Context, address: str,
     return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def connect_dealer(context: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
-    """Connect a DEALER to the broker under ``identity``."""
+def connect_dealer(context: zmq.Context, address: str, identity: bytes, *, curve: "CurveKeys | None" = None,
+                   watch: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+    """Connect a DEALER to the broker under ``identity``, with ``curve`` keys if given.
+
+    ``watch`` is called before the connect (to attach a socket monitor that sees the handshake).
+    """
     socket = context.socket(zmq.DEALER)
+    if curve is not None:
+        socket.curve_serverkey = curve.server
+        socket.curve_publickey = curve.public
+        socket.curve_secretkey = curve.secret
+    if watch is not None:
+        watch(socket)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTING_ID, identity)
     socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
@@ -167,15 +184,18 @@ class RouterLink:
         on_frame: Callable[[bytes, bytes], None],
         on_unreachable: Callable[[bytes], None],
         on_invalid: Callable[[bytes, str], None] | None = None,
+        on_keyed_frame: Callable[[bytes, bytes, str], None] | None = None,
     ) -> None:
+        """``on_keyed_frame`` (CURVE on) replaces ``on_frame`` and gets each frame's User-Id too."""
         self.loop = loop
         self.socket = socket
         self._on_frame = on_frame
+        self._on_keyed_frame = on_keyed_frame
         self._on_unreachable = on_unreachable
         self._on_invalid = on_invalid or (lambda peer, problem: log.warning("{!r}: {}", peer, problem))
         self._outboxes: dict[bytes, collections.deque[bytes]] = {}
         self._retry_scheduled = False
-        loop.add_socket(socket, self._drain)
+        loop.add_socket(socket, self._drain if on_keyed_frame is None else self._drain_keyed)
 
     def send(self, peer: bytes, message_type: str, body: dict | None = None) -> None:
         """Send to ``peer``; if it is gone, report it through ``on_unreachable``."""
@@ -239,3 +259,16 @@ class RouterLink:
                 self._on_invalid(frames[0], f"dropped a message of {len(frames) - 1} frames: expected exactly one")
                 continue
             self._on_frame(frames[0], frames[1])
+
+    def _drain_keyed(self) -> None:
+        """As ``_drain``, with the key the CURVE handshake proved (only a zmq Frame carries it)."""
+        assert self._on_keyed_frame is not None
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._on_invalid(frames[0].bytes, f"dropped a message of {len(frames) - 1} frames: expected exactly one")
+                continue
+            self._on_keyed_frame(frames[0].bytes, frames[1].bytes, frames[1].get("User-Id"))

@@ -31,6 +31,7 @@ from runner.log import debug_job
 from runner import protocol
 from runner.connection import BrokerConnection
 from runner.errors import PayloadTooLargeError, TaskTimeoutError
+from runner.keys import WORKER, load_peer_keys, peer_identity
 from runner.loop import EventLoop, Timer
 from runner.transport import check_address
 from workers import execute
@@ -75,13 +76,18 @@ class Worker:
         name: str | None = None,
         max_jobs_per_child: int | None = None,
         max_memory_per_child: float | None = None,
+        curve_keys: str | None = None,
     ) -> None:
+        """``curve_keys``: a key folder with the broker's public key and this worker's pair."""
         self.address = check_address(connect)
         self.queues = list(queues) or ["default"]
         self.name = name or f"{socket_module.gethostname()}-{os.getpid()}"
         self.grace = grace
-        self.identity = b"w-" + uuid.uuid4().hex.encode()
+        curve = None if curve_keys is None else load_peer_keys(curve_keys, WORKER)
+        self.identity = peer_identity(b"w-", curve and curve.public_text, uuid.uuid4().hex)
         os.environ["RUNNER_BROKER"] = connect  # tasks' runner.get_client() connects here (pool children inherit it)
+        if curve_keys is not None:
+            os.environ["RUNNER_CURVE_KEYS"] = os.path.abspath(curve_keys)  # and with these keys
         recycler = None
         if max_jobs_per_child is not None or max_memory_per_child is not None:
             recycler = Recycler(max_jobs_per_child, max_memory_per_child)
@@ -93,6 +99,7 @@ class Worker:
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness, say_waiting=True,
+            curve=curve, on_failure=self._on_auth_failure,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
@@ -148,6 +155,11 @@ class Worker:
         if recycled != self._recycled_told:
             self._recycled_told = recycled
             self.connection.send(protocol.HEARTBEAT, {"recycled": recycled})
+
+    def _on_auth_failure(self, reason: str) -> None:
+        """The broker refused this worker's key (or it has none): retrying would not help; stop."""
+        log.error("{}; stopping", reason)
+        self.loop.stop()
 
     def _on_welcome(self, body: dict, again: bool) -> None:
         limits = body.get("limits", {})  # an older broker sends none

@@ -144,6 +144,14 @@ class JobBook:
         self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
         return True
 
+    def owner(self, job_id: str) -> bytes | None:
+        """The routing id of the client a job belongs to (its submitter, or who requeued it); None: unknown."""
+        held = self.scheduler.jobs.get(job_id)
+        if held is not None:
+            return held.client
+        stored = self.journal.get(job_id)
+        return None if stored is None else stored.client
+
     def acknowledge(self, job_ids: list[str], now: float) -> None:
         """The client has these outcomes; the TTL starts."""
         self.journal.delivered(job_ids, now)

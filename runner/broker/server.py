@@ -25,6 +25,7 @@ from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.limits import Limits, Offenders, SyncQuota
 from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
+from runner.broker.access import Access, Keyring, check_bind, key_of
 from runner.broker.scheduler import RUNNING, UnknownWorker
 from runner.broker.sync import EPOCH, PUT, Reply, SyncState
 from runner.loop import EventLoop, Timer
@@ -69,7 +70,12 @@ class Broker:
         liveness: int = DEFAULT_LIVENESS,
         result_ttl: float = DEFAULT_RESULT_TTL,
         limits: Limits | None = None,
+        curve_keys: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        """``curve_keys``: a key folder (runner/keys.py); CURVE on, only its authorized keys get in.
+        Without it, binding anything but a loopback or ipc address needs ``insecure``."""
+        warning = check_bind(bind, curve_keys is not None, insecure)
         self.id = uuid.uuid4().hex
         self.limits = limits or Limits()
         self.journal = Journal(journal)
@@ -82,11 +88,21 @@ class Broker:
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
-        router, self.address = bind_router(self.context, bind, self.limits.max_message_bytes)
-        self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable, self._on_invalid)
+        self.guard = None
+        if curve_keys is not None:
+            from runner.broker.guard import Guard
+
+            self.guard = Guard(self.loop, self.context, curve_keys, self._on_keys)
+        self.access = self.guard.access if self.guard else Access(None)
+        router, self.address = bind_router(self.context, bind, self.limits.max_message_bytes,
+                                           self.guard.secure if self.guard else None)
+        self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable, self._on_invalid,
+                               self._on_keyed_frame if self.guard else None)
         self._wire_limits = self.limits.wire()
         self.sync_quota = SyncQuota(self.limits.max_sync_objects)
         self.offenders = Offenders(self.limits.max_invalid_frames)
+        if warning:
+            log.warning(warning)
         self.liveness = Liveness(heartbeat, liveness)
         self.peers: dict[bytes, Peer] = {}
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
@@ -119,12 +135,15 @@ class Broker:
     def serve_forever(self) -> None:
         """Run the loop until ``stop()``, then commit the journal and close the socket."""
         durability = f"journal {self.journal.path}" if self.journal.durable else "journal in memory (not durable)"
-        log.info("broker {} listening on {}, {}", self.id[:8], self.address, durability)
+        security = f"CURVE keys {self.guard.folder}" if self.guard else "no CURVE"
+        log.info("broker {} listening on {}, {}, {}", self.id[:8], self.address, durability, security)
         try:
             self.loop.run()
         finally:
             self.journal.close()
             self.link.close()
+            if self.guard:
+                self.guard.close()
             self.context.term()
             self.loop.close()
             log.info("broker stopped")
@@ -132,6 +151,11 @@ class Broker:
     def stop(self) -> None:
         """Stop serving; safe from a signal handler or another thread."""
         self.loop.stop()
+
+    def reload_keys(self) -> None:
+        """Read the authorized keys again (SIGHUP); safe from a signal handler or another thread."""
+        if self.guard:
+            self.loop.call_soon_threadsafe(self.guard.reload)
 
     # --- incoming ---------------------------------------------------------------------
 
@@ -170,8 +194,31 @@ class Broker:
         if peer_id in self.peers:
             self._remove_peer(peer_id, "sent too many invalid frames")
 
+    def _on_keyed_frame(self, peer_id: bytes, frame: bytes, key: str) -> None:
+        """CURVE on: a frame counts only if its routing id carries the key it came with, still authorized."""
+        if self.access.frame_ok(peer_id, key):
+            self._on_frame(peer_id, frame)
+        else:
+            self._deny(peer_id, f"key {key} is not authorized (any more) or does not match this connection")
+
+    def _on_keys(self, keyring: Keyring) -> None:
+        """The authorized keys changed: peers whose key is gone (or lost its role) are shut out."""
+        for peer_id in self.access.reload(keyring, {peer.id: peer.role for peer in self.peers.values()}):
+            self._deny(peer_id, f"key {key_of(peer_id)} was revoked")
+
+    def _deny(self, peer_id: bytes, reason: str) -> None:
+        if peer_id in self.peers:
+            self._remove_peer(peer_id, reason)
+            log.warning("shut out peer {!r}: {}", peer_id, reason)
+        elif self.guard and self.guard.once(f"deny {key_of(peer_id)}"):
+            log.warning("refused peer {!r}: {} (logged once a minute a key)", peer_id, reason)
+        self._send_error(peer_id, f"authentication failed: {reason}", code="denied")
+
     def _on_hello(self, peer_id: bytes, message: protocol.Message) -> None:
         body = message.body
+        if body["role"] == "worker" and not self.access.may_work(peer_id):
+            self._deny(peer_id, f"key {key_of(peer_id)} may not register as a worker (not under authorized/workers)")
+            return
         if peer_id in self.peers:  # registering again is no loss: its runs are claimed in this hello
             self._remove_peer(peer_id, "said hello again", charged=False)
         elif len(self.peers) >= self.limits.max_peers:
@@ -213,6 +260,9 @@ class Broker:
         self._schedule_flush()
 
     def _on_cancel(self, client: bytes, message: protocol.Message) -> None:
+        if self.access.enabled and not self.access.may_touch(client, self.jobs.owner(message.body["id"])):
+            self._reply(client, message, {"result": "unknown"})
+            return
         result = self.jobs.cancel(message.body["id"], message.body.get("force", False), time.time())
         self._reply(client, message, {"result": result})
 
@@ -221,6 +271,9 @@ class Broker:
 
     def _on_fetch(self, client: bytes, message: protocol.Message) -> None:
         job_id = message.body["id"]
+        if self.access.enabled and not self.access.may_touch(client, self.jobs.owner(job_id)):  # as if unknown
+            self._reply(client, message, {"state": "unknown"})
+            return
         held = self.jobs.scheduler.jobs.get(job_id)
         stored = None if held else self.journal.get(job_id)
         if held is not None:
@@ -232,11 +285,13 @@ class Broker:
         self._reply(client, message, answer)
 
     def _on_requeue(self, client: bytes, message: protocol.Message) -> None:
-        self._reply(client, message, {"requeued": self.jobs.requeue(message.body["id"], client)})
+        job_id = message.body["id"]
+        allowed = not self.access.enabled or self.access.may_touch(client, self.jobs.owner(job_id))
+        self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client)})
 
     def _on_dead_letters(self, client: bytes, message: protocol.Message) -> None:
         jobs = [{"id": job.id, "task": job.task, "queue": job.queue, "attempts": job.attempts, "error": job.outcome}
-                for job in self.journal.dead_letters()]
+                for job in self.journal.dead_letters() if self.access.may_touch(client, job.client)]
         self._reply(client, message, {"jobs": jobs})
 
     def _on_credit(self, worker: bytes, message: protocol.Message) -> None:

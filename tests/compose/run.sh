@@ -7,8 +7,10 @@
 #    dockerd in the background and stop it (by its PID) at the end.
 # 2. A base image: python:3.11-slim when it is already on this machine, else a local one built
 #    with debootstrap (tests/compose/make_base_image.sh), cached by its tag. BASE_IMAGE overrides.
-# 3. Build, `up -d --scale worker=3`, wait for the broker's health; from the host, through the
-#    published loopback port: `runner status`, `runner submit --wait`, then
+# 3. Build, `up -d --scale worker=3` (the one-shot `keys` service makes the CURVE keys into
+#    their volume first), wait for the broker's health; from the host, through the published
+#    loopback port: a keyless `runner status` is refused ("authentication failed"); the client
+#    key is copied out of the volume, and with it: `runner status`, `runner submit --wait`, then
 #    tests/compose/check_cluster.py (300 jobs over at least 2 workers; a worker container killed
 #    while 200 jobs of 100 ms run, and all of them still complete; the journal on the named
 #    volume survives `restart broker`); the example producer; finally `down -v`.
@@ -231,6 +233,23 @@ timeout 30 docker exec "$BROKER" sh -c 'test -w /data && test -s /data/journal.d
 log "broker runs as uid $uid; /data is the volume ${PROJECT}_journal, writable, with journal.db"
 
 # --- 5. checks from the host -----------------------------------------------------------------
+# CURVE: without keys the broker lets nothing through, and says why within the timeout.
+rc=0
+within 30 env -u RUNNER_CURVE_KEYS "${RUNNER_CLI[@]}" status --connect "$ADDR" >"$WORK/keyless.txt" 2>&1 || rc=$?
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || { cat "$WORK/keyless.txt"; fail "a keyless runner status was not refused (exit $rc)"; }
+grep -q "authentication failed" "$WORK/keyless.txt" \
+    || { cat "$WORK/keyless.txt"; fail "a keyless runner status failed without saying authentication failed"; }
+log "a keyless runner status from the host: refused: $(grep -o 'authentication failed.*' "$WORK/keyless.txt" | head -n 1 | cut -c 1-160)"
+
+# The host's client key, copied out of the keys volume (as docs/docker.md shows).
+KEYS="$WORK/keys"
+mkdir -m 700 "$KEYS"
+within 60 "${COMPOSE[@]}" run --rm -T --no-deps --entrypoint tar keys -C /keys -c broker.key client.key client.key_secret \
+    </dev/null >"$WORK/keys.tar" 2>"$WORK/keys.err" || { cat "$WORK/keys.err"; fail "could not copy the client key out of the keys volume"; }
+tar -x -C "$KEYS" -f "$WORK/keys.tar" || fail "the client key archive from the keys volume is unreadable"
+export RUNNER_CURVE_KEYS="$KEYS"
+log "copied the client key out of the keys volume"
+
 within 30 "${RUNNER_CLI[@]}" status --connect "$ADDR" >"$WORK/status.txt" 2>&1 \
     || { cat "$WORK/status.txt"; fail "runner status --connect $ADDR failed from the host"; }
 log "runner status from the host: ok"
