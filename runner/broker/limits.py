@@ -68,7 +68,8 @@ class ClientQuota:
         return self.max_pending - self.held.get(client, 0)
 
     def add(self, client: bytes, count: int = 1) -> None:
-        self.held[client] = self.held.get(client, 0) + count
+        if count:  # a batch with nothing new leaves no empty entry behind
+            self.held[client] = self.held.get(client, 0) + count
 
     def remove(self, client: bytes) -> None:
         held = self.held.get(client, 0) - 1
