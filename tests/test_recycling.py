@@ -13,6 +13,7 @@ import runner
 from cluster import ROOT, environment, wait_until
 from runner import protocol
 from workers import execute
+from workers.admission import Admission
 from workers.backlog import Backlog
 from workers.pools import LEAVE_GRACE
 from workers.recycling import Recycler
@@ -85,9 +86,9 @@ def test_the_recycled_count_travels_in_heartbeats_and_is_checked():
 @pytest.fixture
 def any_module_allowed():
     """Let this process run any task in-process, as a pool child would; restore the allowlist after."""
-    execute.configure(None)
+    execute.configure(Admission(("recycle_tasks",)))
     yield
-    execute.configure(frozenset())
+    execute.configure(Admission())
 
 
 def test_a_job_that_grows_a_child_past_the_limit_is_the_last_of_its_group(any_module_allowed):
