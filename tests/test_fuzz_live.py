@@ -6,45 +6,95 @@ changed; bytes flipped or cut; extra frames). At least 20,000 go to each target.
 The properties checked afterwards: the target still serves normal jobs, every job
 accepted before the fuzzing completed, and the broker's RSS grew less than 50 MB.
 
-``transport`` is the fixture parameter for how the sockets are secured: only "off"
-(plain TCP) exists in this tree; a CURVE variant adds its parameter there and sets
-the fuzzing sockets' keys in ``fuzz_socket``.
+``transport`` runs each test twice: CURVE "off" (plain TCP) and "on" (every process keyed
+from one folder made by runner/keys.py). With CURVE on, the fuzzing socket at the broker is
+an authorized worker key whose routing id carries that key, so its frames pass the handshake
+and the per-frame key check and reach the broker's logic; the fake broker a worker's link
+is fuzzed from is a CURVE server with the broker's key. Peers without an authorized key
+fuzz the CURVE broker too, and must get nothing done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket as tcp
 import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zmq.utils.monitor import recv_monitor_message
 
-import runner
 import tasks
 from cluster import wait_until
-from runner import protocol
+from runner import keys, protocol
+from runner.handshake import EVENTS, HandshakeJudge
 
 DRAWN, VARIANTS = 5, 4  # messages Hypothesis draws per example, and further mutations sent of each
 EXAMPLES = 800  # 800 * 5 * (1 + 4) = 20,000 frames a target
 RSS_GROWTH_LIMIT_KIB = 50 * 1024
 BEFORE_JOBS = 100
+UNAUTHORIZED_EXAMPLES = 20  # 20 * 5 * (1 + 4) = 500 frames from each peer without an authorized key
 FUZZ_QUEUE = "fuzzq"  # fuzzed jobs go here; the jobs checked afterwards use another queue
 
 
-@pytest.fixture(params=["off"])
-def transport(request) -> str:
-    """How the fuzzing sockets connect: "off" is plain TCP (see the module docstring)."""
-    return request.param
+@dataclass(frozen=True)
+class Transport:
+    """How every process and fuzzing socket of a test connects: CURVE keys from ``folder``, or none."""
+
+    folder: Path | None
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """What a broker or worker is started with."""
+        return ("--curve-keys", str(self.folder)) if self.folder else ()
+
+    @property
+    def client_options(self) -> dict:
+        return {"curve_keys": str(self.folder)} if self.folder else {}
 
 
-def fuzz_socket(context: zmq.Context, kind: int, transport: str) -> zmq.Socket:
-    assert transport == "off"
+@pytest.fixture(params=["off", "on"])
+def transport(request, tmp_path) -> Transport:
+    """CURVE off, or on with a fresh key folder holding one more worker key, "fuzzer", for the fuzzing socket."""
+    if request.param == "off":
+        return Transport(None)
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    keys.add(folder, "worker", "fuzzer")
+    return Transport(folder)
+
+
+def plain_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, 0)
+    return socket
+
+
+def fuzzing_peer(context: zmq.Context, transport: Transport) -> zmq.Socket:
+    """A DEALER for fuzzing a broker; with CURVE, an authorized worker key whose frames the broker takes."""
+    socket = plain_socket(context, zmq.DEALER)
+    if transport.folder:
+        curve = keys.load_peer_keys(transport.folder / "fuzzer", "worker")
+        socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = curve.server, curve.public, curve.secret
+        socket.setsockopt(zmq.ROUTING_ID, keys.peer_identity(b"w-", curve.public_text, uuid.uuid4().hex))
+    return socket
+
+
+def fake_broker_socket(context: zmq.Context, transport: Transport) -> zmq.Socket:
+    """A ROUTER for fuzzing a worker's link; with CURVE, a server with the broker's key (no ZAP: any peer gets in)."""
+    socket = plain_socket(context, zmq.ROUTER)
+    if transport.folder:
+        socket.curve_secretkey = keys.load_broker_keys(transport.folder)[1]
+        socket.curve_server = True
     return socket
 
 
@@ -164,15 +214,18 @@ def variant(frames: list[bytes], rng: random.Random) -> list[bytes]:
     return [frame, frame]  # the same message twice, as two frames of one
 
 
-def fuzz(socket: zmq.Socket, templates: st.SearchStrategy[tuple[str, dict]]) -> int:
-    """Send EXAMPLES * DRAWN * (1 + VARIANTS) messages on ``socket``; return how many were sent.
+def fuzz(socket: zmq.Socket, templates: st.SearchStrategy[tuple[str, dict]],
+         examples: int = EXAMPLES) -> tuple[int, Counter]:
+    """Send ``examples`` * DRAWN * (1 + VARIANTS) messages on ``socket``; return how many were sent
+    and the replies, by type (an error by its code: "error:invalid").
 
     Each example draws DRAWN messages and sends each with VARIANTS cheap mutations of it,
     so Hypothesis's generation (about a millisecond a message here) stays a fraction of the run.
     """
     sent = [0]
+    replies: Counter = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(st.lists(mutated(templates), min_size=DRAWN, max_size=DRAWN), st.randoms(use_true_random=False))
     def send(drawn: list[list[bytes]], rng: random.Random) -> None:
@@ -182,10 +235,18 @@ def fuzz(socket: zmq.Socket, templates: st.SearchStrategy[tuple[str, dict]]) -> 
                 socket.send_multipart(variant(frames, rng))
             sent[0] += 1 + VARIANTS
         while socket.poll(0):
-            socket.recv_multipart()
+            replies[reply_kind(socket.recv_multipart()[-1])] += 1
 
     send()
-    return sent[0]
+    return sent[0], replies
+
+
+def reply_kind(frame: bytes) -> str:
+    try:
+        message = protocol.decode(frame)
+    except protocol.ProtocolError:
+        return "undecodable"
+    return f"error:{message.body.get('code')}" if message.type == protocol.ERROR else message.type
 
 
 def rss_kib(pid: int) -> int:
@@ -198,9 +259,10 @@ def rss_kib(pid: int) -> int:
 
 def test_fuzzed_frames_at_a_live_broker(processes, client_factory, transport):
     broker, address = processes.broker("--heartbeat", "0.2", "--max-invalid-frames", "1000000",
-                                       "--journal", ":memory:", log_level="CRITICAL")
-    processes.worker(address, "--processes", "1", "--threads", "4", "--queue", "checked", "--heartbeat", "0.2")
-    client = client_factory(address)
+                                       "--journal", ":memory:", *transport.arguments, log_level="CRITICAL")
+    processes.worker(address, "--processes", "1", "--threads", "4", "--queue", "checked", "--heartbeat", "0.2",
+                     *transport.arguments)
+    client = client_factory(address, **transport.client_options)
     client.wait_for_workers(1, timeout=30)
     before = [client.submit(tasks.sleep_then, 0.01, index, pool="thread", queue="checked", max_attempts=1000)
               for index in range(BEFORE_JOBS)]
@@ -208,14 +270,17 @@ def test_fuzzed_frames_at_a_live_broker(processes, client_factory, transport):
 
     context = zmq.Context()
     try:
-        socket = fuzz_socket(context, zmq.DEALER, transport)
+        socket = fuzzing_peer(context, transport)
         socket.connect(address)
-        sent = fuzz(socket, peer_templates())
+        sent, replies = fuzz(socket, peer_templates())
         socket.close()
     finally:
         context.term()
 
     assert sent >= 20_000
+    # The frames reached the broker's logic: fuzzed hellos were welcomed, nothing was refused for its key.
+    assert replies[protocol.WELCOME] > 0 and replies["error:invalid"] > 0, replies
+    assert replies["error:denied"] == 0, replies
     assert [future.result(timeout=60) for future in before] == list(range(BEFORE_JOBS))
     assert client.submit(tasks.add, 2, 3, queue="checked").result(timeout=30) == 5
     assert client.submit(tasks.add, 2, 3, pool="thread", queue="checked").result(timeout=30) == 5
@@ -226,17 +291,96 @@ def test_fuzzed_frames_at_a_live_broker(processes, client_factory, transport):
     assert [worker["queues"] for worker in status["workers"]] == [["checked"]]  # the fuzzing 'worker' is gone
 
 
+class Unheard:
+    """A DEALER whose handshake is failing: ZeroMQ may have dropped its only pipe, and a send would block
+    for ever, so a send that cannot be queued is skipped (it could not have reached the broker either)."""
+
+    def __init__(self, socket: zmq.Socket) -> None:
+        self.socket = socket
+        self.poll, self.recv_multipart = socket.poll, socket.recv_multipart
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(zmq.Again):
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+
+
+def test_fuzzers_without_an_authorized_key_get_nothing_done(processes, client_factory, tmp_path):
+    """CURVE on: peers with no key, an unknown key, or another broker's key, and raw TCP noise, change nothing."""
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    keys.add(folder, "admin", "root")
+    broker, address = processes.broker("--heartbeat", "0.2", "--journal", ":memory:", "--curve-keys", str(folder),
+                                       log_level="CRITICAL")
+    processes.worker(address, "--processes", "1", "--threads", "2", "--queue", "checked", "--heartbeat", "0.2",
+                     "--curve-keys", str(folder))
+    client = client_factory(address, curve_keys=str(folder))
+    client.wait_for_workers(1, timeout=30)
+    good = keys.load_peer_keys(folder, "worker")
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    peers = {  # what: (server key, own pair or None, the key its routing id claims)
+        "no key": (None, None, good.public_text),  # and a routing id forging an authorized worker's key
+        "an unknown key": (good.server, (stranger_public, stranger_secret), stranger_public.decode()),
+        "another broker's key": (zmq.curve_keypair()[0], (good.public, good.secret), good.public_text),
+    }
+    job_ids = [f"intruder-{index}" for index in range(len(peers))]
+    context = zmq.Context()
+    try:
+        judged = {}
+        for (what, (server, pair, claimed)), job_id in zip(peers.items(), job_ids):
+            socket = plain_socket(context, zmq.DEALER)
+            if server is not None:
+                socket.curve_serverkey, (socket.curve_publickey, socket.curve_secretkey) = server, pair
+            socket.setsockopt(zmq.ROUTING_ID, keys.peer_identity(b"w-", claimed, uuid.uuid4().hex))
+            monitor = socket.get_monitor_socket(EVENTS)
+            socket.connect(address)
+            hello = {"role": "worker", "name": "intruder", "pid": 1, "host": "h", "slots": {"thread": 2},
+                     "queues": ["checked"]}
+            row = [job_id, "tasks:add", "thread", "checked", 0, protocol.pack([[1, 2], {}]), {}]
+            socket.send_multipart([protocol.encode(protocol.HELLO, hello)])
+            socket.send_multipart([protocol.encode(protocol.SUBMIT, {"jobs": [row]})])
+            sent, replies = fuzz(Unheard(socket), peer_templates(), examples=UNAUTHORIZED_EXAMPLES)
+            assert sent >= 500 and not replies, f"{what}: {replies}"
+            judged[what] = (socket, monitor, HandshakeJudge(address, what, server is not None))
+        host, port = address[len("tcp://"):].rsplit(":", 1)
+        with tcp.create_connection((host, int(port)), timeout=10) as raw, contextlib.suppress(OSError):
+            raw.sendall(random.Random(15).randbytes(256 * 1024))  # not even ZMTP: the broker may hang up mid-way
+
+        failures: dict[str, str] = {}
+
+        def all_refused() -> bool:
+            for what, (_, monitor, judge) in judged.items():
+                while what not in failures and monitor.poll(0):
+                    event = recv_monitor_message(monitor)
+                    failure = judge.event(event["event"], event["value"])
+                    if failure is not None:
+                        failures[what] = failure
+            return len(failures) == len(judged)
+
+        wait_until(all_refused, timeout=30, message="every unauthorized peer's handshake refused")
+        assert all("authentication failed" in failure for failure in failures.values()), failures
+        for what, (socket, _, _) in judged.items():
+            assert socket.poll(0) == 0, f"{what} got an answer"
+    finally:
+        context.destroy(linger=0)
+
+    admin = client_factory(address, curve_keys=str(folder / "root"))
+    assert [admin.fetch(job_id)["state"] for job_id in job_ids] == ["unknown"] * len(job_ids)
+    assert [worker["queues"] for worker in admin.status()["workers"]] == [["checked"]]
+    assert client.submit(tasks.add, 2, 3, queue="checked").result(timeout=30) == 5
+    assert broker.poll() is None
+
+
 # --- a worker's link -------------------------------------------------------------------------------
 
 
 def test_fuzzed_frames_at_a_live_workers_link(processes, transport):
     context = zmq.Context()
     try:
-        fake_broker = fuzz_socket(context, zmq.ROUTER, transport)
+        fake_broker = fake_broker_socket(context, transport)
         fake_broker.bind("tcp://127.0.0.1:*")
         address = fake_broker.getsockopt_string(zmq.LAST_ENDPOINT)
         worker = processes.worker(address, "--processes", "1", "--threads", "2", "--heartbeat", "0.2",
-                                  "--queue", FUZZ_QUEUE, "--log-level", "CRITICAL")
+                                  "--queue", FUZZ_QUEUE, "--log-level", "CRITICAL", *transport.arguments)
         identity = welcome_worker(fake_broker)
 
         class Peer:  # a DEALER-shaped view of the ROUTER: every frame goes to the worker
@@ -246,8 +390,9 @@ def test_fuzzed_frames_at_a_live_workers_link(processes, transport):
 
             poll, recv_multipart = fake_broker.poll, fake_broker.recv_multipart
 
-        sent = fuzz(Peer, broker_templates())
+        sent, replies = fuzz(Peer, broker_templates())
         assert sent >= 20_000
+        assert replies[protocol.RESULTS] > 0, replies  # the fuzzed frames reached the worker: it ran some jobs
         assert worker.poll() is None, "the worker died of fuzzed frames"
         # Afterwards it still runs jobs it is sent (within its credit: one a pool at a time) and answers each.
         for index in range(5):
