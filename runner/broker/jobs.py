@@ -108,9 +108,10 @@ class JobBook:
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
-        self.quota.add(client, len(fresh))
-        if fresh and self.journal.add_jobs(fresh) < len(fresh):
-            self._answer_reused_ids(client, [row[0] for row in fresh])
+        if fresh:  # a batch of resends and refusals only must leave no empty entry behind
+            self.quota.add(client, len(fresh))
+            if self.journal.add_jobs(fresh) < len(fresh):
+                self._answer_reused_ids(client, [row[0] for row in fresh])
 
     def _move(self, job: Job, client: bytes) -> None:
         """A held job resubmitted under another identity: its outcome goes there now."""
@@ -301,10 +302,10 @@ class JobBook:
 
     def release_due(self, now: float) -> None:
         """Retries whose backoff has passed go back to their queues."""
+        # Every entry is a job still deferred: cancel takes its job out of the heap, and nothing
+        # else moves a deferred job (it is neither waiting nor leased).
         while self._deferred and self._deferred[0][0] <= now:
-            _, _, job = heapq.heappop(self._deferred)
-            if job.state == DEFERRED:
-                self.scheduler.requeue(job)
+            self.scheduler.requeue(heapq.heappop(self._deferred)[2])
 
     def next_due(self) -> float | None:
         return self._deferred[0][0] if self._deferred else None
