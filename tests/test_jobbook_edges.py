@@ -261,6 +261,25 @@ def test_a_worker_loss_that_is_not_charged_costs_its_jobs_no_attempt(broker):
     assert (driven.journal.get("x").state, driven.journal.get("x").attempts) == (states.DEAD, 1)
 
 
+def test_a_run_kept_after_its_worker_was_declared_dead_stays_counted_when_the_worker_says_hello_again(broker):
+    driven = broker()
+    driven.book.submit(A, [row("x", options={"max_attempts": 2})], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1)]}
+    driven.book.worker_lost(b"w", 2.0)  # missed its heartbeats: attempt 1 is spent
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [["x", 1]], 3.0)  # it was only frozen: kept
+    assert driven.turn().stop_jobs == {} and driven.book.scheduler.jobs["x"].state == RUNNING
+    driven.book.worker_lost(b"w", 4.0, charged=False)  # it says hello again, without the run
+    job = driven.book.scheduler.jobs["x"]
+    assert (job.state, job.attempt, driven.journal.get("x").attempts) == (PENDING, 1, 1), \
+        "attempt 1 ran: registering again gives back no attempt its earlier loss spent"
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 4.0)
+    assert driven.leases() == {b"w": [("x", 2)]}
+    driven.book.worker_lost(b"w", 5.0)  # its second and last attempt is lost too
+    [outcome] = driven.turn().outcomes[A]
+    assert refusal(outcome)["type"] == "WorkerLostError", "max_attempts=2 allows two runs, not three"
+
+
 @pytest.mark.parametrize("error", [b"\xc1", protocol.pack("boom"), protocol.pack([1, 2])],
                          ids=["not msgpack", "a string", "a list"])
 def test_a_failure_whose_error_cannot_be_read_is_delivered_as_sent(broker, error):

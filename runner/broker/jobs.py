@@ -215,14 +215,15 @@ class JobBook:
     def worker_lost(self, worker: bytes, now: float, charged: bool = True) -> None:
         """The worker died or left: its leased jobs run again, or are dead after too many losses.
 
-        ``charged`` False (the worker only registered again) costs the jobs no attempt.
+        ``charged`` False (the worker only registered again) costs the jobs no attempt: each
+        waits with the attempts the journal has spent, as a restart would find it. (Not one
+        less than its lease's: a run kept after a charged loss was leased at the attempt spent.)
         """
         self._draining.discard(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
             if not charged:
-                job.attempt -= 1
+                job.attempt = self.journal.attempts(job.id)
                 self.scheduler.requeue(job, front=True)
-                self.journal.set_attempts(job.id, job.attempt)
             elif may_run_again_after_worker_loss(job.rules, job.attempt):
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
                 self.scheduler.requeue(job, front=True)
