@@ -4,7 +4,8 @@ The model in test_jobbook_model.py explores the common paths at random; these pi
 what a user relies on at the edges: jobs refused by the broker's limits, ids sent again
 (resent after a crash, reused beside new ones), who owns a job, acknowledged outcomes
 expiring, a retry cancelled during its backoff, credit of a draining worker, a worker
-loss that costs no attempt, and a failure whose error cannot be read.
+loss that costs no attempt, and a failure whose error cannot be read. At the end, the
+model of test_jobbook_model.py with one more event: a worker saying hello again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
+from test_jobbook_model import BOOK_SETTINGS, PICK, JobBookMachine, SimWorker, pick, step
 
 from runner import protocol
 from runner.broker import journal as states
@@ -316,3 +320,57 @@ def test_a_running_job_is_cancelled_only_by_force_and_its_late_result_is_ignored
     driven.book.results(b"w", [["x", 1, protocol.OK, OK]], 3.0)  # the run finished before the stop arrived
     assert driven.turn().outcomes == {}, "a cancelled job gets one outcome, not a late second one"
     assert driven.journal.get("x").state == states.CANCELLED and driven.book.cancel("x", True, 4.0) == "finished"
+
+
+# --- the model, with workers that say hello again while registered ------------------------------------------
+
+
+class HelloAgainMachine(JobBookMachine):
+    """test_jobbook_model's machine plus the server's uncharged loss: a registered worker says hello
+    again (it reconnected, or restarted and forgot its runs), so its leases end and it claims anew.
+
+    The expectation is the model's own, not the journal's: each job leased to the worker waits
+    again with the attempts spent before its lease; that is one less than a dispatched lease's
+    attempt, and exactly an adopted lease's attempt when the claimed run was already charged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spent_before_lease: dict[str, int] = {}
+
+    def _deliver_leases(self, worker: SimWorker, leased) -> None:
+        super()._deliver_leases(worker, leased)
+        for job in leased:
+            self.spent_before_lease[job.id] = job.attempt - 1
+
+    def _join(self, worker: SimWorker) -> None:
+        waiting = {job_id: job.attempt for job_id, job in self.book.scheduler.jobs.items() if job.state == PENDING}
+        super()._join(worker)
+        for job_id, (holder, _) in self.lease_of.items():
+            if holder == worker.id and job_id in waiting:  # adopted: its spent attempts are the waiting job's
+                self.spent_before_lease[job_id] = waiting[job_id]
+
+    @precondition(lambda self: self._registered())
+    @rule(index=PICK, forgot=st.booleans())
+    @step
+    def hello_again(self, index, forgot):
+        """A registered worker says hello again. (The adopted case takes a loss, a claim and this
+        in a row, which random runs rarely reach: the scenario test above pins it down.)"""
+        worker = pick(self._registered(), index)
+        if worker.id in self.book.outbox.stop_jobs:
+            self._turn()  # its earlier hello was answered in a turn of its own
+        leased = {job_id: job.attempt for job_id, job in self.book.scheduler.workers[worker.id].leased.items()}
+        self.book.worker_lost(worker.id, self.now, charged=False)
+        for job_id, attempt in leased.items():
+            assert self.lease_of.pop(job_id) == (worker.id, attempt)
+            job = self.book.scheduler.jobs[job_id]
+            assert (job.state, job.attempt) == (PENDING, self.spent_before_lease[job_id]), \
+                f"{job} leased at attempt {attempt} came back charged wrongly"
+            self.may_drop.add(job_id)
+        if forgot:
+            worker.runs.clear()  # it restarted: those runs are gone and never report
+        self._join(worker)
+
+
+TestHelloAgain = HelloAgainMachine.TestCase
+TestHelloAgain.settings = BOOK_SETTINGS
