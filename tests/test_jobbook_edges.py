@@ -29,8 +29,8 @@ OK = protocol.pack("ok")
 ERROR = protocol.pack({"type": "ValueError", "module": "builtins", "message": "boom"})
 
 
-def row(job_id: str, payload: bytes = b"\x90", options: dict | None = None, queue: str = "default") -> list:
-    return [job_id, "tasks:add", "thread", queue, 0, payload, options or {}]
+def row(job_id: str, payload: bytes = b"\x90", options: dict | None = None) -> list:
+    return [job_id, "tasks:add", "thread", "default", 0, payload, options or {}]
 
 
 class Broker:
