@@ -108,9 +108,10 @@ class JobBook:
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
             self.outbox.accepted[client].append(job_id)
-        self.quota.add(client, len(fresh))
-        if fresh and self.journal.add_jobs(fresh) < len(fresh):
-            self._answer_reused_ids(client, [row[0] for row in fresh])
+        if fresh:  # a batch of resends and refusals only must leave no empty entry behind
+            self.quota.add(client, len(fresh))
+            if self.journal.add_jobs(fresh) < len(fresh):
+                self._answer_reused_ids(client, [row[0] for row in fresh])
 
     def _move(self, job: Job, client: bytes) -> None:
         """A held job resubmitted under another identity: its outcome goes there now."""
@@ -214,14 +215,15 @@ class JobBook:
     def worker_lost(self, worker: bytes, now: float, charged: bool = True) -> None:
         """The worker died or left: its leased jobs run again, or are dead after too many losses.
 
-        ``charged`` False (the worker only registered again) costs the jobs no attempt.
+        ``charged`` False (the worker only registered again) costs the jobs no attempt: each
+        waits with the attempts the journal has spent, as a restart would find it. (Not one
+        less than its lease's: a run kept after a charged loss was leased at the attempt spent.)
         """
         self._draining.discard(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
             if not charged:
-                job.attempt -= 1
+                job.attempt = self.journal.attempts(job.id)
                 self.scheduler.requeue(job, front=True)
-                self.journal.set_attempts(job.id, job.attempt)
             elif may_run_again_after_worker_loss(job.rules, job.attempt):
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
                 self.scheduler.requeue(job, front=True)
@@ -301,10 +303,10 @@ class JobBook:
 
     def release_due(self, now: float) -> None:
         """Retries whose backoff has passed go back to their queues."""
+        # Every entry is a job still deferred: cancel takes its job out of the heap, and nothing
+        # else moves a deferred job (it is neither waiting nor leased).
         while self._deferred and self._deferred[0][0] <= now:
-            _, _, job = heapq.heappop(self._deferred)
-            if job.state == DEFERRED:
-                self.scheduler.requeue(job)
+            self.scheduler.requeue(heapq.heappop(self._deferred)[2])
 
     def next_due(self) -> float | None:
         return self._deferred[0][0] if self._deferred else None

@@ -253,6 +253,10 @@ class Journal:
             (PENDING,),
         )
 
+    def attempts(self, job_id: str) -> int:
+        """Attempts journaled as spent on an unfinished job: what a restart would give it."""
+        return self._db.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+
     def get(self, job_id: str) -> StoredJob | None:
         self._write_finished()
         row = self._db.execute(
