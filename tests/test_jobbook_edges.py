@@ -36,11 +36,11 @@ def row(job_id: str, payload: bytes = b"\x90", options: dict | None = None) -> l
 class Broker:
     """A JobBook driven as the server drives it: events, then the turn's outbox and a commit."""
 
-    def __init__(self, path: str, limits: Limits | None = None) -> None:
+    def __init__(self, path: str, limits: Limits | None = None, same_owner=None) -> None:
         self.path = path
         self.limits = limits
         self.journal = Journal(path)
-        self.book = JobBook(self.journal, rng=random.Random(3), limits=limits)
+        self.book = JobBook(self.journal, rng=random.Random(3), limits=limits, same_owner=same_owner)
 
     def turn(self):
         outbox = self.book.take_outbox()
@@ -73,8 +73,8 @@ class Broker:
 def broker(tmp_path):
     made = []
 
-    def make(limits: Limits | None = None) -> Broker:
-        made.append(Broker(str(tmp_path / "journal.db"), limits))
+    def make(limits: Limits | None = None, same_owner=None) -> Broker:
+        made.append(Broker(str(tmp_path / "journal.db"), limits, same_owner))
         return made[-1]
 
     yield make
@@ -140,6 +140,30 @@ def test_a_resent_id_of_a_finished_job_is_answered_from_the_journal_and_leaves_n
     assert outbox.accepted[B] == ["x"] and outbox.outcomes[B] == [["x", protocol.OK, OK]]
     assert outbox.leases == [] and "x" not in driven.book.scheduler.jobs, "a finished job is not run again"
     assert driven.book.quota.held == {}, "a client that only resent finished jobs must leave no entry behind"
+
+
+def same_key(peer: bytes, owner: bytes) -> bool:
+    """As Access.same_owner with CURVE on: routing ids of one key share their first 8 bytes here."""
+    return peer[:8] == owner[:8]
+
+
+def test_another_keys_client_cannot_take_a_held_or_finished_job_by_resending_its_id(broker):
+    driven = broker(same_owner=same_key)
+    mallory = b"mallory-1"
+    driven.book.submit(A, [row("done")], False, 1.0)
+    driven.run_to_the_end("done")
+    driven.book.submit(A, [row("held")], False, 2.5)  # no worker left: it stays pending
+    driven.turn()
+    driven.book.submit(mallory, [row("held"), row("done")], True, 3.0)
+    driven.book.submit(mallory, [row("done")], False, 3.0)  # reused without resend: the journal's other path
+    outcomes = driven.turn().outcomes
+    assert [(job_id, status) for job_id, status, _ in outcomes[mallory]] == [
+        ("held", protocol.FAILED), ("done", protocol.FAILED), ("done", protocol.FAILED)]
+    assert all(b"taken by another client" in blob for _, _, blob in outcomes[mallory]), "no outcome of A's"
+    assert A not in outcomes
+    assert driven.book.owner("held") == A and driven.book.quota.held == {A: 1}, "the held job stays A's"
+    driven.book.submit(b"client-a-2", [row("held")], True, 4.0)  # A again, under a new routing id: allowed
+    assert driven.book.owner("held") == b"client-a-2"
 
 
 def test_a_resent_id_the_broker_never_committed_is_accepted_and_run_once(broker):

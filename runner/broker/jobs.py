@@ -21,6 +21,7 @@ import itertools
 import random
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from loguru import logger
 
@@ -51,8 +52,12 @@ class Outbox:
 class JobBook:
     """Every job the broker holds, and every decision about it."""
 
-    def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None,
+                 same_owner: Callable[[bytes, bytes], bool] | None = None) -> None:
+        """``same_owner(peer, owner)``: may ``peer`` take over a job id ``owner`` submitted (CURVE on:
+        only under the same key)? None: anybody may (no keys, every peer is an admin)."""
         self.journal = journal
+        self.same_owner = same_owner
         self.limits = limits or Limits()
         self.quota = ClientQuota(self.limits.max_pending)
         self.scheduler = Scheduler()
@@ -93,7 +98,11 @@ class JobBook:
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
-                self._move(self.scheduler.jobs[job_id], client)
+                held = self.scheduler.jobs[job_id]
+                if not self._may_take(client, held.client):
+                    self._refuse_taken(client, job_id)
+                    continue
+                self._move(held, client)
             elif resend and self._answer_from_journal(client, job_id):
                 pass
             elif room <= 0 or len(payload) > max_payload:
@@ -112,6 +121,17 @@ class JobBook:
             self.quota.add(client, len(fresh))
             if self.journal.add_jobs(fresh) < len(fresh):
                 self._answer_reused_ids(client, [row[0] for row in fresh])
+
+    def _may_take(self, client: bytes, owner: bytes) -> bool:
+        return self.same_owner is None or client == owner or self.same_owner(client, owner)
+
+    def _refuse_taken(self, client: bytes, job_id: str) -> None:
+        """Another key's job id: neither its outcome nor the job goes to this client."""
+        log.bind(job=job_id).warning("refused a submit of job id {} from {!r}: another key submitted it", job_id,
+                                     client)
+        error = ValueError(f"job id {job_id!r} is taken by another client; job ids must be unique "
+                           "(runner.Client makes 128-bit random ones)")
+        self.outbox.outcomes[client].append([job_id, protocol.FAILED, error_blob(error)])
 
     def _move(self, job: Job, client: bytes) -> None:
         """A held job resubmitted under another identity: its outcome goes there now."""
@@ -134,6 +154,9 @@ class JobBook:
             stored = self.journal.get(job_id)
             if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
                 self.quota.remove(client)
+                if not self._may_take(client, stored.client):
+                    self._refuse_taken(client, job_id)
+                    continue
                 log.bind(job=job_id).warning("job id {} was submitted again after it finished: "
                                              "answered with its stored outcome, not run again", job_id)
                 self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
@@ -142,6 +165,9 @@ class JobBook:
         stored = self.journal.get(job_id)
         if stored is None or stored.state not in states.FINAL_STATES:
             return False
+        if not self._may_take(client, stored.client):
+            self._refuse_taken(client, job_id)
+            return True
         self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
         return True
 

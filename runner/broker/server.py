@@ -79,7 +79,8 @@ class Broker:
         self.id = uuid.uuid4().hex
         self.limits = limits or Limits()
         self.journal = Journal(journal)
-        self.jobs = JobBook(self.journal, limits=self.limits)
+        same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
+        self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner)
         restored = self.jobs.restore()
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
