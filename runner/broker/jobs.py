@@ -130,7 +130,7 @@ class JobBook:
         log.bind(job=job_id).warning("refused a submit of job id {} from {!r}: another key submitted it", job_id,
                                      client)
         error = ValueError(f"job id {job_id!r} is taken by another client; job ids must be unique "
-                           "(runner.Client makes 128-bit random ones)")
+                           "(runner.Client's carry 96 random bits)")
         self.outbox.outcomes[client].append([job_id, protocol.FAILED, error_blob(error)])
 
     def _move(self, job: Job, client: bytes) -> None:
