@@ -407,6 +407,12 @@ def _leave(scratch: str | None) -> None:
     os._exit(0)
 
 
+from runner.cli_jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - they use the helpers above
+
+for _command in _JOB_COMMANDS:
+    cli.add_command(_command)
+
+
 def main() -> None:
     """Entry point: click errors become one line on stderr and a non-zero exit."""
     try:

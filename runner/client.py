@@ -40,6 +40,8 @@ log = logger.bind(component="client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
+FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
+FETCH_PAUSE_MAX = 1.0
 
 
 class JobFuture(Future):
@@ -291,19 +293,39 @@ class Client:
             return future.cancelled()
         if self.loop.in_loop_thread():
             return False  # a done-callback on the I/O thread must not wait for the broker
-        answer = self._request(protocol.CANCEL, {"id": job_id, "force": force}, None)
-        if answer["result"] != "cancelled":
+        if self.cancel_job(job_id, force=force) != "cancelled":
             return False
         self._forget(job_id)
         Future.cancel(future)
         return True
 
-    def fetch(self, job_id: str, timeout: float | None = None) -> dict:
+    def cancel_job(self, job_id: str, *, force: bool = False, timeout: float | None = None) -> str:
+        """Cancel any job by id (with CURVE on: one of this key's, or any with an admin key).
+
+        Returns the broker's answer: ``cancelled``, ``running`` (refused without ``force``),
+        ``finished`` (too late) or ``unknown``. A future of this client's stays as it is:
+        use ``cancel(future)`` for those.
+        """
+        return self._request(protocol.CANCEL, {"id": job_id, "force": force}, timeout)["result"]
+
+    def fetch(self, job_id: str, timeout: float | None = None, *, wait: float = 0.0) -> dict:
         """What the broker knows of a job by id: ``state`` and, when final, its outcome.
 
         ``state`` is pending, running, done, failed, dead, cancelled or unknown; a
         final state comes with ``result`` (done) or ``error`` (the exception).
+        ``wait``: seconds to keep asking while the job is pending or running (for a job
+        another client submitted, whose outcome is not sent here).
         """
+        deadline = time.monotonic() + wait
+        pause = FETCH_PAUSE
+        view = self._fetch_once(job_id, timeout)
+        while view["state"] in ("pending", "running") and time.monotonic() + pause < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, FETCH_PAUSE_MAX)
+            view = self._fetch_once(job_id, timeout)
+        return view
+
+    def _fetch_once(self, job_id: str, timeout: float | None) -> dict:
         answer = self._request(protocol.FETCH, {"id": job_id}, timeout)
         view = {"id": job_id, "state": answer["state"]}
         if answer.get("status") == protocol.OK:

@@ -1,0 +1,124 @@
+"""The job verbs of the ``runner`` command: result, cancel, requeue, dead-letters (and jobs).
+
+Each parses its arguments and calls one Client method; the exit code says what happened:
+0 as asked, 1 the job failed or the broker refused, 2 no such job (or, with CURVE on, not
+one this key may see), 3 not finished yet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import click
+
+from runner.broker.server import DEFAULT_ADDRESS
+from runner.cli import CONNECT_HELP, _client, curve_option, logging_options
+from runner.log import setup_logging
+
+UNKNOWN_EXIT = 2
+UNFINISHED_EXIT = 3
+
+
+class JobError(click.ClickException):
+    """A job verb's answer that is not success, with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def connect_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--connect, --curve-keys and the logging flags, as every client command takes them."""
+    command = logging_options(curve_option(command))
+    return click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True,
+                        help=CONNECT_HELP)(command)
+
+
+def unknown(job_id: str) -> JobError:
+    return JobError(f"the broker knows no job {job_id} (or, with CURVE on, it is not one your key may see)",
+                    UNKNOWN_EXIT)
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait for a pending or running job to finish (up to --timeout).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, None),
+              help="Seconds --wait waits.")
+@connect_options
+def result(job_id: str, wait: bool, timeout: float, connect: str, curve_keys: str | None, log_level: str,
+           log_json: bool) -> None:
+    """Print the result of job ID as JSON (exit 1 if it failed, 3 if it has not finished)."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        view = client.fetch(job_id, wait=timeout if wait else 0.0)
+    state = view["state"]
+    if state == "unknown":
+        raise unknown(job_id)
+    if state in ("pending", "running"):
+        raise JobError(f"job {job_id} is {state}" + (f" after {timeout:g}s" if wait else "; --wait waits for it"),
+                       UNFINISHED_EXIT)
+    if state == "cancelled":
+        raise JobError(f"job {job_id} was cancelled")
+    if "error" in view:
+        raise JobError(f"job {job_id} {state}: {describe_error(view['error'])}")
+    click.echo(json.dumps(view["result"], default=repr))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--force", is_flag=True, help="Also stop a running job (a thread-pool job is abandoned).")
+@connect_options
+def cancel(job_id: str, force: bool, connect: str, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """Cancel job ID: a waiting job never runs; a running one only with --force."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        answer = client.cancel_job(job_id, force=force)
+    if answer == "unknown":
+        raise unknown(job_id)
+    if answer == "running":
+        raise JobError(f"job {job_id} is running; --force stops it")
+    if answer == "finished":
+        raise JobError(f"job {job_id} has already finished (`runner result {job_id}` shows how)")
+    click.echo(f"cancelled {job_id}")
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@connect_options
+def requeue(job_id: str, connect: str, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """Run the failed or dead job ID again with fresh attempts; prints its id (see `runner result`)."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        try:
+            client.requeue(job_id)
+        except ValueError:
+            state = client.fetch(job_id)["state"]
+            if state == "unknown":
+                raise unknown(job_id) from None
+            raise JobError(f"job {job_id} is {state}, not failed or dead: only those are requeued") from None
+    click.echo(job_id)
+
+
+@click.command("dead-letters")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of {id, task, queue, attempts, error}.")
+@connect_options
+def dead_letters(as_json: bool, connect: str, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """List the jobs that used up their attempts (with CURVE on: your key's, or all with an admin key)."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        jobs = client.dead_letters()
+    if as_json:
+        click.echo(json.dumps([{**job, "error": describe_error(job["error"]) if job["error"] else None}
+                               for job in jobs], indent=2))
+        return
+    for job in jobs:
+        error = describe_error(job["error"]) if job["error"] else "-"
+        click.echo(f"{job['id']}  {job['task']}  queue {job['queue']}  attempts {job['attempts']}  {error}")
+
+
+COMMANDS = (result, cancel, requeue, dead_letters)
