@@ -8,16 +8,21 @@ one this key may see), 3 not finished yet.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from typing import Any, Callable
 
 import click
 
+from runner import protocol
 from runner.broker.server import DEFAULT_ADDRESS
 from runner.cli import CONNECT_HELP, _client, curve_option, logging_options
 from runner.log import setup_logging
 
 UNKNOWN_EXIT = 2
 UNFINISHED_EXIT = 3
+ARGUMENTS_SHOWN = 1024  # characters of a job's arguments `jobs show` prints
+COLUMNS = ("id", "task", "queue", "state", "attempts", "worker", "age")
 
 
 class JobError(click.ClickException):
@@ -121,4 +126,96 @@ def dead_letters(as_json: bool, connect: str, curve_keys: str | None, log_level:
         click.echo(f"{job['id']}  {job['task']}  queue {job['queue']}  attempts {job['attempts']}  {error}")
 
 
-COMMANDS = (result, cancel, requeue, dead_letters)
+@click.group(invoke_without_command=True)
+@click.option("--state", type=click.Choice(protocol.LISTED_STATES), help="Only jobs in this state.")
+@click.option("--queue", help="Only jobs of this queue.")
+@click.option("--task", help="Only jobs of this task (module:function).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, protocol.LIST_MAX),
+              help="Jobs shown at most.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of jobs.")
+@connect_options
+@click.pass_context
+def jobs(context: click.Context, state: str | None, queue: str | None, task: str | None, limit: int, as_json: bool,
+         connect: str, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """List jobs newest first: id, task, queue, state, attempts, worker, age. `jobs show ID`: one job."""
+    if context.invoked_subcommand is not None:
+        return
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        rows = client.jobs(state=state, queue=queue, task=task, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    now = time.time()
+    lines = [[str(row[column]) or "-" for column in COLUMNS[:-1]] + [age(row["created"], now)] for row in rows]
+    print_table(COLUMNS, lines)
+
+
+@jobs.command("show")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The job as one JSON object.")
+@connect_options
+def jobs_show(job_id: str, as_json: bool, connect: str, curve_keys: str | None, log_level: str,
+              log_json: bool) -> None:
+    """Every field of job ID: its arguments (cut at 1 kB) and, if it failed, the error and remote traceback."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        job = client.job(job_id)
+    if job is None:
+        raise unknown(job_id)
+    arguments = ", ".join([*map(repr, job.pop("args")), *(f"{k}={v!r}" for k, v in job.pop("kwargs").items())])
+    if len(arguments) > ARGUMENTS_SHOWN:
+        arguments = arguments[:ARGUMENTS_SHOWN] + f"... ({len(arguments)} characters)"
+    error = job.pop("error", None)
+    fields = {**job, "arguments": arguments}
+    if error is not None:
+        fields["error"] = describe_error(error)
+        fields["traceback"] = getattr(error.__cause__, "text", "")  # the worker's (exception_from_blob)
+    if as_json:
+        click.echo(json.dumps(fields, indent=2, default=repr))
+        return
+    if fields["created"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fields["created"]))
+        fields["created"] = f"{stamp} ({age(fields['created'], time.time())} ago)"
+    width = max(map(len, fields))
+    for name, value in fields.items():
+        if name == "traceback":
+            click.echo(f"{name}:\n{value.rstrip()}" if value else f"{name.ljust(width)}  -")
+        else:
+            click.echo(f"{name.ljust(width)}  {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value or "-"
+    return "-" if value is None else json.dumps(value, default=repr)
+
+
+def age(created: float | None, now: float) -> str:
+    """A job's age, short: 45s, 12m, 3h, 2d ("-" when its id carries no time)."""
+    if created is None:
+        return "-"
+    seconds = max(0.0, now - created)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def print_table(columns: tuple[str, ...], lines: list[list[str]]) -> None:
+    """A rich table on a terminal; plain aligned text, no escape codes, otherwise."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns, box=None, header_style="bold")
+        for line in lines:
+            table.add_row(*line)
+        Console().print(table)
+        return
+    widths = [max([len(column), *(len(line[index]) for line in lines)]) for index, column in enumerate(columns)]
+    for line in [list(columns), *lines]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+COMMANDS = (result, cancel, requeue, dead_letters, jobs)

@@ -341,6 +341,35 @@ class Client:
             job["error"] = exception_from_blob(job["error"]) if job["error"] else None
         return jobs
 
+    def jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None, limit: int = 50,
+             timeout: float | None = None) -> list[dict]:
+        """Jobs newest first: id, task, queue, state, attempts, worker (running jobs) and ``created`` (epoch s).
+
+        ``state`` is pending, running, done, failed, dead or cancelled; ``limit`` at most
+        1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
+        at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
+        """
+        if state is not None and state not in protocol.LISTED_STATES:
+            raise ValueError(f"state must be one of {protocol.LISTED_STATES}, got {state!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= protocol.LIST_MAX:
+            raise ValueError(f"limit must be an integer from 1 to {protocol.LIST_MAX}, got {limit!r}")
+        body = {"state": state, "queue": queue, "task": task, "limit": limit}
+        return self._request(protocol.LIST_JOBS, {k: v for k, v in body.items() if v is not None}, timeout)["jobs"]
+
+    def job(self, job_id: str, timeout: float | None = None) -> dict | None:
+        """Every field of one job (None: unknown, or not this key's): its ``args`` and ``kwargs``
+        decoded, and when final its ``result`` or ``error`` (with ``error.remote_traceback``)."""
+        job = self._request(protocol.SHOW_JOB, {"id": job_id}, timeout)["job"]
+        if job is None:
+            return None
+        job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
+        status, outcome = job.pop("status"), job.pop("outcome")
+        if status == protocol.OK:
+            job["result"] = protocol.unpack(outcome)
+        elif status == protocol.FAILED:
+            job["error"] = exception_from_blob(outcome)
+        return job
+
     def requeue(self, job_id: str, timeout: float | None = None) -> Future:
         """Run a failed or dead job again with fresh attempts; a Future of the new run."""
         future = JobFuture(self, job_id)

@@ -50,6 +50,8 @@ ACK = "ack"  # client: these outcomes arrived; the broker may forget them after 
 FETCH = "fetch"  # client: the state or outcome of a job, by id
 REQUEUE_JOB = "requeue"  # client: run a failed or dead job again
 DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
+LIST_JOBS = "list_jobs"  # client: jobs by state, queue and task, newest first (runner jobs)
+SHOW_JOB = "show_job"  # client: every field of one job (runner jobs show)
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
 CREDIT = "credit"  # worker: how many jobs per pool it can hold now (slots plus prefetch)
@@ -362,6 +364,22 @@ def _request_for_job(body: dict) -> None:
     _name(_need(body, "id", str, "a job id"), "job id")
 
 
+#: States a job listing may ask for, and how many jobs it may ask for at most.
+LISTED_STATES = ("pending", "running", "done", "failed", "dead", "cancelled")
+LIST_MAX = 1000
+
+
+def _check_list_jobs(body: dict) -> None:
+    _request_id(body)
+    state = body.get("state")
+    if state is not None and state not in LISTED_STATES:
+        raise ProtocolError(f"state must be one of {LISTED_STATES}, got {_show(state)}")
+    for field_name in ("queue", "task"):
+        if body.get(field_name) is not None:
+            _name(body[field_name], field_name)
+    _integer(body.get("limit", 50), "limit", 1, LIST_MAX)
+
+
 def _check_cancel(body: dict) -> None:
     _request_for_job(body)
     if not isinstance(body.get("force", False), bool):
@@ -410,6 +428,8 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     FETCH: _request_for_job,
     REQUEUE_JOB: _request_for_job,
     DEAD_LETTERS: _request_id,
+    LIST_JOBS: _check_list_jobs,
+    SHOW_JOB: _request_for_job,
     DRAIN: _nothing,
     SYNC: _check_sync,
     CREDIT: _check_slots,

@@ -101,3 +101,9 @@ def test_dead_letters_lists_a_dead_job_and_requeue_runs_it_again(cluster, tmp_pa
     assert answer.returncode == 1 and "is done, not failed or dead" in answer.stderr
     answer = run("requeue", "no-such-job", "--connect", address)
     assert answer.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["result"], ["cancel"], ["requeue"], ["dead-letters"], ["jobs"], ["jobs", "show"]])
+def test_every_job_verb_has_help_with_connect_and_curve_keys(command):
+    answer = run(*command, "--help")
+    assert answer.returncode == 0 and "--connect" in answer.stdout and "--curve-keys" in answer.stdout

@@ -275,6 +275,20 @@ class Journal:
         )
         return [StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:]) for row in cursor]
 
+    def newest(self, wanted: tuple[str, ...], queue: str | None, task: str | None, window: int) -> Iterator[tuple]:
+        """Jobs in the ``wanted`` states (and queue, task when given) among the newest ``window``, newest first.
+
+        Rows of (id, client, task, queue, state, attempts), read lazily: stop when you have enough.
+        The window bounds the scan, as no index on state is kept (it would tax every write).
+        """
+        self._write_finished()
+        marks = ", ".join("?" * len(wanted))
+        return self._db.execute(
+            "SELECT id, client, task, queue, state, attempts FROM "
+            "(SELECT id, client, task, queue, state, attempts FROM jobs ORDER BY rowid DESC LIMIT ?) "
+            f"WHERE state IN ({marks}) AND (? IS NULL OR queue = ?) AND (? IS NULL OR task = ?)",
+            (window, *wanted, queue, queue, task, task))
+
     def _write_finished(self) -> None:
         """Write the outcomes buffered this turn (before a commit, or a read that must see them)."""
         if self._finished:

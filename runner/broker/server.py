@@ -24,7 +24,7 @@ from runner.broker.jobs import JobBook
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.limits import Limits, Offenders, SyncQuota
 from runner.broker.liveness import Liveness
-from runner.broker import sync_ops
+from runner.broker import listing, sync_ops
 from runner.broker.access import Access, Keyring, check_bind, key_of
 from runner.broker.scheduler import RUNNING, UnknownWorker
 from runner.broker.sync import EPOCH, PUT, Reply, SyncState
@@ -121,6 +121,8 @@ class Broker:
             protocol.FETCH: self._on_fetch,
             protocol.REQUEUE_JOB: self._on_requeue,
             protocol.DEAD_LETTERS: self._on_dead_letters,
+            protocol.LIST_JOBS: self._on_list_jobs,
+            protocol.SHOW_JOB: self._on_show_job,
             protocol.DRAIN: self._on_drain,
             protocol.SYNC: self._on_sync,
             protocol.CREDIT: self._on_credit,
@@ -294,6 +296,26 @@ class Broker:
         jobs = [{"id": job.id, "task": job.task, "queue": job.queue, "attempts": job.attempts, "error": job.outcome}
                 for job in self.journal.dead_letters() if self.access.may_touch(client, job.client)]
         self._reply(client, message, {"jobs": jobs})
+
+    def _on_list_jobs(self, client: bytes, message: protocol.Message) -> None:
+        jobs = listing.list_jobs(self.jobs.scheduler.jobs, self.journal, listing.JobFilter.from_body(message.body),
+                                 lambda owner: self.access.may_touch(client, owner), self._worker_name)
+        self._reply(client, message, {"jobs": jobs})
+
+    def _on_show_job(self, client: bytes, message: protocol.Message) -> None:
+        job_id = message.body["id"]
+        held = self.jobs.scheduler.jobs.get(job_id)
+        stored = None if held else self.journal.get(job_id)
+        owner = held.client if held else stored.client if stored else None
+        if owner is None or not self.access.may_touch(client, owner):
+            self._reply(client, message, {"job": None})
+            return
+        job = listing.describe_held(held, self._worker_name) if held else listing.describe_stored(stored)
+        self._reply(client, message, {"job": job})
+
+    def _worker_name(self, worker: bytes | None) -> str:
+        peer = self.peers.get(worker) if worker else None
+        return peer.name if peer else ""
 
     def _on_credit(self, worker: bytes, message: protocol.Message) -> None:
         self.jobs.worker_credit(worker, message.body["slots"])

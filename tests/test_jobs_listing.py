@@ -1,0 +1,126 @@
+"""`runner jobs` and `runner jobs show` (Client.jobs and Client.job) against a live cluster with known work."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from cluster import wait_until
+from runner.broker.journal import Journal
+from runner.broker.listing import created_at
+from test_cli import run
+
+WORKER = ("--processes", "0", "--threads", "2")
+
+
+@pytest.fixture(scope="module")
+def known_work(two_workers_with_names):
+    """30 done and 5 failed jobs run on two workers, one pending in a queue nobody serves, one running."""
+    address, client, gate = two_workers_with_names
+    done = [client.submit("tasks:add", n, 1, pool="thread") for n in range(30)]
+    failed = [client.submit("tasks:fail", f"bad {n}", pool="thread", queue="q2") for n in range(5)]
+    assert [future.result(timeout=60) for future in done] == [n + 1 for n in range(30)]
+    for future in failed:
+        assert isinstance(future.exception(timeout=60), ValueError)
+    pending = client.submit("tasks:add", 0, 0, pool="thread", queue="nobody-serves-this")
+    running = client.submit("jobs:wait_for_gate", str(gate), pool="thread")
+    wait_until(lambda: client.fetch(running.job_id)["state"] == "running", timeout=30)
+    return address, client, done, failed, pending, running
+
+
+@pytest.fixture(scope="module")
+def two_workers_with_names(tmp_path_factory):
+    from cluster import Processes
+    import runner
+
+    processes = Processes()
+    gate = tmp_path_factory.mktemp("gate") / "open"
+    try:
+        _, address = processes.broker("--heartbeat", "0.2")
+        for name in ("alpha", "beta"):
+            processes.worker(address, *WORKER, "--name", name, "--queue", "default", "--queue", "q2",
+                             imports=("tasks", "jobs"))
+        with runner.Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+            yield address, client, gate
+            gate.touch()
+    finally:
+        gate.touch()
+        processes.stop_all()
+
+
+def listed(address: str, *options: str) -> list[dict]:
+    answer = run("jobs", "--json", "--connect", address, *options)
+    assert answer.returncode == 0, answer.stderr
+    return json.loads(answer.stdout)
+
+
+def test_counts_by_state_match_the_work_run(known_work):
+    address, client, done, failed, pending, running = known_work
+    rows = listed(address, "--limit", "1000")
+    assert Counter(row["state"] for row in rows) == {"done": 30, "failed": 5, "pending": 1, "running": 1}
+    assert {row["id"] for row in rows if row["state"] == "done"} == {future.job_id for future in done}
+    assert [row["id"] for row in listed(address, "--state", "failed")] == [f.job_id for f in reversed(failed)]
+    assert [row["id"] for row in listed(address, "--state", "pending")] == [pending.job_id]
+    [row] = listed(address, "--state", "running")
+    assert (row["id"], row["task"], row["attempts"]) == (running.job_id, "jobs:wait_for_gate", 1)
+    assert row["worker"] in ("alpha", "beta")
+
+
+def test_filters_limit_and_newest_first(known_work):
+    address, client, done, failed, pending, running = known_work
+    assert len(listed(address, "--task", "tasks:fail")) == 5
+    assert len(listed(address, "--queue", "q2", "--state", "done")) == 0
+    assert len(listed(address, "--task", "tasks:add", "--state", "done", "--limit", "7")) == 7
+    created = [row["created"] for row in listed(address, "--limit", "1000")]
+    assert created == sorted(created, reverse=True)
+    assert client.jobs(state="done", limit=1000) == listed(address, "--state", "done", "--limit", "1000")
+    with pytest.raises(ValueError, match="state must be one of"):
+        client.jobs(state="finished")
+
+
+def test_plain_listing_without_a_terminal_has_one_line_per_job(known_work):
+    address = known_work[0]
+    answer = run("jobs", "--state", "failed", "--connect", address)
+    lines = answer.stdout.splitlines()
+    assert lines[0].split() == ["id", "task", "queue", "state", "attempts", "worker", "age"]
+    assert len(lines) == 6 and all("tasks:fail" in line and "failed" in line for line in lines[1:])
+    assert "\x1b" not in answer.stdout
+
+
+def test_show_a_failed_job_gives_every_field_and_the_remote_traceback(known_work):
+    address, client, done, failed, pending, running = known_work
+    answer = run("jobs", "show", failed[2].job_id, "--connect", address)
+    assert answer.returncode == 0, answer.stderr
+    assert "ValueError: bad 2" in answer.stdout and "'bad 2'" in answer.stdout
+    assert "Traceback" in answer.stdout and 'raise ValueError(message)' in answer.stdout
+    shown = json.loads(run("jobs", "show", failed[2].job_id, "--json", "--connect", address).stdout)
+    assert (shown["state"], shown["task"], shown["queue"], shown["attempts"]) == ("failed", "tasks:fail", "q2", 1)
+    assert shown["arguments"] == "'bad 2'"
+    assert client.job(done[3].job_id)["result"] == 4
+    answer = run("jobs", "show", "no-such-job", "--connect", address)
+    assert answer.returncode == 2
+
+
+def test_show_cuts_long_arguments_at_one_kilobyte(known_work):
+    address, client = known_work[:2]
+    future = client.submit("tasks:echo", "x" * 5000, pool="thread")
+    assert future.result(timeout=30) == "x" * 5000
+    shown = json.loads(run("jobs", "show", future.job_id, "--json", "--connect", address).stdout)
+    assert len(shown["arguments"]) < 1100 and shown["arguments"].endswith("(5002 characters)")
+
+
+def test_the_journal_scan_is_bounded_by_its_window(tmp_path):
+    journal = Journal(str(tmp_path / "journal.db"))
+    rows = [(f"{n:039x}", b"c", "t:f", "process", "default", 0, b"", {}) for n in range(10)]
+    journal.add_jobs(rows)
+    for n in range(10):
+        journal.finish(f"{n:039x}", "done", "ok", b"", 1, 0.0)
+    journal.commit()
+    newest = [row[0] for row in journal.newest(("done",), None, None, 4)]
+    assert newest == [f"{n:039x}" for n in (9, 8, 7, 6)]
+    assert list(journal.newest(("done",), "other", None, 100)) == []
+    assert created_at("0" * 11 + "1" + "0" * 27) == 0.001 and created_at("short") is None
+    journal.close()
