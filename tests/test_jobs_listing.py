@@ -11,6 +11,7 @@ from cluster import wait_until
 from runner.broker.journal import Journal
 from runner.broker.listing import created_at
 from test_cli import run
+from test_security import key_folder, keyed_client, secure_cluster  # noqa: F401 - fixtures
 
 WORKER = ("--processes", "0", "--threads", "2")
 
@@ -124,3 +125,29 @@ def test_the_journal_scan_is_bounded_by_its_window(tmp_path):
     assert list(journal.newest(("done",), "other", None, 100)) == []
     assert created_at("0" * 11 + "1" + "0" * 27) == 0.001 and created_at("short") is None
     journal.close()
+
+
+def test_with_curve_a_key_lists_its_own_jobs_and_an_admin_all(secure_cluster, client_factory, key_folder):
+    _, address = secure_cluster
+    alice = keyed_client(client_factory, address, key_folder)
+    bob = keyed_client(client_factory, address, key_folder / "bob")
+    root = keyed_client(client_factory, address, key_folder / "root")
+    alice.wait_for_workers(1, timeout=60)
+    done = alice.submit("tasks:add", 20, 22)
+    assert done.result(timeout=30) == 42
+    pending = alice.submit("tasks:add", 1, 1, queue="nobody")
+    mine = bob.submit("tasks:add", 1, 2)
+    assert mine.result(timeout=30) == 3
+
+    assert [row["id"] for row in bob.jobs()] == [mine.job_id]
+    assert bob.job(done.job_id) is None and bob.job(pending.job_id) is None
+    assert {row["id"] for row in root.jobs()} == {done.job_id, pending.job_id, mine.job_id}
+    assert root.job(done.job_id)["result"] == 42
+
+    as_bob = ("--connect", address, "--curve-keys", str(key_folder / "bob"))
+    assert [row["id"] for row in json.loads(run("jobs", "--json", *as_bob).stdout)] == [mine.job_id]
+    assert run("cancel", pending.job_id, *as_bob).returncode == 2
+    assert run("jobs", "show", done.job_id, *as_bob).returncode == 2
+    as_root = ("--connect", address, "--curve-keys", str(key_folder / "root"))
+    assert run("cancel", pending.job_id, *as_root).returncode == 0
+    assert alice.fetch(pending.job_id)["state"] == "cancelled"
