@@ -12,6 +12,7 @@ import click
 
 from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JOURNAL, DEFAULT_LIVENESS,
                                   DEFAULT_RESULT_TTL)
+from runner.broker.events import EVENT_BUFFER
 from runner.broker.limits import Limits
 from runner.log import LEVELS, setup_logging
 
@@ -83,6 +84,8 @@ def cli() -> None:
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
+@click.option("--events-buffer", default=EVENT_BUFFER, show_default=True, type=click.IntRange(1, 10**7),
+              help="Job events kept for each `runner events` reader; a slower reader loses the rest (counted).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -90,9 +93,9 @@ def cli() -> None:
 @heartbeat_options
 @exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, insecure: bool, curve_keys: str | None,
-           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
-           **limits: int) -> None:
+def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int, insecure: bool,
+           curve_keys: str | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str,
+           log_json: bool, **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
     With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes).
@@ -112,7 +115,7 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, inse
         raise click.UsageError(str(exc).replace("max_", "--max-").replace("_", "-")) from None
     try:
         server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
-                        limits=settings, curve_keys=curve_keys, insecure=insecure)
+                        limits=settings, curve_keys=curve_keys, insecure=insecure, events_buffer=events_buffer)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -185,6 +185,39 @@ def jobs_show(job_id: str, as_json: bool, connect: str, curve_keys: str | None, 
             click.echo(f"{name.ljust(width)}  {_shown(value)}")
 
 
+@click.command()
+@click.option("--follow", is_flag=True, help="Keep streaming until Ctrl-C [default: stop after --idle quiet seconds].")
+@click.option("--idle", default=2.0, show_default=True, type=click.FloatRange(0, None),
+              help="Without --follow: stop once no event came for this long.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@connect_options
+def events(follow: bool, idle: float, as_json: bool, connect: str, curve_keys: str | None, log_level: str,
+           log_json: bool) -> None:
+    """Stream job events as the broker sees them: accepted, leased, retried, requeued, finished, failed, dead,
+    cancelled. A reader too slow for them loses some, and is told how many."""
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        try:
+            stream = client.events(idle=None if follow else idle)
+        except PermissionError as exc:
+            raise click.ClickException(str(exc)) from None
+        for event in stream:
+            if as_json:
+                click.echo(json.dumps(event))
+            elif event["event"] == "lost":
+                click.echo(f"runner events: lost {event['count']} events: this reader was too slow "
+                           "(runner broker --events-buffer)", err=True)
+            else:
+                click.echo(describe_event(event))
+
+
+def describe_event(event: dict) -> str:
+    """One event as a line: time, step, job, task, queue, worker, attempt."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["at"])) + f".{int(event['at'] * 1000) % 1000:03d}"
+    return (f"{stamp} {event['event']:<9} {event['job']} {event['task']} queue={event['queue']} "
+            f"worker={event['worker'] or '-'} attempt={event['attempt']}")
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, str):
         return value or "-"
@@ -218,4 +251,4 @@ def print_table(columns: tuple[str, ...], lines: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-COMMANDS = (result, cancel, requeue, dead_letters, jobs)
+COMMANDS = (result, cancel, requeue, dead_letters, jobs, events)

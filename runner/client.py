@@ -42,6 +42,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds to reach the broker and to wait for replies
 MAP_WINDOW = 10_000  # jobs map keeps in flight ahead of the consumer
 FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
 FETCH_PAUSE_MAX = 1.0
+EVENTS_WAIT = 1.0  # seconds one events poll waits at the broker for events
 
 
 class JobFuture(Future):
@@ -369,6 +370,35 @@ class Client:
         elif status == protocol.FAILED:
             job["error"] = exception_from_blob(outcome)
         return job
+
+    def events(self, *, idle: float | None = None) -> Iterator[dict]:
+        """Subscribe to job events now; iterate them as the broker sees them (``runner events``).
+
+        Each is a dict: ``event`` (accepted, leased, retried, requeued, finished, failed, dead,
+        cancelled), ``job``, ``task``, ``queue``, ``worker``, ``attempt`` and ``at`` (epoch s).
+        Events this reader was too slow for come as one ``{"event": "lost", "count": n}``.
+        ``idle``: stop once no event came for that many seconds (None: never). With CURVE on,
+        only an admin key may subscribe.
+        """
+        first = self._request(protocol.EVENTS, {"wait": 0.0}, None)
+        if "refused" in first:
+            raise PermissionError(f"the broker at {self.address} refused: {first['refused']} "
+                                  "(runner keys add-admin; docs/security.md)")
+        return self._event_stream(first, idle)
+
+    def _event_stream(self, answer: dict, idle: float | None) -> Iterator[dict]:
+        last = time.monotonic()
+        while True:
+            if answer["lost"]:
+                yield {"event": "lost", "count": answer["lost"]}
+            yield from answer["events"]
+            now = time.monotonic()
+            if answer["events"]:
+                last = now
+            elif idle is not None and now - last >= idle:
+                return
+            wait = EVENTS_WAIT if idle is None else max(0.0, min(EVENTS_WAIT, last + idle - now))
+            answer = self._request(protocol.EVENTS, {"wait": wait}, wait + self.timeout)
 
     def requeue(self, job_id: str, timeout: float | None = None) -> Future:
         """Run a failed or dead job again with fresh attempts; a Future of the new run."""

@@ -22,6 +22,12 @@ def debug_job(log: Any, job_id: str, message: str, *args: Any) -> None:
     if _job_lines:
         log.bind(job=job_id).debug(message, *args)
 
+
+def job_lines_on() -> bool:
+    """Whether per-job DEBUG lines (and so job events, runner/broker/events.py) are logged."""
+    return _job_lines
+
+
 _FORMAT = (
     "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
     "<cyan>{extra[component]}</cyan>{extra[job_label]} {message}"

@@ -52,6 +52,7 @@ REQUEUE_JOB = "requeue"  # client: run a failed or dead job again
 DEAD_LETTERS = "dead_letters"  # client: list jobs that exhausted their attempts
 LIST_JOBS = "list_jobs"  # client: jobs by state, queue and task, newest first (runner jobs)
 SHOW_JOB = "show_job"  # client: every field of one job (runner jobs show)
+EVENTS = "events"  # client: subscribe to job events, and take those buffered (waiting up to "wait" s)
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
 CREDIT = "credit"  # worker: how many jobs per pool it can hold now (slots plus prefetch)
@@ -380,6 +381,11 @@ def _check_list_jobs(body: dict) -> None:
     _integer(body.get("limit", 50), "limit", 1, LIST_MAX)
 
 
+def _check_events(body: dict) -> None:
+    _request_id(body)
+    _number(body.get("wait", 0.0), "wait", 0, 3600)
+
+
 def _check_cancel(body: dict) -> None:
     _request_for_job(body)
     if not isinstance(body.get("force", False), bool):
@@ -430,6 +436,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     DEAD_LETTERS: _request_id,
     LIST_JOBS: _check_list_jobs,
     SHOW_JOB: _request_for_job,
+    EVENTS: _check_events,
     DRAIN: _nothing,
     SYNC: _check_sync,
     CREDIT: _check_slots,

@@ -70,6 +70,10 @@ class Access:
         key = key_of(peer_id)
         return key in self.keyring.admins or key == key_of(owner_id)
 
+    def is_admin(self, peer_id: bytes) -> bool:
+        """Does this peer hold an admin key (or are keys off, making everyone one)?"""
+        return not self.enabled or key_of(peer_id) in self.keyring.admins
+
     def same_owner(self, peer_id: bytes, owner_id: bytes) -> bool:
         """May ``peer_id`` take over a job id ``owner_id`` submitted (a resend)? Only under the same key."""
         return not self.enabled or key_of(peer_id) == key_of(owner_id)

@@ -25,17 +25,19 @@ from typing import Callable
 
 from loguru import logger
 
-from runner.log import debug_job
 from runner import protocol
 from runner.broker import journal as states
 from runner.errors import BackpressureError, PayloadTooLargeError, WorkerLostError, error_blob
 from runner.broker.limits import ClientQuota, Limits
+from runner.broker.events import EventHub
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
 
 log = logger.bind(component="jobs")
 
+#: The event (runner/broker/events.py) of each final state.
+EVENT_OF_STATE = {states.DONE: "finished", states.FAILED: "failed", states.DEAD: "dead", states.CANCELLED: "cancelled"}
 LOST_WORKERS_REMEMBERED = 1000  # workers declared dead whose runs can still be kept if they report them
 
 
@@ -53,10 +55,12 @@ class JobBook:
     """Every job the broker holds, and every decision about it."""
 
     def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None,
-                 same_owner: Callable[[bytes, bytes], bool] | None = None) -> None:
+                 same_owner: Callable[[bytes, bytes], bool] | None = None, events: EventHub | None = None) -> None:
         """``same_owner(peer, owner)``: may ``peer`` take over a job id ``owner`` submitted (CURVE on:
-        only under the same key)? None: anybody may (no keys, every peer is an admin)."""
+        only under the same key)? None: anybody may (no keys, every peer is an admin).
+        ``events``: where each step of a job's life goes, when anyone wants it."""
         self.journal = journal
+        self.events = events or EventHub()
         self.same_owner = same_owner
         self.limits = limits or Limits()
         self.quota = ClientQuota(self.limits.max_pending)
@@ -115,7 +119,8 @@ class JobBook:
                           RetryRules.from_wire(options))
                 self.scheduler.submit(job)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
-                debug_job(log, job_id, "accepted {} for queue {} pool {} priority {}", task, queue, pool, priority)
+                if self.events.wanted:
+                    self.events.emit("accepted", job, now)
             self.outbox.accepted[client].append(job_id)
         if fresh:  # a batch of resends and refusals only must leave no empty entry behind
             self.quota.add(client, len(fresh))
@@ -211,6 +216,8 @@ class JobBook:
                   client, RetryRules.from_wire(stored.options))
         self.scheduler.submit(job)
         self.quota.add(client)
+        if self.events.wanted:
+            self.events.emit("requeued", job)
         return True
 
     # --- workers ------------------------------------------------------------------------------
@@ -252,6 +259,8 @@ class JobBook:
                 self.scheduler.requeue(job, front=True)
             elif may_run_again_after_worker_loss(job.rules, job.attempt):
                 log.bind(job=job.id).warning("requeued: its worker was lost during attempt {}", job.attempt)
+                if self.events.wanted:
+                    self.events.emit("requeued", job, now)
                 self.scheduler.requeue(job, front=True)
                 self.journal.set_attempts(job.id, job.attempt)
                 self._remember_lost_run(worker, job)
@@ -269,6 +278,8 @@ class JobBook:
                 log.bind(job=job_id).info("ignored a stale {} result for attempt {}", status, attempt)
             elif status == protocol.REQUEUE:
                 job.attempt -= 1  # given back unrun: no attempt is charged
+                if self.events.wanted:
+                    self.events.emit("requeued", job, now)
                 self.journal.set_attempts(job.id, job.attempt)
                 self.scheduler.requeue(job, front=True)
             else:
@@ -311,6 +322,8 @@ class JobBook:
         if should_retry(job.rules, job.attempt):
             delay = retry_delay(job.rules, job.attempt, self.rng)
             log.bind(job=job.id).info("attempt {} failed; retrying in {:.2f}s", job.attempt, delay)
+            if self.events.wanted:
+                self.events.emit("retried", job, now)
             self.journal.set_attempts(job.id, job.attempt)
             self.scheduler.defer(job)
             heapq.heappush(self._deferred, (now + delay, next(self._deferred_order), job))
@@ -323,7 +336,8 @@ class JobBook:
         self.quota.remove(job.client)  # every held job finishes exactly once
         self.journal.finish(job.id, state, status, outcome, job.attempt, now)
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
-        debug_job(log, job.id, "final: {} after {} attempts", state, job.attempt)
+        if self.events.wanted:
+            self.events.emit(EVENT_OF_STATE[state], job, now)
 
     # --- time -----------------------------------------------------------------------------------
 

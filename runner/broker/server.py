@@ -18,8 +18,9 @@ from typing import Callable
 import zmq
 from loguru import logger
 
-from runner.log import debug_job
+from runner.log import job_lines_on
 from runner import protocol
+from runner.broker.events import EVENT_BUFFER, Batch, EventHub
 from runner.broker.jobs import JobBook
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.limits import Limits, Offenders, SyncQuota
@@ -72,15 +73,18 @@ class Broker:
         limits: Limits | None = None,
         curve_keys: str | None = None,
         insecure: bool = False,
+        events_buffer: int = EVENT_BUFFER,
     ) -> None:
         """``curve_keys``: a key folder (runner/keys.py); CURVE on, only its authorized keys get in.
-        Without it, binding anything but a loopback or ipc address needs ``insecure``."""
+        Without it, binding anything but a loopback or ipc address needs ``insecure``.
+        ``events_buffer``: job events kept per ``runner events`` subscriber; beyond, they are lost."""
         warning = check_bind(bind, curve_keys is not None, insecure)
         self.id = uuid.uuid4().hex
         self.limits = limits or Limits()
         self.journal = Journal(journal)
         same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
-        self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner)
+        self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
+        self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
         restored = self.jobs.restore()
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
@@ -109,6 +113,7 @@ class Broker:
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
         self._replies: list[tuple[bytes, dict]] = []  # sent after the turn's journal commit
         self._flush_scheduled = False
+        self._flushing = False
         self._handlers: dict[str, Callable[[bytes, protocol.Message], None]] = {
             protocol.HELLO: self._on_hello,
             protocol.SUBMIT: self._on_submit,
@@ -123,6 +128,7 @@ class Broker:
             protocol.DEAD_LETTERS: self._on_dead_letters,
             protocol.LIST_JOBS: self._on_list_jobs,
             protocol.SHOW_JOB: self._on_show_job,
+            protocol.EVENTS: self._on_events,
             protocol.DRAIN: self._on_drain,
             protocol.SYNC: self._on_sync,
             protocol.CREDIT: self._on_credit,
@@ -313,6 +319,21 @@ class Broker:
         job = listing.describe_held(held, self._worker_name) if held else listing.describe_stored(stored)
         self._reply(client, message, {"job": job})
 
+    def _on_events(self, client: bytes, message: protocol.Message) -> None:
+        if not self.access.is_admin(client):  # events name every client's jobs
+            self._reply(client, message, {"events": [], "lost": 0, "refused": "job events need an admin key"})
+            return
+        batch = self.events.poll(client, message.body["request"], message.body.get("wait", 0.0), time.monotonic())
+        if batch is not None:
+            self._reply_events([batch])
+
+    def _reply_events(self, batches: list[Batch]) -> None:
+        """Answer event polls with this turn's other replies (a flush is scheduled, unless flushing)."""
+        for batch in batches:
+            self._replies.append((batch.peer, {"request": batch.request, "events": batch.events, "lost": batch.lost}))
+        if batches and not self._flushing:
+            self._schedule_flush()
+
     def _worker_name(self, worker: bytes | None) -> str:
         peer = self.peers.get(worker) if worker else None
         return peer.name if peer else ""
@@ -375,6 +396,8 @@ class Broker:
         for peer_id in list(self.peers):
             self.link.send(peer_id, protocol.HEARTBEAT)
         self.jobs.release_due(time.time())
+        if self.events.subscribers:
+            self._reply_events(self.events.expired(time.monotonic()))
         self._schedule_flush()
 
     def _expire_results(self) -> None:
@@ -398,6 +421,7 @@ class Broker:
         self.liveness.forget(peer_id)
         self.link.forget(peer_id)
         self.sync_quota.forget(peer_id)
+        self.events.leave(peer_id)
         self._worker_waiters = [w for w in self._worker_waiters if w[0] != peer_id]
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} left: {}", peer.role, peer.name, reason)
         if peer.role == "worker":
@@ -420,11 +444,15 @@ class Broker:
         cancellations wait for the commit: they promise what the journal must keep.
         """
         self._flush_scheduled = False
+        self._flushing = True
         outbox = self.jobs.take_outbox()
         self._send_leases(outbox.leases)
         self._send_outcomes(outbox.outcomes, final=False)
         self.journal.commit()
         self._send_outcomes(outbox.outcomes, final=True)
+        if self.events.subscribers:
+            self._reply_events(self.events.ready())
+        self._flushing = False
         replies, self._replies = self._replies, []
         for peer_id, body in replies:
             self.link.send(peer_id, protocol.REPLY, body)
@@ -437,8 +465,9 @@ class Broker:
         for worker, jobs in leases:
             rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout, job.priority]
                     for job in jobs]
-            for job in jobs:
-                debug_job(log, job.id, "leased to {} (attempt {})", self.peers[worker].name, job.attempt)
+            if self.events.wanted:
+                for job in jobs:
+                    self.events.emit("leased", job)
             for batch in protocol.split_by_size(rows, 4, LEASE_ROW_BYTES, self.limits.max_message_bytes):
                 self.link.send(worker, protocol.JOBS, {"jobs": batch})
 
