@@ -1,0 +1,140 @@
+"""Job events from a live broker: counts for known work, the CLI stream, a slow reader, JSON log records."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+from collections import Counter
+
+import pytest
+
+from cluster import wait_until
+
+WORKER = ("--processes", "0", "--threads", "2")
+
+
+def run_known_work(client) -> list:
+    """30 jobs that finish and 5 that fail; returns their futures once all are over."""
+    futures = [client.submit("tasks:add", n, 1, pool="thread") for n in range(30)]
+    futures += [client.submit("tasks:fail", f"bad {n}", pool="thread") for n in range(5)]
+    for future in futures:
+        future.exception(timeout=60)
+    return futures
+
+
+def take(stream, until, limit: int = 10_000) -> list[dict]:
+    """Events from ``stream`` until ``until(events)`` holds (the stream ends on its own when idle)."""
+    events = []
+    for event in stream:
+        events.append(event)
+        if until(events) or len(events) >= limit:
+            break
+    return events
+
+
+def steps(events: list[dict]) -> Counter:
+    return Counter(event["event"] for event in events)
+
+
+def test_the_stream_counts_every_step_of_known_work(processes, broker_address, client_factory):
+    for name in ("alpha", "beta"):
+        processes.worker(broker_address, *WORKER, "--name", name)
+    client = client_factory(broker_address)
+    client.wait_for_workers(2, timeout=60)
+    stream = client.events(idle=30)
+    futures = run_known_work(client)
+    events = take(stream, lambda got: steps(got)["finished"] + steps(got)["failed"] == 35)
+    assert steps(events) == {"accepted": 35, "leased": 35, "finished": 30, "failed": 5}
+    ids = {future.job_id for future in futures}
+    assert {event["job"] for event in events} == ids
+    leased = [event for event in events if event["event"] == "leased"]
+    assert {event["worker"] for event in leased} <= {"alpha", "beta"} and all(e["attempt"] == 1 for e in leased)
+    failed = {event["job"] for event in events if event["event"] == "failed"}
+    assert failed == {future.job_id for future in futures[30:]}
+    assert all(event["task"] == "tasks:fail" for event in events if event["job"] in failed)
+
+
+def test_runner_events_follow_json_streams_what_happens(processes, broker_address, client_factory):
+    processes.worker(broker_address, *WORKER)
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=60)
+    reader = processes.runner("events", "--follow", "--json", "--connect", broker_address, stdout=subprocess.PIPE)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in reader.stdout], daemon=True).start()
+
+    def subscribed() -> bool:  # a marker job whose events show up once the reader listens
+        client.submit("tasks:noop", pool="thread").result(timeout=30)
+        return not lines.empty()
+
+    wait_until(subscribed, timeout=60, interval=0.2, message="runner events prints a marker job's events")
+    futures = run_known_work(client)
+    ids = {future.job_id for future in futures}
+    seen: list[dict] = []
+    wait_until(lambda: _drain(lines, seen, ids) == 35, timeout=60, message="every job's final event")
+    assert steps(seen) == {"accepted": 35, "leased": 35, "finished": 30, "failed": 5}
+    reader.send_signal(signal.SIGINT)
+    assert reader.wait(timeout=30) in (0, 130)
+
+
+def _drain(lines: queue.Queue, seen: list[dict], ids: set) -> int:
+    while not lines.empty():
+        event = json.loads(lines.get())
+        if event.get("job") in ids:
+            seen.append(event)
+    return sum(1 for event in seen if event["event"] in ("finished", "failed"))
+
+
+def test_a_reader_that_does_not_keep_up_loses_counted_events_and_slows_nothing(processes, client_factory):
+    _, address = processes.broker("--heartbeat", "0.2", "--events-buffer", "50")
+    processes.worker(address, *WORKER)
+    worker_client = client_factory(address)
+    worker_client.wait_for_workers(1, timeout=60)
+    slow = client_factory(address)
+    stream = slow.events(idle=3)  # subscribed, and not reading while the work runs
+    jobs = 200
+    results = list(worker_client.map("tasks:add", range(jobs), range(jobs), timeout=120, pool="thread"))
+    assert results == [2 * n for n in range(jobs)]  # the broker went on, reader or not
+    assert worker_client.status()["jobs"]["done"] == jobs
+
+    events = list(stream)
+    assert events[0]["event"] == "lost"
+    lost = events[0]["count"]
+    kept = events[1:]
+    assert len(kept) == 50 and steps(kept)["lost"] == 0
+    assert lost + len(kept) == 3 * jobs  # accepted, leased and finished for each job
+
+
+def test_job_events_are_json_log_records_at_debug(processes, client_factory):
+    broker, address = processes.broker("--heartbeat", "0.2", "--log-json", log_level="DEBUG")
+    processes.worker(address, *WORKER)
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=60)
+    future = client.submit("tasks:add", 1, 2, pool="thread")
+    assert future.result(timeout=30) == 3
+    client.close()
+    processes.stop(broker)
+    records = [json.loads(line)["record"] for line in broker.stderr_lines]
+    mine = [record["extra"] for record in records if record["extra"].get("job") == future.job_id]
+    assert [extra["event"] for extra in mine if "event" in extra] == ["accepted", "leased", "finished"]
+    assert all(extra["task"] == "tasks:add" and extra["queue"] == "default" for extra in mine if "event" in extra)
+
+
+@pytest.fixture(autouse=True)
+def _keep_stderr(monkeypatch):
+    """Brokers of the JSON-log test keep their stderr lines (read after they stop)."""
+    from cluster import Processes
+
+    started = Processes.runner
+
+    def runner(self, *arguments, stdout=None, stderr=None, env=None):
+        if "--log-json" not in arguments:
+            return started(self, *arguments, stdout=stdout, stderr=stderr, env=env)
+        process = started(self, *arguments, stdout=stdout, stderr=subprocess.PIPE, env=env)
+        process.stderr_lines = []
+        threading.Thread(target=lambda: process.stderr_lines.extend(process.stderr), daemon=True).start()
+        return process
+
+    monkeypatch.setattr(Processes, "runner", runner)
