@@ -210,11 +210,12 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
+@click.option("--progress", is_flag=True, help="While waiting, show a progress bar on stderr (only on a terminal).")
 @curve_option
 @logging_options
 def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
-           queue: str | None, priority: int | None, wait: bool, timeout: float, curve_keys: str | None,
-           log_level: str, log_json: bool) -> None:
+           queue: str | None, priority: int | None, wait: bool, timeout: float, progress: bool,
+           curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Submit TASK (module:function) with ARGUMENTS, each parsed as JSON (else taken as a string)."""
     setup_logging(log_level, log_json)
     try:
@@ -238,7 +239,7 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
             click.echo(future.job_id)
             return
         try:
-            result = future.result(timeout)
+            result = _wait_for(future, timeout, progress)
         except TimeoutError:
             raise click.ClickException(f"job {future.job_id} did not finish within {timeout}s") from None
         except Exception as exc:
@@ -369,6 +370,16 @@ def _client(address: str, curve_keys: str | None):
         raise click.BadParameter(str(exc), param_hint="--curve-keys") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--connect") from None
+
+
+def _wait_for(future: Any, timeout: float, progress: bool) -> Any:
+    """The job's result; with ``progress``, under a one-job bar (drawn only on a terminal)."""
+    from runner.progress import track
+
+    if not progress:
+        return future.result(timeout)
+    [result] = track((future.result(timeout) for _ in (1,)), 1, future.job_id)  # unpacking ends the bar
+    return result
 
 
 def _json_or_text(argument: str) -> Any:

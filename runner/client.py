@@ -22,6 +22,7 @@ import zmq
 from loguru import logger
 
 from runner import current, protocol, sync
+from runner import progress as progress_bar
 from runner.connection import BrokerConnection
 from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone,
                            PayloadTooLargeError, exception_from_blob)
@@ -154,16 +155,19 @@ class Client:
         return self._submit(reference, defaults.merged(overrides), args, kwargs)
 
     def map(self, fn: Callable[..., Any] | str | Task, *iterables: Iterable[Any], timeout: float | None = None,
-            **options: Any) -> Iterator[Any]:
+            progress: bool = False, **options: Any) -> Iterator[Any]:
         """Like the builtin ``map``, on the cluster: results in input order, lazily.
 
         Keeps up to MAP_WINDOW jobs in flight ahead of the consumer, sent in batches.
+        ``progress``: draw a bar (done, jobs a second, time left) on stderr while the
+        results are taken, if stderr is a terminal; otherwise nothing extra is printed.
         """
         unknown = set(options) - OPTION_NAMES
         if unknown:
             raise TypeError(f"map() got unexpected options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
         reference, defaults = resolve_task(fn)
         job_options = defaults.merged(options)
+        total = progress_bar.size_of(iterables) if progress else None
         argument_tuples = enumerate(zip(*iterables))
         call = MapCall()
         window: deque[tuple[int, str]] = deque()  # (input index, job id) in flight, in order
@@ -187,7 +191,7 @@ class Client:
             finally:
                 self._abandon([job_id for _, job_id in window])
 
-        return results()
+        return progress_bar.track(results(), total, reference) if progress else results()
 
     def Lock(self, name: str) -> "sync.Lock":  # noqa: N802 - the shape of threading.Lock
         """A cluster-wide lock held by this client (see runner.sync)."""
