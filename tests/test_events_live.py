@@ -47,7 +47,11 @@ def test_the_stream_counts_every_step_of_known_work(processes, broker_address, c
     stream = client.events(idle=30)
     futures = run_known_work(client)
     events = take(stream, lambda got: steps(got)["finished"] + steps(got)["failed"] == 35)
-    assert steps(events) == {"accepted": 35, "leased": 35, "finished": 30, "failed": 5}
+    counted = steps(events)
+    # A worker missing heartbeats on a loaded machine gives its jobs back: each such job is
+    # requeued and leased again, so leases are 35 plus the requeues, exactly.
+    assert counted == {"accepted": 35, "leased": 35 + counted["requeued"], "finished": 30, "failed": 5,
+                       **({"requeued": counted["requeued"]} if counted["requeued"] else {})}
     ids = {future.job_id for future in futures}
     assert {event["job"] for event in events} == ids
     leased = [event for event in events if event["event"] == "leased"]
@@ -61,7 +65,8 @@ def test_runner_events_follow_json_streams_what_happens(processes, broker_addres
     processes.worker(broker_address, *WORKER)
     client = client_factory(broker_address)
     client.wait_for_workers(1, timeout=60)
-    reader = processes.runner("events", "--follow", "--json", "--connect", broker_address, stdout=subprocess.PIPE)
+    reader = processes.runner("events", "--follow", "--json", "--connect", broker_address, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in reader.stdout], daemon=True).start()
 
@@ -74,9 +79,12 @@ def test_runner_events_follow_json_streams_what_happens(processes, broker_addres
     ids = {future.job_id for future in futures}
     seen: list[dict] = []
     wait_until(lambda: _drain(lines, seen, ids) == 35, timeout=60, message="every job's final event")
-    assert steps(seen) == {"accepted": 35, "leased": 35, "finished": 30, "failed": 5}
+    counted = steps(seen)
+    assert (counted["accepted"], counted["finished"], counted["failed"]) == (35, 30, 5)
+    assert counted["leased"] == 35 + counted["requeued"]
     reader.send_signal(signal.SIGINT)
     assert reader.wait(timeout=30) in (0, 130)
+    assert b"Traceback" not in reader.stderr.read()
 
 
 def _drain(lines: queue.Queue, seen: list[dict], ids: set) -> int:
@@ -88,7 +96,9 @@ def _drain(lines: queue.Queue, seen: list[dict], ids: set) -> int:
 
 
 def test_a_reader_that_does_not_keep_up_loses_counted_events_and_slows_nothing(processes, client_factory):
-    _, address = processes.broker("--heartbeat", "0.2", "--events-buffer", "50")
+    # The default heartbeat (1 s, 3 missed): a worker is not declared lost under load, so each
+    # job makes exactly three events (a lost worker's jobs would be requeued and leased again).
+    _, address = processes.broker("--events-buffer", "50")
     processes.worker(address, *WORKER)
     worker_client = client_factory(address)
     worker_client.wait_for_workers(1, timeout=60)
