@@ -151,3 +151,9 @@ def test_with_curve_a_key_lists_its_own_jobs_and_an_admin_all(secure_cluster, cl
     as_root = ("--connect", address, "--curve-keys", str(key_folder / "root"))
     assert run("cancel", pending.job_id, *as_root).returncode == 0
     assert alice.fetch(pending.job_id)["state"] == "cancelled"
+
+    with pytest.raises(PermissionError, match="admin key"):  # events name every client's jobs
+        bob.events(idle=0)
+    answer = run("events", "--idle", "0", *as_bob)
+    assert answer.returncode == 1 and "admin key" in answer.stderr
+    assert list(root.events(idle=0)) == []
