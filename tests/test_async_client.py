@@ -64,7 +64,7 @@ def test_map_gives_results_in_input_order_and_stops_cleanly_when_left(address):
             assert [value async for value in client.map(square, range(500))] == [x * x for x in range(500)]
             assert [value async for value in client.map(add, [1, 2], [10, 20], pool="thread")] == [11, 22]
             seen = []
-            async for value in client.map(sleep_then, [0.0] * 5 + [30.0] * 20, range(25), queue="default"):
+            async for value in client.map(sleep_then, [0.0] * 5 + [2.0] * 20, range(25), pool="thread"):
                 seen.append(value)
                 if len(seen) == 5:
                     break
@@ -127,7 +127,7 @@ def test_status_wait_for_workers_fetch_and_cancel(address):
                 await asyncio.wait_for(timed_out, 0.1)  # cancelling the awaitable withdraws the job
             await eventually(lambda: _state_is(client, timed_out.job_id, "cancelled"), 10, "the job cancelled")
 
-            running = client.submit(sleep_then, 60.0, pool="thread")
+            running = client.submit(sleep_then, 60.0)  # the process pool: force ends its child
             await eventually(lambda: _state_is(client, running.job_id, "running"), 20, "the job running")
             assert await client.cancel(running) is False  # running: only with force
             assert await client.cancel(running, force=True) is True
