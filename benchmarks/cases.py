@@ -200,6 +200,8 @@ def brief(sample: Sample) -> str:
             continue
         if "error" in values:
             parts.append(f"{side} ERROR {values['error']}")
+        elif "lag_p99_ms" in values:
+            parts.append(f"{side} loop lag p99 {values['lag_p99_ms']:.2f} ms ({values['jobs_per_s']:,.0f} jobs/s)")
         elif "jobs_per_s" in values:
             parts.append(f"{side} {values['jobs_per_s']:,.0f} jobs/s")
         elif "p50_us" in values:
