@@ -186,7 +186,7 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        if self._refusal is None:
+        if self._refusal is None or self.connection is None:  # else ClusterGone or AuthenticationError says more
             self._refusal = lambda: ClientClosed("this client is closed; create a new runner.AsyncClient to submit")
         if self.connection is not None:
             self._acknowledger.send()
