@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-from functools import partial
 
 import runner
 

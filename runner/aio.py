@@ -19,25 +19,24 @@ import asyncio
 import itertools
 import os
 import socket as socket_module
-import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import zmq
 from loguru import logger
 
 from runner import protocol, sync
+from runner.aio_future import AsyncJobFuture, expire, settle
 from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
-from runner.asyncio_loop import AsyncioLoop
+from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
 from runner.connection import BrokerConnection
 from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError,
                            exception_from_blob)
 from runner.ids import JobIds
 from runner.keys import peer_identity
-from runner.mapping import decode_outcome
 from runner.outgoing import Acknowledger, JobSender
 from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 from runner.transport import check_address
@@ -46,31 +45,6 @@ log = logger.bind(component="aio")
 #: Outcomes resolved per turn of the loop: the coroutines they wake run before the next batch,
 #: so a burst of outcomes never holds the caller's loop for long (issue 12: loop lag p99 under 5 ms).
 RESOLVE_BATCH = 32
-T = TypeVar("T")
-
-
-class AsyncJobFuture(asyncio.Future):
-    """An asyncio future of one job's result; cancelling it also asks the broker to cancel the job.
-
-    So ``asyncio.wait_for`` running out, or the cancellation of the task that awaits it,
-    withdraws a job that has not started (a running one goes on; ``client.cancel(future,
-    force=True)`` stops it). A job cancelled at the broker leaves this future cancelled.
-    """
-
-    def __init__(self, client: "AsyncClient", job_id: str) -> None:
-        super().__init__(loop=client._loop)
-        self.job_id = job_id
-        self._client = client
-
-    def cancel(self, msg: Any = None) -> bool:
-        if self.done():
-            return False
-        self._client._abandon([self.job_id])
-        return super().cancel(msg)
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
-        return f"<AsyncJobFuture {self.job_id} {state}>"
 
 
 class AsyncClient:
@@ -148,7 +122,7 @@ class AsyncClient:
     async def _start_cluster(self) -> None:
         from runner.local import LocalCluster
 
-        self._cluster = await in_own_thread(LocalCluster, "runner-aio-start")
+        self._cluster = await in_own_thread(LocalCluster, "runner-aio-start", undo=LocalCluster.close)
         self._cluster.on_broker_exit(self._broker_ended)
         self.address = self._cluster.address
         self._refusal = None
@@ -378,7 +352,7 @@ class AsyncClient:
         body = {**body, "request": request}
         self._requests[request] = [future, message_type, body]
         limit = None if forever else self.timeout if timeout is None else timeout
-        timer = None if limit is None else self._loop.call_later(limit, _expire, future, message_type, self.address)
+        timer = None if limit is None else self._loop.call_later(limit, expire, future, message_type, self.address)
         self.connection.send(message_type, body)
         try:
             return await future
@@ -413,7 +387,7 @@ class AsyncClient:
             self._unresolved.pop(job_id, None)
             future = self._futures.pop(job_id, None)
             if future is not None and not future.done():
-                _settle(future, job_id, status, blob)
+                settle(future, job_id, status, blob)
         if batch:
             self._made_room()
             self._acknowledger.add([row[0] for row in batch])  # the broker keeps each outcome until then
@@ -437,50 +411,3 @@ class AsyncClient:
                 self._loop.call_soon_threadsafe(self._cluster_gone, pid, status)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
-
-
-def _settle(future: asyncio.Future, job_id: str, status: str, blob: bytes) -> None:
-    """Resolve a job's future with its outcome (a map's future gets CancelledError as Client.map raises it)."""
-    value, error = decode_outcome(job_id, status, blob)
-    if status == protocol.CANCELLED and isinstance(future, AsyncJobFuture):
-        asyncio.Future.cancel(future)  # cancelled at the broker already: no message back
-    elif error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
-def _expire(future: asyncio.Future, message_type: str, address: str) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError(f"the broker at {address} did not answer {message_type} in time"))
-
-
-async def in_own_thread(function: Callable[[], T], name: str) -> T:
-    """``function()`` in a thread of its own, awaited; the thread has ended when this returns.
-
-    Not the loop's default executor, whose idle threads would outlive the client.
-    """
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def deliver(outcome: tuple[Any, BaseException | None]) -> None:
-        if not done.done():
-            if outcome[1] is not None:
-                done.set_exception(outcome[1])
-            else:
-                done.set_result(outcome[0])
-
-    def run() -> None:
-        try:
-            outcome: tuple[Any, BaseException | None] = (function(), None)
-        except BaseException as exc:  # noqa: B902 - handed to the awaiting coroutine
-            outcome = (None, exc)
-        loop.call_soon_threadsafe(deliver, outcome)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    try:
-        return await asyncio.shield(done)
-    finally:
-        thread.join()
-

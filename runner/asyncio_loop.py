@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager, TypeVar
 
 import zmq
 from loguru import logger
 
 log = logger.bind(component="asyncio-loop")
+T = TypeVar("T")
 
 
 class _Watched:
@@ -158,3 +159,47 @@ class AsyncioLoop:
             callback()
         except Exception:
             log.exception("a socket callback raised; the client goes on")
+
+
+async def in_own_thread(function: Callable[[], T], name: str, undo: Callable[[T], None] | None = None) -> T:
+    """``function()`` in a thread of its own, awaited; the thread has ended when this returns.
+
+    Not the loop's default executor, whose idle threads would outlive the client. If the
+    awaiting coroutine is cancelled, the loop does not wait for the thread: ``undo`` gets
+    the result once it comes (an embedded cluster that finished starting is stopped).
+    """
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def deliver(outcome: tuple[Any, BaseException | None]) -> None:
+        if outcome[1] is not None:
+            done.set_exception(outcome[1])
+        else:
+            done.set_result(outcome[0])
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (function(), None)
+        except BaseException as exc:  # noqa: B902 - handed to the awaiting coroutine
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(deliver, outcome)
+        except RuntimeError:  # the loop is closed: nobody takes the result
+            if undo is not None and outcome[1] is None:
+                undo(outcome[0])
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        result = await asyncio.shield(done)
+    except asyncio.CancelledError:
+        if undo is not None:
+            done.add_done_callback(lambda finished: _undo_later(finished, undo, name))
+        raise
+    thread.join()
+    return result
+
+
+def _undo_later(finished: asyncio.Future, undo: Callable[[Any], None], name: str) -> None:
+    if not finished.cancelled() and finished.exception() is None:
+        threading.Thread(target=undo, args=(finished.result(),), name=name, daemon=True).start()

@@ -318,6 +318,22 @@ def test_no_address_starts_the_embedded_cluster_and_reports_its_end(processes):
     run(body())
 
 
+def test_a_cancelled_start_stops_the_embedded_cluster_once_it_is_up(processes):
+    async def body():
+        threads = set(threading.enumerate())
+        client = runner.AsyncClient()
+        starting = asyncio.ensure_future(client.start())
+        await asyncio.sleep(0.05)  # into the cluster's start, which takes about a second
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        # The loop is free at once; the cluster that finished starting is stopped in the background
+        # (the leak check after the test finds none of its processes).
+        await eventually(_async_true_when(lambda: set(threading.enumerate()) == threads), 60, "no thread left")
+
+    run(body())
+
+
 def _async_true_when(condition):
     async def check() -> bool:
         return condition()
@@ -326,11 +342,11 @@ def _async_true_when(condition):
 
 def test_a_cancelled_map_item_raises_what_client_map_raises():
     """A map's cancelled job raises concurrent.futures.CancelledError, as Client.map does, not asyncio's."""
-    from runner.aio import _settle
+    from runner.aio_future import settle
 
     async def body():
         future = asyncio.get_running_loop().create_future()
-        _settle(future, "j1", runner.protocol.CANCELLED, b"")
+        settle(future, "j1", runner.protocol.CANCELLED, b"")
         with pytest.raises(JobCancelledError):
             future.result()
 
