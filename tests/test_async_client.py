@@ -351,3 +351,26 @@ def test_a_cancelled_map_item_raises_what_client_map_raises():
             future.result()
 
     run(body())
+
+
+def test_curve_keys_as_client_does_from_the_argument_or_the_environment(processes, tmp_path, monkeypatch):
+    from runner import keys
+
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    _, address = processes.broker("--curve-keys", str(folder), "--heartbeat", "0.2")
+    processes.worker(address, "--curve-keys", str(folder), "--heartbeat", "0.2", "--processes", "1", "--threads", "2")
+
+    async def body():
+        async with runner.AsyncClient(address, curve_keys=str(folder), timeout=20) as client:
+            assert await client.submit("tasks:add", 2, 3, pool="thread") == 5
+        monkeypatch.setenv("RUNNER_CURVE_KEYS", str(folder))  # what a coroutine job's client finds
+        async with runner.AsyncClient(address, timeout=20) as client:
+            assert await client.submit("tasks:add", 1, 1, pool="thread") == 2
+        started = time.monotonic()
+        with pytest.raises(runner.AuthenticationError, match="authentication failed"):
+            async with runner.AsyncClient(address, curve_keys="", timeout=20):
+                pass
+        assert time.monotonic() - started < 15, "not refused before the timeout"
+
+    run(body())
