@@ -374,3 +374,32 @@ def test_curve_keys_as_client_does_from_the_argument_or_the_environment(processe
         assert time.monotonic() - started < 15, "not refused before the timeout"
 
     run(body())
+
+
+def test_jobs_and_waits_go_again_to_a_restarted_broker_that_forgot_them(processes, tmp_path):
+    """The heartbeats, the reconnect and the registering again of BrokerConnection, on the asyncio loop."""
+    from test_chaos import free_address
+
+    address = free_address()
+    broker, _ = processes.broker("--heartbeat", "0.2", bind=address, journal=tmp_path / "first.db")
+
+    async def body():
+        async with runner.AsyncClient(address) as client:
+            futures = [client.submit(add, index, index, pool="thread") for index in range(50)]  # no worker yet
+            waiting = asyncio.ensure_future(client.Event("aio-restart").wait())
+            await eventually(lambda: _pending_is(client, 50), 30, "50 jobs pending")
+            broker.send_signal(signal.SIGKILL)
+            broker.wait()
+            # A broker with an empty journal: it knows neither the client nor its jobs and waits.
+            processes.broker("--heartbeat", "0.2", bind=address, journal=tmp_path / "second.db")
+            processes.worker(address, "--heartbeat", "0.2", "--threads", "4")
+            assert await asyncio.wait_for(asyncio.gather(*futures), 60) == [2 * index for index in range(50)]
+            assert not waiting.done()
+            await client.Event("aio-restart").set()
+            assert await asyncio.wait_for(waiting, 30) is True
+
+    run(body())
+
+
+async def _pending_is(client: runner.AsyncClient, count: int) -> bool:
+    return (await client.status())["jobs"]["pending"] == count
