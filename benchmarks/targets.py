@@ -92,4 +92,12 @@ def rows(sizes: Sizes) -> list[Row]:
             "map/runner.jobs_per_s", "no CURVE", ratio_at_least(0.8, "no CURVE")),
         Row("8. CURVE: round trip p50 (vs case 3 without CURVE)", "curve", "roundtrip.p50_us", "µs",
             "roundtrip/runner.p50_us", "no CURVE", ratio_at_most(1.2, "no CURVE")),
+        Row(f"12b. AsyncClient submit+await {s.async_jobs:,} no-ops (vs Client)", "async_client", "async.jobs_per_s",
+            "jobs/s", "client.jobs_per_s", "Client", ratio_at_least(0.8, "Client")),
+        Row("12b. AsyncClient round trip p50 (vs Client)", "async_client", "async_roundtrip.p50_us", "µs",
+            "client_roundtrip.p50_us", "Client", ratio_at_most(1.2, "Client")),
+        Row(f"12c. AsyncClient loop lag p99, 1,000 jobs in flight ({s.lag_jobs:,} in all)", "loop_lag",
+            "runner.lag_p99_ms", "ms", target=Target("< 5 ms", lambda median, reference: median < 5)),
+        Row("   of which the loop's thread ran (not the OS running others), p99, for information", "loop_lag",
+            "runner.lag_busy_p99_ms", "ms"),
     ]
