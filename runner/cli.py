@@ -277,11 +277,13 @@ def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, 
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
 @click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
+@click.option("--async-tasks", type=click.IntRange(0, 1_000_000),
+              help=f"Coroutine jobs at once per worker [default: {DEFAULT_ASYNC_TASKS}].")
 @click.option("--journal", help="The broker's journal file [default: a temporary file, removed at exit].")
 @curve_option
 @logging_options
-def local(bind: str | None, workers: int, processes: int | None, threads: int | None, journal: str | None,
-          curve_keys: str | None, log_level: str, log_json: bool) -> None:
+def local(bind: str | None, workers: int, processes: int | None, threads: int | None, async_tasks: int | None,
+          journal: str | None, curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
     import threading
 
@@ -293,8 +295,8 @@ def local(bind: str | None, workers: int, processes: int | None, threads: int | 
     # started, and main() exits with 130. Once started, they end the wait below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     ended: list[str] = []
-    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
-                      log_level=log_level, curve_keys=curve_keys) as cluster:
+    with LocalCluster(workers, processes=processes, threads=threads, async_tasks=async_tasks, bind=bind,
+                      journal=journal, log_level=log_level, curve_keys=curve_keys) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
         stop = threading.Event()
