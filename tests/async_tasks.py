@@ -33,10 +33,18 @@ def plain_add(a: float, b: float) -> float:
     return a + b
 
 
+_napping = 0  # naps sleeping now, on this worker's loop
+
+
 async def nap(seconds: float, value: int) -> list:
-    """Sleep without blocking the loop; return the value and how many tasks the loop held at the end."""
-    await asyncio.sleep(seconds)
-    return [value, len(asyncio.all_tasks())]
+    """Sleep without blocking the loop; return the value and how many naps were asleep when it woke."""
+    global _napping
+    _napping += 1
+    try:
+        await asyncio.sleep(seconds)
+        return [value, _napping]
+    finally:
+        _napping -= 1
 
 
 async def gated(record: str, gate: str, marker: str) -> str:

@@ -126,7 +126,7 @@ def test_five_thousand_sleeping_coroutines_on_one_worker(processes, broker_addre
     futures = [client.submit(async_tasks.nap, 1.0, n) for n in range(5000)]
     results = [future.result(timeout=120) for future in futures]
     assert [value for value, _ in results] == list(range(5000))
-    # Each job saw how many tasks its loop held when its sleep ended: one at a time would be 1.
+    # Each job saw how many naps were asleep beside it when it woke: one at a time would be 1.
     assert max(held for _, held in results) >= 100, "the sleeps did not overlap"
     assert client.status()["jobs"]["done"] >= 5000
 
