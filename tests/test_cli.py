@@ -30,7 +30,7 @@ def test_every_command_has_help(command):
 @pytest.mark.parametrize("arguments, complaint", [
     (["worker", "--processes", "-1"], "--processes"),
     (["worker", "--threads", "many"], "--threads"),
-    (["worker", "--processes", "0", "--threads", "0"], "at least one"),
+    (["worker", "--processes", "0", "--threads", "0", "--async-tasks", "0"], "at least one"),
     (["broker", "--heartbeat", "0"], "--heartbeat"),
     (["broker", "--log-level", "LOUD"], "--log-level"),
     (["submit"], "TASK"),
