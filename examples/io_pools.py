@@ -89,11 +89,11 @@ def failures(best: dict[str, PoolRun], requests: int) -> list[str]:
 def print_table(best: dict[str, PoolRun], requests: int) -> None:
     print(f"runner's pools: {requests} requests at once, each waiting {REQUEST_SECONDS:g} s "
           f"({requests * REQUEST_SECONDS:g} s one at a time)")
-    print(f"{'pool':<7} {'how a request waits':<34} {'wall s':>7} {'threads used':>13}")
+    print(f"{'pool':<7} {'how a request waits':<44} {'wall s':>7} {'threads used':>13}")
     how = {"thread": f"time.sleep, a thread each (--threads {requests})",
            "async": f"await asyncio.sleep (--async-tasks {requests})"}
     for run in best.values():
-        print(f"{run.pool:<7} {how[run.pool]:<34} {run.seconds:>7.2f} {run.threads:>13}")
+        print(f"{run.pool:<7} {how[run.pool]:<44} {run.seconds:>7.2f} {run.threads:>13}")
 
 
 def judge(requests: int, attempts: int, timeout: float = 60.0) -> int:
