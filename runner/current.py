@@ -51,7 +51,7 @@ async def close_coroutine_client() -> None:
     global _loop_client
     client, _loop_client = _loop_client, None
     if client is not None:
-        await client.__aexit__(None, None, None)
+        await client.close()
 
 
 def get_client() -> "Client":
@@ -86,7 +86,7 @@ def _running_loop() -> "asyncio.AbstractEventLoop | None":
 def _coroutine_client() -> Any:
     """The AsyncClient of the coroutine jobs, opened on their loop at the first call."""
     global _loop_client
-    if _loop_client is None or getattr(_loop_client, "closed", False):
+    if _loop_client is None or _loop_client._closed:
         address = os.environ.get("RUNNER_BROKER")
         if not address:
             raise RuntimeError("RUNNER_BROKER is not set: a worker's coroutine jobs connect to the broker it names")
