@@ -1,4 +1,4 @@
-"""Cases 1-5 and 7 of issue 5, each run on runner and on ProcessPoolExecutor(max_workers=2); case 9 of issue 12.
+"""Cases 1-5 and 7 of issue 5, each run on runner and on ProcessPoolExecutor(max_workers=2); case 12a.
 
 One cluster (a broker with its journal on, two workers of 1 process, 32 threads
 and 5,000 coroutine slots) and one PPE serve every run. Each runner run gets a fresh, warmed-up
@@ -133,13 +133,13 @@ def case_io(bench: Bench) -> Sample:
     }
 
 
-def case_async(bench: Bench) -> Sample:
-    """Case 9 (issue 12): a 100 ms asyncio.sleep a job on the async pools, against the ideal.
+def case_async_pool(bench: Bench) -> Sample:
+    """Case 12a: a 100 ms asyncio.sleep a job on the async pools, against the ideal.
 
     Ideally every slot sleeps all the time: the jobs take as many 100 ms waves as they fill the
     pools (20,000 jobs on 2 x 5,000 slots: 2 waves, 100,000 jobs/s).
     """
-    jobs = bench.sizes.async_jobs
+    jobs = bench.sizes.async_pool_jobs
     waves = math.ceil(jobs / (WORKERS * ASYNC_TASKS_PER_WORKER))
     return {
         "runner": on_runner(bench, budget(jobs), lambda client: throughput(
@@ -150,7 +150,7 @@ def case_async(bench: Bench) -> Sample:
 
 CASES: dict[str, Callable[[Bench], Sample]] = {
     "submit": case_submit, "map": case_map, "roundtrip": case_roundtrip, "cpu": case_cpu, "io": case_io,
-    "async": case_async,
+    "async_pool": case_async_pool,
 }
 
 

@@ -11,7 +11,7 @@ import time
 
 CPU_SECONDS = 0.020  # target duration of one CPU-bound job
 SLEEP_SECONDS = 0.010  # duration of one I/O-bound job
-ASYNC_SLEEP_SECONDS = 0.100  # duration of one coroutine job
+ASYNC_SLEEP_SECONDS = 0.100  # duration of one coroutine job (case 12a)
 
 
 def noop(*args: object) -> None:
