@@ -92,6 +92,8 @@ def rows(sizes: Sizes) -> list[Row]:
             "map/runner.jobs_per_s", "no CURVE", ratio_at_least(0.8, "no CURVE")),
         Row("8. CURVE: round trip p50 (vs case 3 without CURVE)", "curve", "roundtrip.p50_us", "µs",
             "roundtrip/runner.p50_us", "no CURVE", ratio_at_most(1.2, "no CURVE")),
+        Row(f"12a. async pool: {s.async_pool_jobs:,} x 100 ms asyncio.sleep, 2 x 5,000 coroutines", "async_pool",
+            "runner.jobs_per_s", "jobs/s", "ideal.jobs_per_s", "ideal", ratio_at_least(0.8, "ideal")),
         Row(f"12b. AsyncClient submit+await {s.async_jobs:,} no-ops (vs Client)", "async_client", "async.jobs_per_s",
             "jobs/s", "client.jobs_per_s", "Client", ratio_at_least(0.8, "Client")),
         Row("12b. AsyncClient round trip p50 (vs Client)", "async_client", "async_roundtrip.p50_us", "µs",

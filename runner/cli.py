@@ -19,6 +19,7 @@ CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
 CURVE_HELP = ("Folder of CurveZMQ keys (`runner keys generate DIR`): encrypt and authenticate every connection "
               "(env RUNNER_CURVE_KEYS).")
 REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
+DEFAULT_ASYNC_TASKS = 1000  # coroutine jobs a worker runs at once (runner worker --async-tasks)
 STOP_NOW_TIMEOUT = 5.0  # seconds an embedded worker whose owner or broker ended takes to stop, at most
 
 
@@ -134,6 +135,9 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, inse
               help="Process-pool size for CPU-bound jobs [default: number of cores].")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(0, 10_000), envvar="RUNNER_THREADS",
               help="Thread-pool size for I/O-bound jobs.")
+@click.option("--async-tasks", default=DEFAULT_ASYNC_TASKS, show_default=True, type=click.IntRange(0, 1_000_000),
+              envvar="RUNNER_ASYNC_TASKS", help="Coroutine jobs (async def tasks) run at once on the worker's event "
+              "loop; 0 turns the async pool off.")
 @click.option("--queue", "queues", multiple=True, envvar="RUNNER_QUEUES",
               help="Queue to serve; repeat for several [default: default].")
 @click.option("--import", "imports", multiple=True, envvar="RUNNER_IMPORTS",
@@ -154,7 +158,7 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, inse
 @heartbeat_options
 @exit_with_option
 @logging_options
-def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
+def worker(connect: str, processes: int | None, threads: int, async_tasks: int, queues: tuple[str, ...], imports: tuple[str, ...],
            allow_modules: tuple[str, ...], allow_any_module: bool, name: str | None, grace: float,
            max_jobs_per_child: int | None, max_memory_per_child: float | None, curve_keys: str | None,
            heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
@@ -165,15 +169,15 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     setup_logging(log_level, log_json)
     if processes is None:
         processes = os.cpu_count() or 1
-    if processes == 0 and threads == 0:
-        raise click.BadParameter("a worker needs at least one of --processes and --threads above 0")
+    if processes == 0 and threads == 0 and async_tasks == 0:
+        raise click.BadParameter("a worker needs at least one of --processes, --threads and --async-tasks above 0")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the worker import
     globs = list(allow_modules) + (["*"] if allow_any_module else [])
     if not imports and not globs:
         click.echo("runner worker: warning: no --import given; this worker can run no task", err=True)
     try:
-        instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
+        instance = Worker(connect, processes=processes, threads=threads, async_tasks=async_tasks, queues=list(queues),
                           imports=list(imports), allow_modules=globs, heartbeat=heartbeat,
                           liveness=liveness, grace=grace, name=name, max_jobs_per_child=max_jobs_per_child,
                           max_memory_per_child=max_memory_per_child, curve_keys=curve_keys)
@@ -201,7 +205,8 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
 @click.argument("arguments", nargs=-1)
 @click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
 @click.option("--kwargs", "keyword_json", default="{}", help="Keyword arguments as a JSON object.")
-@click.option("--pool", type=click.Choice(["process", "thread"]), help="Pool to run in [default: process].")
+@click.option("--pool", type=click.Choice(["process", "thread", "async"]),
+              help="Pool to run in [default: process; an async def task needs async].")
 @click.option("--queue", help="Queue to submit to [default: default].")
 @click.option("--priority", type=int, help="Higher runs first [default: 0].")
 @click.option("--wait/--no-wait", default=True, show_default=True,
@@ -272,11 +277,13 @@ def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, 
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
 @click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
+@click.option("--async-tasks", type=click.IntRange(0, 1_000_000),
+              help=f"Coroutine jobs at once per worker [default: {DEFAULT_ASYNC_TASKS}].")
 @click.option("--journal", help="The broker's journal file [default: a temporary file, removed at exit].")
 @curve_option
 @logging_options
-def local(bind: str | None, workers: int, processes: int | None, threads: int | None, journal: str | None,
-          curve_keys: str | None, log_level: str, log_json: bool) -> None:
+def local(bind: str | None, workers: int, processes: int | None, threads: int | None, async_tasks: int | None,
+          journal: str | None, curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
     import threading
 
@@ -288,8 +295,8 @@ def local(bind: str | None, workers: int, processes: int | None, threads: int | 
     # started, and main() exits with 130. Once started, they end the wait below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     ended: list[str] = []
-    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
-                      log_level=log_level, curve_keys=curve_keys) as cluster:
+    with LocalCluster(workers, processes=processes, threads=threads, async_tasks=async_tasks, bind=bind,
+                      journal=journal, log_level=log_level, curve_keys=curve_keys) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
         stop = threading.Event()

@@ -31,7 +31,7 @@ MAX_BATCH = 100_000
 #: Longest identifier (job id, queue name, task reference, peer name).
 MAX_NAME = 256
 
-POOLS = ("process", "thread")
+POOLS = ("process", "thread", "async")
 
 
 class ProtocolError(ValueError):
