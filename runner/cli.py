@@ -83,6 +83,10 @@ def cli() -> None:
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535), envvar="RUNNER_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (0: off) (env RUNNER_METRICS_PORT).")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True, envvar="RUNNER_METRICS_BIND",
+              help="Address the metrics port listens on; 0.0.0.0 for every interface (env RUNNER_METRICS_BIND).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -90,8 +94,8 @@ def cli() -> None:
 @heartbeat_options
 @exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, insecure: bool, curve_keys: str | None,
-           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
+def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, metrics_port: int, metrics_bind: str,
+           insecure: bool, curve_keys: str | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
            **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
@@ -117,6 +121,12 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, inse
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
+    if metrics_port:
+        try:
+            server.serve_metrics(metrics_port, metrics_bind)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {metrics_bind}:{metrics_port}: {exc}; "
+                                       "choose another --metrics-port or --metrics-bind") from None
     _stop_on_signals(server.stop, interrupts=not exit_with)
     signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
     click.echo(server.address)
