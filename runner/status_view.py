@@ -32,6 +32,8 @@ def _workers(workers: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="right" if column in ("pid", "running", "done", "failed") else "left")
     for worker in sorted(workers, key=lambda worker: worker["id"]):
         slots = " ".join(f"{pool} {count}" for pool, count in worker["slots"].items())
+        if worker.get("recycled"):
+            slots += f" (recycled {worker['recycled']})"  # pool children replaced so far
         if worker.get("draining"):
             slots += " (draining)"
         table.add_row(worker["id"], worker["host"], str(worker["pid"]), ",".join(worker["queues"]), slots,
