@@ -5,6 +5,7 @@ from __future__ import annotations
 from runner.broker.counters import BUCKETS, COMPLETED, FAILED, OTHER, RETRIED, SUBMITTED, Counters, Labels, Rate
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
+from runner.broker.scheduler import Job
 from runner import protocol
 
 
@@ -82,3 +83,12 @@ def test_waiting_by_queue_counts_each_priority_and_finds_the_oldest_head():
     book.submit(b"c", [["a", "t", "process", "q", 0, b"", b""], ["b", "t", "process", "q", 5, b"", b""]], False, 50.0)
     book.submit(b"c", [["c", "t", "thread", "q", 5, b"", b""]], False, 40.0)
     assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 1, 5: 2}, "oldest": 40.0}}
+
+
+def test_a_job_restored_from_the_journal_waits_with_an_unknown_age():
+    book = JobBook(Journal(":memory:"))
+    restored = Job("r", "t", "process", "q", 0, b"", b"c")  # accepted stays None, as restore() leaves it
+    book.scheduler.submit(restored)
+    assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 1}, "oldest": None}}
+    book.submit(b"c", [["a", "t", "process", "q", 0, b"", b""]], False, 50.0)
+    assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 2}, "oldest": None}}  # the head is the restored one
