@@ -9,10 +9,14 @@ endpoint must count exactly that.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 
@@ -144,6 +148,36 @@ def test_status_watch_redraws_until_ctrl_c_without_a_traceback(cluster):
     assert "Traceback" not in err and "\x1b" not in "".join(seen) + out
 
 
+def test_status_watch_on_a_terminal_redraws_in_place_and_ctrl_c_exits_0(cluster):
+    address, _port, _client, _by_name = cluster
+    main, side = pty.openpty()
+    watch = subprocess.Popen([sys.executable, "-m", "runner", "status", "--watch", "--connect", address],
+                             stdin=side, stdout=side, stderr=side, env=environment(COLUMNS="200"), cwd=ROOT,
+                             preexec_fn=die_with_parent)
+    os.close(side)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while seen.count(b"jobs: pending") < 2 and time.monotonic() < deadline:  # drawn, then redrawn
+            if select.select([main], [], [], 1.0)[0]:
+                seen += os.read(main, 65536)
+        assert seen.count(b"jobs: pending") >= 2, seen[-2000:]
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 0
+        while select.select([main], [], [], 0.2)[0]:
+            try:
+                seen += os.read(main, 65536)
+            except OSError:  # the terminal's other side closed with the process
+                break
+    finally:
+        os.close(main)
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert b"\x1b[" in seen and b"Traceback" not in seen  # cursor moves: in place, not one after another
+    assert b"alpha" in seen and b"beta" in seen
+
+
 def test_metrics_port_stays_on_loopback_unless_asked(processes):
     port = free_port()
     processes.broker("--metrics-port", str(port))
@@ -172,3 +206,13 @@ def _samples(port: int) -> dict[tuple, float]:
             key = (sample.name, *(sample.labels[name] for name in ("queue", "task", "le") if name in sample.labels))
             samples[key] = sample.value
     return samples
+
+
+def test_a_taken_metrics_port_stops_the_broker_with_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("broker", "--bind", "tcp://127.0.0.1:*", "--journal", ":memory:", "--metrics-port", str(port))
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "--metrics-port" in result.stderr
