@@ -96,13 +96,25 @@ class Counters:
         self.failed = Rate()
         self.wait: dict[str, Histogram] = {}  # queue -> seconds from accepted to (last) leased
         self.run: dict[str, Histogram] = {}  # queue -> seconds from leased to finished
+        # (queue, task) as the job names them -> its row and its queue's histograms: one dict
+        # lookup a job. Names under their own label only (at most MAX_LABELS squared), so it is bounded.
+        self._entries: dict[tuple[str, str], tuple[list[int], Histogram, Histogram]] = {}
+
+    def _entry(self, queue: str, task: str) -> tuple[list[int], Histogram, Histogram]:
+        entry = self._entries.get((queue, task))
+        if entry is not None:
+            return entry
+        queue_label, task_label = self.queues(queue), self.tasks(task)
+        row = self.by_task.get((queue_label, task_label))
+        if row is None:
+            row = self.by_task[(queue_label, task_label)] = [0, 0, 0, 0]
+        entry = (row, _histogram(self.wait, queue_label), _histogram(self.run, queue_label))
+        if queue_label == queue and task_label == task:
+            self._entries[(queue, task)] = entry
+        return entry
 
     def _row(self, queue: str, task: str) -> list[int]:
-        key = (self.queues(queue), self.tasks(task))
-        row = self.by_task.get(key)
-        if row is None:
-            row = self.by_task[key] = [0, 0, 0, 0]
-        return row
+        return self._entry(queue, task)[0]
 
     def submitted(self, queue: str, task: str) -> None:
         self._row(queue, task)[SUBMITTED] += 1
@@ -119,7 +131,7 @@ class Counters:
     def ran(self, worker: bytes | None, queue: str, task: str, ok: bool, now: float,
             accepted: float | None, leased: float | None) -> None:
         """A run the broker counts ended (``ok``: done; else failed, retried or not)."""
-        row = self._row(queue, task)
+        row, wait, run = self._entry(queue, task)
         counts = self.workers.get(worker) if worker is not None else None
         if ok:
             row[COMPLETED] += 1
@@ -132,18 +144,24 @@ class Counters:
             if counts is not None:
                 counts.failed += 1
         if leased is not None:
-            label = self.queues(queue)
             if accepted is not None:
-                _histogram(self.wait, label).observe(max(0.0, leased - accepted))
-            _histogram(self.run, label).observe(max(0.0, now - leased))
+                wait.observe(max(0.0, leased - accepted))
+            run.observe(max(0.0, now - leased))
 
-    def snapshot(self) -> "Counters":
+    def snapshot(self) -> "Totals":
         """A copy another thread may read while the loop goes on counting (taken on the loop's thread)."""
-        copy = Counters.__new__(Counters)
-        copy.by_task = {key: list(row) for key, row in self.by_task.items()}
-        copy.wait = {queue: histogram.copy() for queue, histogram in self.wait.items()}
-        copy.run = {queue: histogram.copy() for queue, histogram in self.run.items()}
-        return copy
+        return Totals({key: list(row) for key, row in self.by_task.items()},
+                      {queue: histogram.copy() for queue, histogram in self.wait.items()},
+                      {queue: histogram.copy() for queue, histogram in self.run.items()})
+
+
+@dataclass
+class Totals:
+    """The counts by queue and task and the histograms, as they were at one moment."""
+
+    by_task: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    wait: dict[str, Histogram] = field(default_factory=dict)
+    run: dict[str, Histogram] = field(default_factory=dict)
 
 
 def _histogram(histograms: dict[str, Histogram], label: str) -> Histogram:

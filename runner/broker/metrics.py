@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runner.broker.counters import BUCKETS, COMPLETED, FAILED, RETRIED, SUBMITTED, Counters, Histogram
+from runner.broker.counters import BUCKETS, COMPLETED, FAILED, RETRIED, SUBMITTED, Histogram, Totals
 
 if TYPE_CHECKING:
     from runner.broker.server import Broker
@@ -38,7 +38,7 @@ COUNTERS = (("submitted", SUBMITTED, "Jobs accepted"), ("completed", COMPLETED, 
 class Snapshot:
     """What one scrape reports; built on the loop's thread, read by the HTTP thread."""
 
-    counters: Counters = field(default_factory=Counters)
+    counters: Totals = field(default_factory=Totals)
     depth: dict[str, int] = field(default_factory=dict)
     running: int = 0
     workers: int = 0
