@@ -8,8 +8,6 @@ writes, so nothing is acknowledged or delivered that a crash could take back.
 
 from __future__ import annotations
 
-import os
-import socket as socket_module
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from runner.broker.liveness import Liveness
 from runner.broker import sync_ops
 from runner.broker.access import Access, Keyring, check_bind, key_of
 from runner.broker.scheduler import RUNNING, UnknownWorker
+from runner.broker.status import status_snapshot
 from runner.broker.sync import EPOCH, PUT, Reply, SyncState
 from runner.loop import EventLoop, Timer
 from runner.transport import RouterLink, bind_router
@@ -473,52 +472,5 @@ class Broker:
     # --- views --------------------------------------------------------------------------
 
     def status(self) -> dict:
-        """A snapshot of workers, queues and jobs, for ``client.status()`` (from counters, no journal scan)."""
-        scheduler, counters = self.jobs.scheduler, self.jobs.counters
-        now, monotonic = time.time(), time.monotonic()
-        workers = []
-        running_by_queue: dict[str, int] = {}
-        for peer in self.peers.values():
-            slot = scheduler.workers.get(peer.id) if peer.role == "worker" else None
-            if slot is None:
-                continue
-            for job in slot.leased.values():
-                running_by_queue[job.queue] = running_by_queue.get(job.queue, 0) + 1
-            running = {pool: count for pool, count in slot.in_flight.items() if count}
-            done = counters.workers.get(peer.id)
-            silent = self.liveness.silent_for(peer.id, monotonic)
-            workers.append({
-                "id": peer.name, "host": peer.host, "pid": peer.pid, "queues": peer.queues, "slots": peer.slots,
-                "running": sum(running.values()), "running_by_pool": running, "draining": not slot.credit,
-                "recycled": peer.recycled, "done": done.done if done else 0, "failed": done.failed if done else 0,
-                "rss": peer.rss, "children_rss": peer.children_rss,
-                "heartbeat_age": None if silent is None else round(silent, 3),
-            })
-        waiting = scheduler.waiting_by_queue()
-        pending = {queue: sum(entry["pending"].values()) for queue, entry in waiting.items()}
-        queue_details = {}
-        for queue in sorted(set(waiting) | set(running_by_queue)):
-            entry = waiting.get(queue, {"pending": {}, "oldest": None})
-            queue_details[queue] = {
-                "pending": sum(entry["pending"].values()),
-                "pending_by_priority": {str(priority): count for priority, count in sorted(entry["pending"].items())},
-                "running": running_by_queue.get(queue, 0),
-                "oldest_age": None if entry["oldest"] is None else round(max(0.0, now - entry["oldest"]), 3),
-            }
-        waiting_total = sum(pending.values())
-        running_total = sum(len(slot.leased) for slot in scheduler.workers.values())
-        final = self.journal.counts
-        return {
-            "broker": {"id": self.id, "address": self.address, "pid": os.getpid(), "host": socket_module.gethostname(),
-                       "journal": self.journal.path},
-            "workers": workers,
-            "clients": sum(1 for peer in self.peers.values() if peer.role == "client"),
-            "queues": pending,
-            "queue_details": queue_details,
-            "jobs": {"pending": waiting_total, "running": running_total,
-                     "retrying": len(scheduler.jobs) - waiting_total - running_total,
-                     "done": final.get("done", 0), "failed": final.get("failed", 0),
-                     "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
-            "rates": {"window": counters.completed.window, "completed": counters.completed.per_second(now),
-                      "failed": counters.failed.per_second(now)},
-        }
+        """A snapshot of workers, queues and jobs, for ``client.status()`` (runner/broker/status.py)."""
+        return status_snapshot(self)
