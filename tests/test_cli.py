@@ -36,6 +36,8 @@ def test_every_command_has_help(command):
     (["submit"], "TASK"),
     (["submit", "tasks:add", "--kwargs", "[1"], "--kwargs"),
     (["status", "--connect", "nonsense"], "nonsense"),
+    (["status", "--json", "--watch"], "--watch"),
+    (["broker", "--metrics-port", "70000"], "--metrics-port"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_arguments_exit_non_zero_with_one_line(arguments, complaint):
