@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Callable
 
 import click
@@ -84,6 +85,10 @@ def cli() -> None:
 @click.option("--result-ttl", default=DEFAULT_RESULT_TTL, show_default=True, type=click.FloatRange(0.1, 10**8),
               envvar="RUNNER_RESULT_TTL", help="Seconds an outcome is kept after its client has it.")
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535), envvar="RUNNER_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (0: off) (env RUNNER_METRICS_PORT).")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True, envvar="RUNNER_METRICS_BIND",
+              help="Address the metrics port listens on; 0.0.0.0 for every interface (env RUNNER_METRICS_BIND).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -91,8 +96,8 @@ def cli() -> None:
 @heartbeat_options
 @exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, insecure: bool, curve_keys: str | None,
-           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
+def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, metrics_port: int, metrics_bind: str,
+           insecure: bool, curve_keys: str | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
            **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
@@ -118,6 +123,12 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, inse
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
+    if metrics_port:
+        try:
+            server.serve_metrics(metrics_port, metrics_bind)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {metrics_bind}:{metrics_port}: {exc}; "
+                                       "choose another --metrics-port or --metrics-bind") from None
     _stop_on_signals(server.stop, interrupts=not exit_with)
     signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
     click.echo(server.address)
@@ -250,26 +261,61 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
 
 @cli.command()
 @click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document.")
+@click.option("--watch", is_flag=True, help="Redraw the status in place every second until Ctrl-C.")
 @curve_option
 @logging_options
-def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
-    """Show the broker's workers and queues; exits non-zero if the broker does not answer."""
+def status(connect: str, as_json: bool, watch: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """Show the broker's workers, queues and totals; exits non-zero if the broker does not answer.
+
+    Workers: slots, running, done and failed runs, resident memory of the worker and of its
+    pool children, seconds since its last heartbeat. Queues: pending jobs by priority, running
+    jobs, the oldest waiting job's age. Then totals and completed jobs per second over 10 s.
+    """
+    from rich.console import Console
+
+    from runner.status_view import render
+
     setup_logging(log_level, log_json)
+    if as_json and watch:
+        raise click.UsageError("--json and --watch do not go together: --json prints one document")
+    console = Console()  # colour on a terminal; plain text, no escape codes, through a pipe
+    if not console.is_terminal:
+        console = Console(width=max(console.width, PLAIN_WIDTH))  # whole names, not cells cut to 80 columns
     with _client(connect, curve_keys) as client:
-        snapshot = client.status()
-    if as_json:
-        click.echo(json.dumps(snapshot, indent=2))
+        if not watch:
+            snapshot = client.status()
+            if as_json:
+                click.echo(json.dumps(snapshot, indent=2))
+            else:
+                console.print(render(snapshot))
+            return
+        _watch_status(client, console)
+
+
+def _watch_status(client: Any, console: Any) -> None:
+    """Redraw the status every second until Ctrl-C (exit 0); a broker that stops answering ends it.
+
+    Without a terminal each snapshot is printed after the last, as plain text."""
+    from rich.live import Live
+
+    from runner.status_view import render
+
+    try:
+        if not console.is_terminal:
+            while True:
+                console.print(render(client.status()))
+                console.print()
+                sys.stdout.flush()
+                time.sleep(STATUS_EVERY)
+        with Live(render(client.status()), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(STATUS_EVERY)
+                live.update(render(client.status()), refresh=True)
+    except KeyboardInterrupt:
         return
-    click.echo(f"broker {snapshot['broker']['address']}  clients {snapshot['clients']}  "
-               f"pending {snapshot['jobs']['pending']}  running {snapshot['jobs']['running']}")
-    for worker_info in snapshot["workers"]:
-        slots = ", ".join(f"{pool} {count}" for pool, count in worker_info["slots"].items())
-        click.echo(f"  worker {worker_info['id']}  host {worker_info['host']}  pid {worker_info['pid']}  "
-                   f"slots {slots}  running {worker_info['running']}  queues {','.join(worker_info['queues'])}"
-                   f"  recycled {worker_info.get('recycled', 0)}")
-    for queue_name, pending in sorted(snapshot["queues"].items()):
-        click.echo(f"  queue {queue_name}: {pending} pending")
+    except TimeoutError as exc:
+        raise click.ClickException(f"the broker stopped answering: {exc}") from None
 
 
 @cli.command()
@@ -359,6 +405,10 @@ def _add_key_command(kind: str) -> None:
 
 for _kind in ("client", "worker", "admin"):
     _add_key_command(_kind)
+
+
+STATUS_EVERY = 1.0  # seconds between redraws of runner status --watch
+PLAIN_WIDTH = 160  # columns of runner status through a pipe (its tables are wider than 80)
 
 
 def _client(address: str, curve_keys: str | None):

@@ -36,6 +36,8 @@ def test_every_command_has_help(command):
     (["submit"], "TASK"),
     (["submit", "tasks:add", "--kwargs", "[1"], "--kwargs"),
     (["status", "--connect", "nonsense"], "nonsense"),
+    (["status", "--json", "--watch"], "--watch"),
+    (["broker", "--metrics-port", "70000"], "--metrics-port"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_arguments_exit_non_zero_with_one_line(arguments, complaint):
@@ -77,7 +79,7 @@ def test_submit_and_status_against_a_live_cluster(processes, broker_address):
     assert [worker["id"] for worker in status["workers"]] == ["cli-worker"]
     assert status["workers"][0]["slots"] == {"process": 1, "thread": 2, "async": 1000}  # --async-tasks default
     text = run("status", "--connect", broker_address).stdout
-    assert "worker cli-worker" in text
+    assert "cli-worker" in text and "\x1b" not in text
 
 
 def test_submit_no_wait_returns_once_the_job_is_journaled(processes, tmp_path):

@@ -38,6 +38,8 @@ from workers.admission import Admission
 from workers.async_pool import AsyncPool
 from workers.recycling import Recycler
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
 log = logger.bind(component="pools")
 
 #: Seconds a retired child gets to exit after its executor is shut down before it is killed.
@@ -279,6 +281,11 @@ class ProcessPool:
             children.update(_processes(lane.executor))
         return children
 
+    def child_pids(self) -> list[int]:
+        """The pids of the pool's live children."""
+        with self._lanes_lock:
+            return list(self._children_by_pid())
+
     def _children(self) -> list:
         with self._lanes_lock:
             return list(self._children_by_pid().values())
@@ -320,6 +327,12 @@ class Pools:
         pool = self.by_name.get("process")
         return pool.recycled if pool else 0
 
+    def memory(self) -> tuple[int, int]:
+        """Resident bytes of this process and of its process-pool children (summed)."""
+        pool = self.by_name.get("process")
+        children = pool.child_pids() if isinstance(pool, ProcessPool) else []
+        return resident_bytes(os.getpid()), sum(resident_bytes(pid) for pid in children)
+
     def tend(self) -> None:
         """Once a second: let each pool sample its children and end the ones overdue to leave."""
         for pool in self.by_name.values():
@@ -346,6 +359,15 @@ def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool 
 def _processes(executor: ProcessPoolExecutor) -> dict:
     # ProcessPoolExecutor keeps its children here (pid -> Process); there is no public view of them.
     return getattr(executor, "_processes", None) or {}
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory from /proc/PID/statm (0 if it is gone or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _high_water_kib(pid: int) -> int:

@@ -155,12 +155,15 @@ class Worker:
         }
 
     def _tend_pools(self) -> None:
-        """Once a second: look after the pool children; tell the broker how many were recycled."""
+        """Once a second: look after the pool children; tell the broker how many were recycled and the memory
+        resident in this process and its pool children (for ``runner status``)."""
         self.pools.tend()
-        recycled = self.pools.recycled()
-        if recycled != self._recycled_told:
-            self._recycled_told = recycled
-            self.connection.send(protocol.HEARTBEAT, {"recycled": recycled})
+        self._recycled_told = self.pools.recycled()
+        if not self.connection.registered.is_set():
+            return  # the hello carries the recycled count
+        rss, children_rss = self.pools.memory()
+        self.connection.send(protocol.HEARTBEAT, {"recycled": self._recycled_told, "rss": rss,
+                                                  "children_rss": children_rss})
 
     def _on_auth_failure(self, reason: str) -> None:
         """The broker refused this worker's key (or it has none): retrying would not help; stop."""
