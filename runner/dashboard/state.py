@@ -66,7 +66,8 @@ def failure_row(job: dict[str, Any]) -> dict[str, Any]:
     error = job.get("error")
     traceback_text = getattr(error, "remote_traceback", "") or getattr(error.__cause__, "text", "") if error else ""
     return {"id": job.get("id"), "task": job.get("task"), "queue": job.get("queue"), "attempts": job.get("attempts"),
-            "type": type(error).__name__ if error is not None else None, "message": str(error or ""),
+            "type": getattr(error, "type_name", type(error).__name__) if error is not None else None,
+            "message": str(getattr(error, "message", error or "")),
             "traceback": traceback_text[-TRACEBACK_CHARS:]}
 
 

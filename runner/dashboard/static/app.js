@@ -2,6 +2,8 @@
 "use strict";
 
 const POLL_MS = 1000;
+const openFailures = new Set();  // ids whose traceback the user opened (kept across redraws)
+let failuresShown = false;  // until the first list is drawn, the newest failure opens by itself
 
 function byId(id) { return document.getElementById(id); }
 
@@ -24,13 +26,14 @@ function showStatus(status) {
   byId("broker").textContent = "broker " + status.broker.address + " · " + status.clients + " clients";
   byId("workers-count").textContent = status.workers.length;
   for (const key of ["pending", "running", "done", "failed", "dead"]) byId(key).textContent = jobs[key];
-  fillTable(byId("workers"), status.workers, (w) => [
+  const workers = [...status.workers].sort((a, b) => String(a.id).localeCompare(String(b.id)));
+  fillTable(byId("workers"), workers, (w) => [
     [w.id], [w.host], [w.pid, true], [(w.queues || []).join(", ")],
     [Object.entries(w.slots || {}).map(([pool, n]) => pool + " " + n).join(", ")],
     [w.running, true], [w.recycled || 0, true],
   ]);
   const queues = Object.entries(status.queues || {}).sort();
-  fillTable(byId("queues"), queues, ([name, pending]) => [[name], [pending, true]]);
+  fillTable(byId("queues"), queues.length ? queues : [["(none waiting)", 0]], ([name, pending]) => [[name], [pending, true]]);
 }
 
 function showFailures(failures) {
@@ -43,8 +46,14 @@ function showFailures(failures) {
     box.append(none);
     return;
   }
+  if (!failuresShown) openFailures.add(failures[0].id);
+  failuresShown = true;
   for (const failure of failures) {
     const details = document.createElement("details");
+    details.open = openFailures.has(failure.id);
+    details.addEventListener("toggle", () => {
+      if (details.open) openFailures.add(failure.id); else openFailures.delete(failure.id);
+    });
     const summary = document.createElement("summary");
     const type = document.createElement("span");
     type.className = "type";
@@ -58,7 +67,10 @@ function showFailures(failures) {
   }
 }
 
-function drawChart(history, span) {
+function drawChart(history, maxSpan) {
+  // The last minute at first, growing by whole minutes up to the history's span.
+  const oldest = history.length ? history[0].age : 0;
+  const span = Math.min(maxSpan, Math.max(60, Math.ceil(oldest / 60) * 60));
   const canvas = byId("chart");
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || canvas.width, height = canvas.clientHeight || canvas.height;
@@ -78,17 +90,21 @@ function drawChart(history, span) {
   g.fillStyle = style.getPropertyValue("--quiet");
   g.strokeStyle = style.getPropertyValue("--line");
   g.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const rate = peak * i / 4;
+  for (let i = 0; i <= 5; i++) {
+    const rate = peak * i / 5;
     g.beginPath(); g.moveTo(left, y(rate)); g.lineTo(width - right, y(rate)); g.stroke();
     g.fillText(formatRate(rate), 4, y(rate) + 4);
   }
-  for (let age = 0; age <= span; age += 60) g.fillText(age ? "-" + age / 60 + " min" : "now", x(age) - 14, height - 6);
+  const tick = span > 60 ? 60 : 10;
+  for (let age = 0; age <= span; age += tick) {
+    const label = age === 0 ? "now" : tick === 60 ? "-" + age / 60 + " min" : "-" + age + " s";
+    g.fillText(label, x(age) - 14, height - 6);
+  }
   for (const [key, color] of [["completed", "--done"], ["failed", "--fail"]]) {
     g.strokeStyle = style.getPropertyValue(color);
     g.lineWidth = 2;
     g.beginPath();
-    history.forEach((s, i) => (i ? g.lineTo : g.moveTo).call(g, x(s.age), y(s[key])));
+    history.filter((s) => s.age <= span).forEach((s, i) => (i ? g.lineTo : g.moveTo).call(g, x(s.age), y(s[key])));
     g.stroke();
   }
 }
