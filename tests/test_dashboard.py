@@ -2,7 +2,7 @@
 
 The page is rendered by the browser (its script polls /api/state and fills the DOM), so these
 tests see what a user sees: both workers named, and a completed count that rises with the jobs.
-Skipped only when no Chromium is installed (Debian: `apt-get install chromium`; .ci/run does it).
+The browser test is skipped only when no Chromium is installed (Debian: `apt-get install chromium`; .ci/run does it).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 import runner
+from runner import keys
 from cluster import ROOT, environment, read_line, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_TIMEOUT = 90.0  # seconds one headless Chromium run may take on a busy machine
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 
 
 def chromium(profile: Path, *arguments: str) -> str:
@@ -51,10 +52,24 @@ def shown(dom: str, element_id: str) -> str:
     return found.group(1)
 
 
-def served_done(url: str) -> int:
+def served(url: str) -> dict:
+    """The dashboard's /api/state document."""
     with urllib.request.urlopen(url + "api/state", timeout=5) as answer:
-        status = json.load(answer)["status"]
+        return json.load(answer)
+
+
+def served_done(url: str) -> int:
+    status = served(url)["status"]
     return status["jobs"]["done"] if status else -1
+
+
+def start_dashboard(processes, address: str, *arguments: str) -> tuple[subprocess.Popen, str]:
+    """`runner dashboard` on a free port; the process and its page's URL once it serves."""
+    page = processes.runner("dashboard", "--connect", address, "--port", "0", "--log-level", "WARNING", *arguments,
+                            stdout=subprocess.PIPE)
+    url = read_line(page, 30)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url
+    return page, url
 
 
 @pytest.fixture
@@ -63,10 +78,7 @@ def cluster(processes):
     _, address = processes.broker("--heartbeat", "0.2")
     for name in ("alpha", "beta"):
         processes.worker(address, "--processes", "1", "--threads", "2", "--name", name, "--heartbeat", "0.2")
-    page = processes.runner("dashboard", "--connect", address, "--port", "0", "--log-level", "WARNING",
-                            stdout=subprocess.PIPE)
-    url = read_line(page, 30)
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url
+    _, url = start_dashboard(processes, address)
     with runner.Client(address) as client:
         client.wait_for_workers(2, timeout=30)
         yield client, url
@@ -78,6 +90,7 @@ def run_jobs(client: runner.Client, url: str, count: int, expected_done: int) ->
     wait_until(lambda: served_done(url) == expected_done, timeout=30, message=f"the dashboard counting {expected_done}")
 
 
+@needs_chromium
 def test_the_page_shows_both_workers_and_a_rising_completed_count(cluster, tmp_path):
     client, url = cluster
     run_jobs(client, url, 20, expected_done=20)
@@ -111,3 +124,32 @@ def test_the_dashboard_serves_nothing_but_its_page(cluster):
     with pytest.raises(urllib.error.HTTPError) as posted:
         urllib.request.urlopen(urllib.request.Request(url + "api/state", data=b"{}", method="POST"), timeout=5)
     assert posted.value.code == 501  # read-only: no method but GET
+
+
+def test_with_curve_an_admin_key_lists_every_failure_and_a_client_key_only_its_own(processes, tmp_path):
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    keys.add(folder, "client", "bob")
+    keys.add(folder, "admin", "ops")
+    _, address = processes.broker("--curve-keys", str(folder), "--heartbeat", "0.2")
+    processes.worker(address, "--curve-keys", str(folder), "--processes", "1", "--threads", "1")
+    as_admin, admin_url = start_dashboard(processes, address, "--curve-keys", str(folder / "ops"))
+    _, client_url = start_dashboard(processes, address, "--curve-keys", str(folder))
+    with runner.Client(address, curve_keys=str(folder / "bob")) as bob:
+        with pytest.raises(ValueError, match="bob's job"):
+            bob.submit("tasks:fail", "bob's job", retries=1).result(60)
+    wait_until(lambda: [row["message"] for row in served(admin_url)["failures"]] == ["bob's job"], timeout=30,
+               message="the admin's dashboard listing bob's failure")
+    wait_until(lambda: (served(client_url)["status"] or {}).get("jobs", {}).get("dead") == 1, timeout=30,
+               message="the client key's dashboard counting it")
+    assert served(client_url)["failures"] == []  # counted, but another key's job is not shown
+    assert processes.stop(as_admin) == 0  # SIGTERM ends it cleanly
+
+
+def test_a_port_in_use_is_a_clear_error(processes, broker_address):
+    _, url = start_dashboard(processes, broker_address)
+    port = url.rsplit(":", 1)[1].rstrip("/")
+    taken = processes.runner("dashboard", "--connect", broker_address, "--port", port, stderr=subprocess.PIPE)
+    _, stderr = taken.communicate(timeout=60)
+    assert taken.returncode == 1
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in stderr.decode()
