@@ -153,3 +153,12 @@ def test_a_port_in_use_is_a_clear_error(processes, broker_address):
     _, stderr = taken.communicate(timeout=60)
     assert taken.returncode == 1
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in stderr.decode()
+
+
+def test_a_broker_gone_away_is_shown_and_the_last_figures_kept(processes):
+    broker, address = processes.broker("--heartbeat", "0.2")
+    _, url = start_dashboard(processes, address)
+    wait_until(lambda: served(url)["status"] is not None, timeout=30, message="a first status")
+    processes.stop(broker)
+    wait_until(lambda: served(url)["error"], timeout=60, message="the dashboard saying the broker is away")
+    assert served(url)["status"]["broker"]["address"] == address
