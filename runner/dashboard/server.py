@@ -64,8 +64,11 @@ class Poller:
                 wanted = self.state.failures_changed(status)
             failures = latest_failures(self.client) if wanted else None
         except Exception as exc:  # the broker away, or a refusal: shown on the page, polling goes on
+            reason = f"{type(exc).__name__}: {exc}"
             with self.lock:
-                self.state.unreachable(f"{type(exc).__name__}: {exc}")
+                if self.state.error is None:  # logged once a spell, not every second
+                    logger.warning("dashboard: no answer from the broker at {}: {}", self.client.address, reason)
+                self.state.unreachable(reason)
             return
         with self.lock:
             self.state.observe(self.clock(), status)
