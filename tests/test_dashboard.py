@@ -2,7 +2,8 @@
 
 The page is rendered by the browser (its script polls /api/state and fills the DOM), so these
 tests see what a user sees: both workers named, and a completed count that rises with the jobs.
-The browser test is skipped only when no Chromium is installed (Debian: `apt-get install chromium`; .ci/run does it).
+The browser test is skipped only when no Chromium is installed (Debian: `apt-get install chromium`;
+.ci/run does it).
 """
 
 from __future__ import annotations
