@@ -319,6 +319,34 @@ def _watch_status(client: Any, console: Any) -> None:
 
 
 @cli.command()
+@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
+              help="HTTP port of the page; 0 picks a free one.")
+@click.option("--bind", "http_bind", default="127.0.0.1", show_default=True,
+              help="Address the page listens on; anyone who reaches it sees every job's errors.")
+@curve_option
+@logging_options
+def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, log_level: str,
+              log_json: bool) -> None:
+    """Serve a read-only web page of the cluster: workers, queues, jobs per second, latest failures.
+
+    Prints the page's URL when ready; SIGTERM or Ctrl-C stops it.
+    """
+    from runner.dashboard.server import Dashboard
+
+    setup_logging(log_level, log_json)
+    with _client(connect, curve_keys) as client:
+        try:
+            server = Dashboard(client, http_bind, port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve the dashboard on {http_bind}:{port}: {exc}") from None
+        _stop_on_signals(server.stop)
+        click.echo(server.url)
+        sys.stdout.flush()
+        server.serve_forever()
+
+
+@cli.command()
 @click.option("--bind", help="Broker address [default: a private ipc:// socket in a 0700 temporary folder].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
