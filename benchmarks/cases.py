@@ -1,7 +1,7 @@
-"""Cases 1-5 and 7 of issue 5, each run on runner and on ProcessPoolExecutor(max_workers=2).
+"""Cases 1-5 and 7 of issue 5, each run on runner and on ProcessPoolExecutor(max_workers=2); case 12a.
 
-One cluster (a broker with its journal on, two workers of 1 process and 32
-threads) and one PPE serve every run. Each runner run gets a fresh, warmed-up
+One cluster (a broker with its journal on, two workers of 1 process, 32 threads
+and 5,000 coroutine slots) and one PPE serve every run. Each runner run gets a fresh, warmed-up
 client and a watchdog that closes it when the run's budget is spent; each PPE run
 waits for its results with the same budget. A run that fails is recorded with
 its error and the benchmark goes on.
@@ -9,6 +9,7 @@ its error and the benchmark goes on.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -19,8 +20,8 @@ import runner
 from benchmarks import floor, tasks
 from benchmarks.cluster import Cluster, cpu_seconds, rss_bytes
 from benchmarks.measure import Watchdog, count_results, round_trips, throughput
-from benchmarks.settings import (BROKER_SETTLE, PPE_WORKERS, REQUEST_TIMEOUT, START_TIMEOUT, THREADS_PER_WORKER,
-                                 WORKERS, Sizes, budget)
+from benchmarks.settings import (ASYNC_TASKS_PER_WORKER, BROKER_SETTLE, PPE_WORKERS, REQUEST_TIMEOUT, START_TIMEOUT,
+                                 THREADS_PER_WORKER, WORKERS, Sizes, budget)
 
 Sample = dict[str, Any]  # one run of a case: {"runner": {...}, "ppe": {...}, ...}; a side may hold {"error": ...}
 CPU_RATE = 20.0  # jobs/s below which the CPU-bound case is cut off (ideal: 100/s)
@@ -132,8 +133,24 @@ def case_io(bench: Bench) -> Sample:
     }
 
 
+def case_async_pool(bench: Bench) -> Sample:
+    """Case 12a: a 100 ms asyncio.sleep a job on the async pools, against the ideal.
+
+    Ideally every slot sleeps all the time: the jobs take as many 100 ms waves as they fill the
+    pools (20,000 jobs on 2 x 5,000 slots: 2 waves, 100,000 jobs/s).
+    """
+    jobs = bench.sizes.async_pool_jobs
+    waves = math.ceil(jobs / (WORKERS * ASYNC_TASKS_PER_WORKER))
+    return {
+        "runner": on_runner(bench, budget(jobs), lambda client: throughput(
+            lambda: client.submit(tasks.async_sleep_100ms), jobs, budget(jobs))),
+        "ideal": {"jobs_per_s": jobs / (waves * tasks.ASYNC_SLEEP_SECONDS)},
+    }
+
+
 CASES: dict[str, Callable[[Bench], Sample]] = {
     "submit": case_submit, "map": case_map, "roundtrip": case_roundtrip, "cpu": case_cpu, "io": case_io,
+    "async_pool": case_async_pool,
 }
 
 
@@ -200,8 +217,16 @@ def brief(sample: Sample) -> str:
             continue
         if "error" in values:
             parts.append(f"{side} ERROR {values['error']}")
+        elif "lag_p99_ms" in values:
+            parts.append(f"{side} loop lag p99 {values['lag_p99_ms']:.2f} ms ({values['jobs_per_s']:,.0f} jobs/s)")
         elif "jobs_per_s" in values:
             parts.append(f"{side} {values['jobs_per_s']:,.0f} jobs/s")
         elif "p50_us" in values:
             parts.append(f"{side} p50 {values['p50_us']:,.0f} µs p99 {values['p99_us']:,.0f} µs")
     return ", ".join(parts)
+
+
+# Issue 12's AsyncClient cases build on the pieces above, so they join the table last.
+from benchmarks.aio_client import case_async_client, case_loop_lag  # noqa: E402
+
+CASES.update({"async_client": case_async_client, "loop_lag": case_loop_lag})

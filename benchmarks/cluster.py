@@ -16,7 +16,8 @@ from pathlib import Path
 
 from runner.local import read_address, stop_process
 
-from benchmarks.settings import HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT, THREADS_PER_WORKER
+from benchmarks.settings import (ASYNC_TASKS_PER_WORKER, HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT,
+                                 THREADS_PER_WORKER)
 
 ROOT = Path(os.path.abspath(__file__)).parent.parent  # abspath, not resolve: the runner beside this folder
 TASKS_MODULE = "benchmarks.tasks"
@@ -46,11 +47,12 @@ class Cluster:
         return self.address
 
     def start_workers(self, count: int) -> None:
-        """Start ``count`` workers of 1 process and 32 threads that may run benchmarks.tasks."""
+        """Start ``count`` workers of 1 process, 32 threads and 5,000 coroutines that may run benchmarks.tasks."""
         for _ in range(count):
             number = len(self.workers) + 1
             command = ["worker", "--connect", self.address, "--import", TASKS_MODULE,
                        "--processes", str(PROCESSES_PER_WORKER), "--threads", str(THREADS_PER_WORKER),
+                       "--async-tasks", str(ASYNC_TASKS_PER_WORKER),
                        "--name", f"bench-{self.name}-{number}", *self._keys()]
             self.workers.append(self._spawn(f"worker-{number}", command))
 

@@ -19,6 +19,9 @@ class Sizes:
     io_jobs: int  # case 5: a 10 ms sleep each, on the thread pools
     scale_jobs: int  # case 6: queued with no worker connected
     warmup_jobs: int  # no-op jobs through a fresh client before each timed run
+    async_jobs: int = 20_000  # case (b): AsyncClient and Client submit+await no-ops
+    lag_jobs: int = 20_000  # case (c): no-ops through 1,000 in flight while the loop's lag is measured
+    async_pool_jobs: int = 20_000  # case 12a: a 100 ms asyncio.sleep each, on the async pools
 
 
 MODES = {
@@ -27,15 +30,17 @@ MODES = {
     "quick": Sizes(runs=1, submit_jobs=20_000, map_jobs=50_000, ppe_map_chunksize=1_000, roundtrip_jobs=1_000,
                    roundtrip_warmup=100, cpu_jobs=100, io_jobs=2_000, scale_jobs=50_000, warmup_jobs=200),
     "tiny": Sizes(runs=1, submit_jobs=300, map_jobs=1_000, ppe_map_chunksize=100, roundtrip_jobs=50,
-                  roundtrip_warmup=10, cpu_jobs=4, io_jobs=64, scale_jobs=1_000, warmup_jobs=20),
+                  roundtrip_warmup=10, cpu_jobs=4, io_jobs=64, scale_jobs=1_000, warmup_jobs=20,
+                  async_jobs=300, lag_jobs=2_000, async_pool_jobs=200),
 }
 
-CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale", "curve")
+CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale", "curve", "async_pool", "async_client", "loop_lag")
 ALIASES = {"broker_cpu": "map", "broker-cpu": "map"}  # case 7 is measured during case 2
 
 WORKERS = 2  # runner workers, each with ...
 PROCESSES_PER_WORKER = 1  # ... one pool process, so the process pools match PPE's 2 processes
 THREADS_PER_WORKER = 32
+ASYNC_TASKS_PER_WORKER = 5_000  # coroutine jobs at once, case 12a
 PPE_WORKERS = 2
 HOST = "127.0.0.1"  # nothing listens anywhere else
 

@@ -6,10 +6,12 @@ The CPU task takes its loop count as an argument, calibrated once in the harness
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 CPU_SECONDS = 0.020  # target duration of one CPU-bound job
 SLEEP_SECONDS = 0.010  # duration of one I/O-bound job
+ASYNC_SLEEP_SECONDS = 0.100  # duration of one coroutine job (case 12a)
 
 
 def noop(*args: object) -> None:
@@ -27,6 +29,11 @@ def cpu_burn(iterations: int) -> int:
 def sleep_10ms(*args: object) -> None:
     """Sleeps SLEEP_SECONDS without the GIL, as an I/O-bound job does."""
     time.sleep(SLEEP_SECONDS)
+
+
+async def async_sleep_100ms(*args: object) -> None:
+    """Awaits ASYNC_SLEEP_SECONDS on the worker's event loop, as an asyncio I/O-bound job does."""
+    await asyncio.sleep(ASYNC_SLEEP_SECONDS)
 
 
 def calibrate(seconds: float = CPU_SECONDS, rounds: int = 5) -> int:

@@ -27,6 +27,11 @@ connection open but silent for ``--idle`` seconds (a broker between bursts),
 then does the other half.  Each round trip sends a small message and waits for
 the whole echo before sending the next.
 
+Then the same idea one level up, in runner's own pools (examples/io_pools.py): the
+same N sleeping requests in runner's thread pool (a thread per waiting request) and
+in its async pool (coroutines on one event loop), with the wall time and the threads
+used by each. Its claim: the async pool does it on one thread, about as fast.
+
 The point made visible: the busy poller burns far more CPU per round trip than
 the readiness-based servers.  The table splits out the CPU spent during the
 idle pause to show where it goes: while clients keep it busy, busy polling
@@ -43,10 +48,12 @@ to spare, and the claim is reported as NOT JUDGED (exit status 3) rather than
 failed; otherwise it failed (exit status 1).  tests/test_io_models.py reports a
 "not judged" run as skipped, with this output as the reason.
 
-Stdlib only; every subprocess is reaped; the whole run has a hard deadline.
+The servers use the stdlib only; every subprocess is reaped; the servers' part has a hard deadline.
 
-    python examples/io_models.py            # 50 clients x 200 round trips
-    python examples/io_models.py --quick    # a few seconds, for the tests
+    python examples/io_models.py            # 50 clients x 200 round trips; 200 requests per pool
+    python examples/io_models.py --quick    # a few seconds, for the tests (100 requests per pool)
+
+The exit status is the worse of the two parts' (failed over not judged over holds).
 """
 
 from __future__ import annotations
@@ -535,6 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         run_server(args.serve, args.max_seconds)
         return 0
+    servers = judge_servers(args)
+    print()
+    import io_pools  # examples/io_pools.py: imports runner, which the servers above do without
+
+    pools = io_pools.judge(100 if args.quick else 200, args.attempts)
+    return max((servers, pools), key=[0, NOT_JUDGED, 1, 2].index)
+
+
+def judge_servers(args: argparse.Namespace) -> int:
+    """The echo servers: measure, print, check the claim; the exit status of this part."""
     deadline = Deadline(args.deadline)
     print(f"{args.clients} clients x {args.round_trips} round trips of "
           f"{len(MESSAGE)} bytes, {args.idle:g} s idle halfway, on {HOST}\n")

@@ -6,6 +6,7 @@ A worker runs these when started with ``--import tasks`` and this folder on its
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -44,6 +45,18 @@ def sleep_then(seconds: float, value=None):
     """Sleep (I/O-like wait), then return value: an I/O-bound job."""
     time.sleep(seconds)
     return value
+
+
+def blocking_request(seconds: float) -> str:
+    """A request that waits ``seconds`` in a blocking call; returns the thread that served it."""
+    time.sleep(seconds)
+    return threading.current_thread().name
+
+
+async def awaiting_request(seconds: float) -> str:
+    """The same request as a coroutine: it awaits instead (runs in the async pool by default)."""
+    await asyncio.sleep(seconds)
+    return threading.current_thread().name
 
 
 def slow_whoami(seconds: float) -> dict:

@@ -1,11 +1,13 @@
 """runner: a distributed task runner for Python.
 
 ``Client(address)`` connects to a broker (``Client()`` starts an embedded local
-cluster); ``submit`` returns a concurrent.futures.Future. See README.md.
+cluster); ``submit`` returns a concurrent.futures.Future. ``AsyncClient`` is the same on
+an asyncio loop. See README.md.
 """
 
 from loguru import logger
 
+from runner.aio import AsyncClient, AsyncJobFuture
 from runner.client import Client, JobFuture
 from runner.current import get_client
 from runner.executor import ClusterExecutor
@@ -17,6 +19,8 @@ from runner.sync import Event, Lock, Queue, Semaphore
 from runner.tasks import Task, task
 
 __all__ = [
+    "AsyncClient",
+    "AsyncJobFuture",
     "AuthenticationError",
     "BackpressureError",
     "BrokerUnreachable",

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Callable
 
 import click
@@ -20,6 +21,7 @@ CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
 CURVE_HELP = ("Folder of CurveZMQ keys (`runner keys generate DIR`): encrypt and authenticate every connection "
               "(env RUNNER_CURVE_KEYS).")
 REACH_TIMEOUT = 5.0  # seconds the client commands wait for the broker
+DEFAULT_ASYNC_TASKS = 1000  # coroutine jobs a worker runs at once (runner worker --async-tasks)
 STOP_NOW_TIMEOUT = 5.0  # seconds an embedded worker whose owner or broker ended takes to stop, at most
 
 
@@ -86,6 +88,10 @@ def cli() -> None:
 @click.option("--scratch", hidden=True, help="A folder of the embedded cluster's, removed when this broker ends.")
 @click.option("--events-buffer", default=EVENT_BUFFER, show_default=True, type=click.IntRange(1, 10**7),
               help="Job events kept for each `runner events` reader; a slower reader loses the rest (counted).")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535), envvar="RUNNER_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (0: off) (env RUNNER_METRICS_PORT).")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True, envvar="RUNNER_METRICS_BIND",
+              help="Address the metrics port listens on; 0.0.0.0 for every interface (env RUNNER_METRICS_BIND).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -93,9 +99,9 @@ def cli() -> None:
 @heartbeat_options
 @exit_with_option
 @logging_options
-def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int, insecure: bool,
-           curve_keys: str | None, heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str,
-           log_json: bool, **limits: int) -> None:
+def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int,
+           metrics_port: int, metrics_bind: str, insecure: bool, curve_keys: str | None, heartbeat: float,
+           liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool, **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
     With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes).
@@ -120,6 +126,12 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the journal {journal!r}: {exc}") from None
+    if metrics_port:
+        try:
+            server.serve_metrics(metrics_port, metrics_bind)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {metrics_bind}:{metrics_port}: {exc}; "
+                                       "choose another --metrics-port or --metrics-bind") from None
     _stop_on_signals(server.stop, interrupts=not exit_with)
     signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
     click.echo(server.address)
@@ -137,6 +149,9 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
               help="Process-pool size for CPU-bound jobs [default: number of cores].")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(0, 10_000), envvar="RUNNER_THREADS",
               help="Thread-pool size for I/O-bound jobs.")
+@click.option("--async-tasks", default=DEFAULT_ASYNC_TASKS, show_default=True, type=click.IntRange(0, 1_000_000),
+              envvar="RUNNER_ASYNC_TASKS", help="Coroutine jobs (async def tasks) run at once on the worker's event "
+              "loop; 0 turns the async pool off.")
 @click.option("--queue", "queues", multiple=True, envvar="RUNNER_QUEUES",
               help="Queue to serve; repeat for several [default: default].")
 @click.option("--import", "imports", multiple=True, envvar="RUNNER_IMPORTS",
@@ -157,7 +172,7 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
 @heartbeat_options
 @exit_with_option
 @logging_options
-def worker(connect: str, processes: int | None, threads: int, queues: tuple[str, ...], imports: tuple[str, ...],
+def worker(connect: str, processes: int | None, threads: int, async_tasks: int, queues: tuple[str, ...], imports: tuple[str, ...],
            allow_modules: tuple[str, ...], allow_any_module: bool, name: str | None, grace: float,
            max_jobs_per_child: int | None, max_memory_per_child: float | None, curve_keys: str | None,
            heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool) -> None:
@@ -168,15 +183,15 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
     setup_logging(log_level, log_json)
     if processes is None:
         processes = os.cpu_count() or 1
-    if processes == 0 and threads == 0:
-        raise click.BadParameter("a worker needs at least one of --processes and --threads above 0")
+    if processes == 0 and threads == 0 and async_tasks == 0:
+        raise click.BadParameter("a worker needs at least one of --processes, --threads and --async-tasks above 0")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the worker import
     globs = list(allow_modules) + (["*"] if allow_any_module else [])
     if not imports and not globs:
         click.echo("runner worker: warning: no --import given; this worker can run no task", err=True)
     try:
-        instance = Worker(connect, processes=processes, threads=threads, queues=list(queues),
+        instance = Worker(connect, processes=processes, threads=threads, async_tasks=async_tasks, queues=list(queues),
                           imports=list(imports), allow_modules=globs, heartbeat=heartbeat,
                           liveness=liveness, grace=grace, name=name, max_jobs_per_child=max_jobs_per_child,
                           max_memory_per_child=max_memory_per_child, curve_keys=curve_keys)
@@ -204,7 +219,8 @@ def worker(connect: str, processes: int | None, threads: int, queues: tuple[str,
 @click.argument("arguments", nargs=-1)
 @click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
 @click.option("--kwargs", "keyword_json", default="{}", help="Keyword arguments as a JSON object.")
-@click.option("--pool", type=click.Choice(["process", "thread"]), help="Pool to run in [default: process].")
+@click.option("--pool", type=click.Choice(["process", "thread", "async"]),
+              help="Pool to run in [default: process; an async def task needs async].")
 @click.option("--queue", help="Queue to submit to [default: default].")
 @click.option("--priority", type=int, help="Higher runs first [default: 0].")
 @click.option("--wait/--no-wait", default=True, show_default=True,
@@ -249,26 +265,89 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
 
 @cli.command()
 @click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document.")
+@click.option("--watch", is_flag=True, help="Redraw the status in place every second until Ctrl-C.")
 @curve_option
 @logging_options
-def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
-    """Show the broker's workers and queues; exits non-zero if the broker does not answer."""
+def status(connect: str, as_json: bool, watch: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
+    """Show the broker's workers, queues and totals; exits non-zero if the broker does not answer.
+
+    Workers: slots, running, done and failed runs, resident memory of the worker and of its
+    pool children, seconds since its last heartbeat. Queues: pending jobs by priority, running
+    jobs, the oldest waiting job's age. Then totals and completed jobs per second over 10 s.
+    """
+    from rich.console import Console
+
+    from runner.status_view import render
+
+    setup_logging(log_level, log_json)
+    if as_json and watch:
+        raise click.UsageError("--json and --watch do not go together: --json prints one document")
+    console = Console()  # colour on a terminal; plain text, no escape codes, through a pipe
+    if not console.is_terminal:
+        console = Console(width=max(console.width, PLAIN_WIDTH))  # whole names, not cells cut to 80 columns
+    with _client(connect, curve_keys) as client:
+        if not watch:
+            snapshot = client.status()
+            if as_json:
+                click.echo(json.dumps(snapshot, indent=2))
+            else:
+                console.print(render(snapshot))
+            return
+        _watch_status(client, console)
+
+
+def _watch_status(client: Any, console: Any) -> None:
+    """Redraw the status every second until Ctrl-C (exit 0); a broker that stops answering ends it.
+
+    Without a terminal each snapshot is printed after the last, as plain text."""
+    from rich.live import Live
+
+    from runner.status_view import render
+
+    try:
+        if not console.is_terminal:
+            while True:
+                console.print(render(client.status()))
+                console.print()
+                sys.stdout.flush()
+                time.sleep(STATUS_EVERY)
+        with Live(render(client.status()), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(STATUS_EVERY)
+                live.update(render(client.status()), refresh=True)
+    except KeyboardInterrupt:
+        return
+    except TimeoutError as exc:
+        raise click.ClickException(f"the broker stopped answering: {exc}") from None
+
+
+@cli.command()
+@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
+              help="HTTP port of the page; 0 picks a free one.")
+@click.option("--bind", "http_bind", default="127.0.0.1", show_default=True,
+              help="Address the page listens on; anyone who reaches it sees every job's errors.")
+@curve_option
+@logging_options
+def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, log_level: str,
+              log_json: bool) -> None:
+    """Serve a read-only web page of the cluster: workers, queues, jobs per second, latest failures.
+
+    Prints the page's URL when ready; SIGTERM or Ctrl-C stops it.
+    """
+    from runner.dashboard.server import Dashboard
+
     setup_logging(log_level, log_json)
     with _client(connect, curve_keys) as client:
-        snapshot = client.status()
-    if as_json:
-        click.echo(json.dumps(snapshot, indent=2))
-        return
-    click.echo(f"broker {snapshot['broker']['address']}  clients {snapshot['clients']}  "
-               f"pending {snapshot['jobs']['pending']}  running {snapshot['jobs']['running']}")
-    for worker_info in snapshot["workers"]:
-        slots = ", ".join(f"{pool} {count}" for pool, count in worker_info["slots"].items())
-        click.echo(f"  worker {worker_info['id']}  host {worker_info['host']}  pid {worker_info['pid']}  "
-                   f"slots {slots}  running {worker_info['running']}  queues {','.join(worker_info['queues'])}"
-                   f"  recycled {worker_info.get('recycled', 0)}")
-    for queue_name, pending in sorted(snapshot["queues"].items()):
-        click.echo(f"  queue {queue_name}: {pending} pending")
+        try:
+            server = Dashboard(client, http_bind, port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve the dashboard on {http_bind}:{port}: {exc}") from None
+        _stop_on_signals(server.stop)
+        click.echo(server.url)
+        sys.stdout.flush()
+        server.serve_forever()
 
 
 @cli.command()
@@ -276,11 +355,13 @@ def status(connect: str, as_json: bool, curve_keys: str | None, log_level: str, 
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
 @click.option("--threads", type=click.IntRange(0, 10_000), help="Thread-pool size per worker [default: 8].")
+@click.option("--async-tasks", type=click.IntRange(0, 1_000_000),
+              help=f"Coroutine jobs at once per worker [default: {DEFAULT_ASYNC_TASKS}].")
 @click.option("--journal", help="The broker's journal file [default: a temporary file, removed at exit].")
 @curve_option
 @logging_options
-def local(bind: str | None, workers: int, processes: int | None, threads: int | None, journal: str | None,
-          curve_keys: str | None, log_level: str, log_json: bool) -> None:
+def local(bind: str | None, workers: int, processes: int | None, threads: int | None, async_tasks: int | None,
+          journal: str | None, curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Run a broker and WORKERS workers in one command; Ctrl-C stops them all."""
     import threading
 
@@ -292,8 +373,8 @@ def local(bind: str | None, workers: int, processes: int | None, threads: int | 
     # started, and main() exits with 130. Once started, they end the wait below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     ended: list[str] = []
-    with LocalCluster(workers, processes=processes, threads=threads, bind=bind, journal=journal,
-                      log_level=log_level, curve_keys=curve_keys) as cluster:
+    with LocalCluster(workers, processes=processes, threads=threads, async_tasks=async_tasks, bind=bind,
+                      journal=journal, log_level=log_level, curve_keys=curve_keys) as cluster:
         click.echo(f"runner local: broker at {cluster.address} with {workers} workers; Ctrl-C stops")
         sys.stdout.flush()
         stop = threading.Event()
@@ -356,6 +437,10 @@ def _add_key_command(kind: str) -> None:
 
 for _kind in ("client", "worker", "admin"):
     _add_key_command(_kind)
+
+
+STATUS_EVERY = 1.0  # seconds between redraws of runner status --watch
+PLAIN_WIDTH = 160  # columns of runner status through a pipe (its tables are wider than 80)
 
 
 def _client(address: str, curve_keys: str | None):

@@ -12,7 +12,8 @@ before the latest hello, which the owner sends again after that hello's welcome.
 
 When authentication fails (the handshake is refused, or the broker answers "denied")
 it stops for good: ``failure`` says why and ``settled`` is set, as it is at the first
-welcome, so the owner waits for whichever comes first.
+welcome, so the owner waits for whichever comes first (``on_settled`` tells an owner
+that cannot wait on a threading.Event).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class BrokerConnection:
         say_waiting: bool = False,
         curve: "CurveKeys | None" = None,
         on_failure: Callable[[str], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -73,6 +75,7 @@ class BrokerConnection:
         self.key_description = (f"the key {curve.public_text} ({curve.source})" if curve
                                 else "no CURVE key")
         self._on_failure = on_failure
+        self._on_settled = on_settled  # for an owner that cannot block on ``settled`` (an asyncio loop)
         self._watch: HandshakeWatch | None = None
         self._hello = hello
         self._on_message = on_message
@@ -138,7 +141,7 @@ class BrokerConnection:
             if self.refusal is None:
                 log.warning("the broker at {} refused us: {}", self.address, message.body["message"])
             self.refusal = message.body["message"]
-            self.settled.set()
+            self._settle()
         elif message.type == protocol.ERROR and message.body.get("code") == "denied":
             self._fail(f"{message.body['message']} (this side used {self.key_description})")
         elif message.type == protocol.ERROR and message.body.get("code") == "hello":
@@ -161,7 +164,12 @@ class BrokerConnection:
             self._on_welcome(body, self._welcomes > 1)
         self.refusal = None
         self.registered.set()
+        self._settle()
+
+    def _settle(self) -> None:
         self.settled.set()
+        if self._on_settled is not None:
+            self._on_settled()
 
     def _restart_heartbeats(self) -> None:
         if self._timer is not None:
@@ -197,6 +205,6 @@ class BrokerConnection:
         self.failure = reason
         log.debug(reason)  # the owner reports it: the client raises it, the worker logs it and exits
         self.close(goodbye=False)
-        self.settled.set()
+        self._settle()
         if self._on_failure is not None:
             self._on_failure(reason)

@@ -42,7 +42,7 @@ class LocalCluster:
     """
 
     def __init__(self, workers: int = 1, *, processes: int | None = None, threads: int | None = None,
-                 bind: str | None = None, queues: tuple[str, ...] = (), journal: str | None = None,
+                 async_tasks: int | None = None, bind: str | None = None, queues: tuple[str, ...] = (), journal: str | None = None,
                  log_level: str = "WARNING", heartbeat: float = 1.0, grace: float = CLOSE_GRACE,
                  curve_keys: str | None = None) -> None:
         """``bind`` None: the private ipc:// socket; ``curve_keys``: a key folder every process uses."""
@@ -68,6 +68,8 @@ class LocalCluster:
                 worker_args += ["--processes", str(processes)]
             if threads is not None:
                 worker_args += ["--threads", str(threads)]
+            if async_tasks is not None:
+                worker_args += ["--async-tasks", str(async_tasks)]
             for queue in queues:
                 worker_args += ["--queue", queue]
             for _ in range(workers):

@@ -31,7 +31,7 @@ MAX_BATCH = 100_000
 #: Longest identifier (job id, queue name, task reference, peer name).
 MAX_NAME = 256
 
-POOLS = ("process", "thread")
+POOLS = ("process", "thread", "async")
 
 
 class ProtocolError(ValueError):
@@ -299,6 +299,9 @@ def _check_recycled(body: dict) -> None:
     """A worker's count of pool children replaced so far (optional, in hello and heartbeat)."""
     if "recycled" in body:
         _integer(body["recycled"], "recycled", 0, 2**62)
+    for name in ("rss", "children_rss"):  # bytes of resident memory (heartbeat only)
+        if name in body:
+            _integer(body[name], name, 0, 2**62)
 
 
 def _check_submit(body: dict) -> None:

@@ -54,6 +54,14 @@ def _raise_for(answer: dict) -> dict:
     raise ValueError(answer["error"])
 
 
+def pack_item(item: Any) -> bytes:
+    """A queue item as msgpack; a TypeError saying so when it cannot be sent."""
+    try:
+        return protocol.pack(item)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"a {type(item).__name__} cannot go in a runner Queue ({exc}); use msgpack types") from None
+
+
 class Holdings:
     """The fencing tokens of the slots each Lock/Semaphore object of one client holds.
 
@@ -179,10 +187,7 @@ class Queue:
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add an item, waiting for room if the queue is full; queue.Full if none came in time."""
-        try:
-            blob = protocol.pack(item)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"a {type(item).__name__} cannot go in a runner Queue ({exc}); use msgpack types") from None
+        blob = pack_item(item)
         wait = _wait_for(block, timeout)
         _raise_for(self._client._sync("queue_put", self.name, wait, item=blob, maxsize=self.maxsize,
                                       timeout=wait, blocking=block))

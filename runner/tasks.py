@@ -7,6 +7,7 @@ reference that the worker imports, and its arguments as msgpack.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import sys
@@ -22,7 +23,10 @@ SENDABLE = "None, bool, int, float, str, bytes, list, tuple, dict"
 
 @dataclass(frozen=True)
 class JobOptions:
-    """How and where a job runs; ``@task`` sets defaults, ``submit`` keywords override them."""
+    """How and where a job runs; ``@task`` sets defaults, ``submit`` keywords override them.
+
+    ``pool`` defaults to "process", and to "async" for an ``async def`` (see ``default_options``).
+    """
 
     pool: str = "process"
     queue: str = "default"
@@ -69,6 +73,18 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 OPTION_NAMES = frozenset(field.name for field in fields(JobOptions))
+_DEFAULTS = JobOptions()
+_COROUTINE_DEFAULTS = JobOptions(pool="async")
+
+
+def is_coroutine_function(function: Any) -> bool:
+    """Whether calling ``function`` gives a coroutine: an ``async def``, also behind ``@task`` or ``functools.wraps``."""
+    return inspect.iscoroutinefunction(inspect.unwrap(function))
+
+
+def default_options(function: Callable[..., Any]) -> JobOptions:
+    """The options a job of ``function`` gets unless told otherwise: a coroutine function goes to the async pool."""
+    return _COROUTINE_DEFAULTS if is_coroutine_function(function) else _DEFAULTS
 
 
 class Task:
@@ -91,14 +107,15 @@ def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
     """Decorate a module-level function with default job options (see JobOptions).
 
     ``@task`` and ``@task(pool="thread", queue="io", priority=5, retries=3)`` both work.
+    An ``async def`` goes to the async pool unless ``pool`` is given.
     """
     unknown = set(options) - OPTION_NAMES
     if unknown:
         raise TypeError(f"task() got unknown options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
-    job_options = JobOptions().merged(options)
+    JobOptions().merged(options)  # bad options raise now, where the decorator is written
 
     def wrap(inner: Callable[..., Any]) -> Task:
-        return Task(inner, job_options)
+        return Task(inner, default_options(inner).merged(options))
 
     return wrap(function) if function is not None else wrap
 
@@ -110,8 +127,8 @@ def resolve_task(function: Callable[..., Any] | str | Task) -> tuple[str, JobOpt
     if isinstance(function, str):
         if not _REFERENCE.match(function) or len(function) > protocol.MAX_NAME:
             raise ValueError(f"task reference {function!r} must look like 'package.module:function'")
-        return function, JobOptions()
-    return reference_of(function), JobOptions()
+        return function, _DEFAULTS  # a coroutine function named by reference needs pool="async"
+    return reference_of(function), default_options(function)
 
 
 def reference_of(function: Callable[..., Any]) -> str:

@@ -45,3 +45,21 @@ def test_docs_section_is_replaced_between_markers(tmp_path):
     assert text.startswith("# Benchmarks\n\nHand-written.\n")
     assert "second table" in text and "first table" not in text
     assert text.count(report.START_MARK) == 1 and text.count(report.END_MARK) == 1
+
+
+def test_tiny_run_measures_the_async_client_cases(tmp_path):
+    output = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--cases", "async_client,loop_lag", "--output", str(output),
+         "--no-docs"],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False, preexec_fn=die_with_parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    (both,) = results["cases"]["async_client"]["runs"]
+    (lag,) = results["cases"]["loop_lag"]["runs"]
+    assert both["async"]["jobs_per_s"] > 0 and both["client"]["jobs_per_s"] > 0
+    assert 0 < both["async_roundtrip"]["p50_us"] <= both["async_roundtrip"]["p99_us"]
+    assert lag["runner"]["jobs"] == results["sizes"]["lag_jobs"] and lag["runner"]["ticks"] > 0
+    assert 0 <= lag["runner"]["lag_busy_p99_ms"] and 0 <= lag["runner"]["lag_p99_ms"]
+    assert "12c. AsyncClient loop lag p99" in done.stdout

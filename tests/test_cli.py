@@ -30,12 +30,14 @@ def test_every_command_has_help(command):
 @pytest.mark.parametrize("arguments, complaint", [
     (["worker", "--processes", "-1"], "--processes"),
     (["worker", "--threads", "many"], "--threads"),
-    (["worker", "--processes", "0", "--threads", "0"], "at least one"),
+    (["worker", "--processes", "0", "--threads", "0", "--async-tasks", "0"], "at least one"),
     (["broker", "--heartbeat", "0"], "--heartbeat"),
     (["broker", "--log-level", "LOUD"], "--log-level"),
     (["submit"], "TASK"),
     (["submit", "tasks:add", "--kwargs", "[1"], "--kwargs"),
     (["status", "--connect", "nonsense"], "nonsense"),
+    (["status", "--json", "--watch"], "--watch"),
+    (["broker", "--metrics-port", "70000"], "--metrics-port"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_arguments_exit_non_zero_with_one_line(arguments, complaint):
@@ -75,9 +77,9 @@ def test_submit_and_status_against_a_live_cluster(processes, broker_address):
 
     status = json.loads(run("status", "--json", "--connect", broker_address).stdout)
     assert [worker["id"] for worker in status["workers"]] == ["cli-worker"]
-    assert status["workers"][0]["slots"] == {"process": 1, "thread": 2}
+    assert status["workers"][0]["slots"] == {"process": 1, "thread": 2, "async": 1000}  # --async-tasks default
     text = run("status", "--connect", broker_address).stdout
-    assert "worker cli-worker" in text
+    assert "cli-worker" in text and "\x1b" not in text
 
 
 def test_submit_no_wait_returns_once_the_job_is_journaled(processes, tmp_path):

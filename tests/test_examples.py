@@ -22,6 +22,7 @@ EXAMPLE_RUNS = {
     "events.py": [],
     "producer_consumer.py": ["--quick"],
     "cpu_vs_io.py": ["--quick"],
+    "async_service.py": [],
 }
 NOT_JUDGED = 3  # the exit status of a speed claim the machine was too busy to show
 

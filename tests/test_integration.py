@@ -125,7 +125,7 @@ def test_status_lists_workers_and_queues(two_workers, tmp_path):
     status = two_workers.status()
     assert sorted(worker["id"] for worker in status["workers"]) == ["alpha", "beta"]
     for worker in status["workers"]:
-        assert worker["slots"] == {"process": 2, "thread": 4}
+        assert worker["slots"] == {"process": 2, "thread": 4, "async": 1000}  # --async-tasks default
         assert worker["host"] and worker["pid"] > 0 and worker["running"] == 0 and not worker["draining"]
     assert not any(status["queues"].values()), status["queues"]
 

@@ -1,4 +1,5 @@
-"""The I/O models example runs, covers all four models, and its claim holds (or is not judged)."""
+"""The I/O models example runs, covers all four models and runner's two I/O pools, and its claims hold
+(or are not judged)."""
 
 from __future__ import annotations
 
@@ -10,4 +11,6 @@ def test_io_models_quick_run_shows_busy_polling_waste() -> None:
     output = completed.stdout + completed.stderr
     for model in ("threads", "busy-poll", "selectors", "asyncio"):
         assert model in completed.stdout, f"{model} missing from:\n{output}"
-    assert "CLAIM HOLDS" in completed.stdout, output
+    assert "CLAIM HOLDS: busy polling" in completed.stdout, output
+    assert "runner's pools: 100 requests" in completed.stdout, output
+    assert "CLAIM HOLDS: runner's async pool" in completed.stdout, output

@@ -90,3 +90,10 @@ def test_bad_parameters(interval, count):
 def test_a_nan_interval_is_refused():
     with pytest.raises(ValueError):
         Liveness(math.nan, 3)
+
+
+def test_silent_for_counts_from_the_last_word_and_knows_only_tracked_peers(liveness):
+    liveness.seen(b"a", 10.0)
+    assert liveness.silent_for(b"a", 12.5) == 2.5
+    assert liveness.silent_for(b"a", 9.0) == 0.0  # a clock read before the word: never negative
+    assert liveness.silent_for(b"b", 12.5) is None

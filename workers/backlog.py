@@ -21,8 +21,9 @@ GROUP_SECONDS = 0.002
 #: Submissions the thread pool holds per slot: one running and one queued inside the
 #: executor, so a thread that frees starts its next job at once, without a trip through the
 #: worker's loop. The process pool holds one per slot: a job queued behind a long one in a
-#: child would wait there while another worker's process sits idle.
-SUBMISSIONS_PER_SLOT = {"thread": 2, "process": 1}
+#: child would wait there while another worker's process sits idle. The async pool starts
+#: a coroutine per slot at once: nothing to queue ahead.
+SUBMISSIONS_PER_SLOT = {"thread": 2, "process": 1, "async": 1}
 
 Row = tuple[str, int, str, bytes, "float | None"]  # (job id, attempt, task, payload, timeout)
 

@@ -1,7 +1,7 @@
 """What runs inside a pool: resolve the task as admission.py admits it, call it, capture the outcome.
 
-This module is imported in the worker process (for the thread pool) and in every
-process-pool child, where :func:`configure` runs as the pool's initializer. It
+This module is imported in the worker process (for the thread and async pools) and in
+every process-pool child, where :func:`configure` runs as the pool's initializer. It
 returns outcomes already encoded as msgpack blobs, so a child hands the parent
 plain bytes and an exception never has to be pickled.
 """
@@ -13,10 +13,12 @@ import os
 import resource
 import sys
 import traceback
+from types import CoroutineType
 from typing import Any, Callable
 
 from runner import lifetime, protocol
 from runner.errors import TaskNotAllowedError, error_blob
+from runner.tasks import is_coroutine_function
 from workers.admission import Admission
 
 #: What jobs may run here (admission.py); the default admits nothing until configure().
@@ -75,13 +77,44 @@ def resolve(task: str) -> Callable[..., Any]:
 
 
 def run(task: str, payload: bytes) -> tuple[str, bytes]:
-    """Run one job; return (status, blob): the packed result, or the packed error."""
+    """Run one job; return (status, blob): the packed result, or the packed error.
+
+    A coroutine function (in the process or thread pool) runs to its end under ``asyncio.run``.
+    """
     try:
         function = resolve(task)
         args, kwargs = _arguments(payload)
         value = function(*args, **kwargs)
+        if isinstance(value, CoroutineType):
+            import asyncio  # only here: most pool children never need it
+
+            value = asyncio.run(value)
     except (Exception, SystemExit) as exc:  # the job's failure, reported to its submitter
         return protocol.FAILED, encode_error(exc)
+    return _packed(task, value)
+
+
+async def run_async(task: str, payload: bytes) -> tuple[str, bytes]:
+    """Run one coroutine job on the running loop (the async pool); (status, blob) as ``run`` gives.
+
+    A plain function is refused before it is called: it would block the loop, and every
+    other coroutine job with it. ``CancelledError`` (a timeout, a forced cancel) goes through.
+    """
+    try:
+        function = resolve(task)
+        if not is_coroutine_function(function):
+            raise TypeError(f"task {task!r} is a plain function, not an async def: the async pool runs coroutines "
+                            "only (a blocking call would stall every other job on its event loop); submit it with "
+                            "pool='thread' (or 'process'), or make it an async def")
+        args, kwargs = _arguments(payload)
+        value = await function(*args, **kwargs)
+    except (Exception, SystemExit) as exc:  # the job's failure, reported to its submitter
+        return protocol.FAILED, encode_error(exc)
+    return _packed(task, value)
+
+
+def _packed(task: str, value: Any) -> tuple[str, bytes]:
+    """(ok, the packed value), or (failed, a TypeError naming what cannot be sent back)."""
     try:
         return protocol.OK, protocol.pack(value)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -1,4 +1,4 @@
-"""The worker's two executors behind one small interface (a strategy per kind of pool).
+"""The worker's executors behind one small interface (a strategy per kind of pool).
 
 ``ProcessPool`` runs CPU-bound jobs in a ``ProcessPoolExecutor`` whose children are
 started by a forkserver (forking a process that holds a ZeroMQ context and
@@ -7,11 +7,13 @@ threads is unsafe); ``ThreadPool`` runs I/O-bound jobs in a
 jobs can share one trip into a child process, and both report through a
 callback that may run on any thread.
 
+The third, ``AsyncPool`` (async_pool.py), runs coroutine jobs on an event loop of its own.
 Which jobs go together in one submission is the backlog's decision (backlog.py).
 
 They differ in what can be stopped: a process-pool job is stopped by ending the
 pool's processes and starting new ones (``kill``); a thread cannot be stopped,
-so a thread-pool job past its time is abandoned and left to finish unseen.
+so a thread-pool job past its time is abandoned and left to finish unseen; a
+coroutine is cancelled (``AsyncPool.cancel``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from runner import protocol
 from runner.errors import WorkerPoolError
 from workers import execute
 from workers.admission import Admission
+from workers.async_pool import AsyncPool
 from workers.recycling import Recycler
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 log = logger.bind(component="pools")
 
@@ -276,21 +281,29 @@ class ProcessPool:
             children.update(_processes(lane.executor))
         return children
 
+    def child_pids(self) -> list[int]:
+        """The pids of the pool's live children."""
+        with self._lanes_lock:
+            return list(self._children_by_pid())
+
     def _children(self) -> list:
         with self._lanes_lock:
             return list(self._children_by_pid().values())
 
 
 class Pools:
-    """Both pools of a worker: submit jobs by pool name, hear back through ``on_done``."""
+    """The pools of a worker: submit jobs by pool name, hear back through ``on_done``."""
 
-    def __init__(self, processes: int, threads: int, admission: Admission, recycler: Recycler | None = None) -> None:
-        execute.configure(admission)  # the thread pool runs in this process
-        self.by_name: dict[str, ThreadPool | ProcessPool] = {}
+    def __init__(self, processes: int, threads: int, admission: Admission, recycler: Recycler | None = None,
+                 async_tasks: int = 0) -> None:
+        execute.configure(admission)  # the thread and async pools run in this process
+        self.by_name: dict[str, ThreadPool | ProcessPool | AsyncPool] = {}
         if processes:
             self.by_name["process"] = ProcessPool(processes, admission, recycler)
         if threads:
             self.by_name["thread"] = ThreadPool(threads)
+        if async_tasks:
+            self.by_name["async"] = AsyncPool(async_tasks)
 
     def slots(self) -> dict[str, int]:
         """How many jobs each pool runs at once."""
@@ -314,6 +327,12 @@ class Pools:
         pool = self.by_name.get("process")
         return pool.recycled if pool else 0
 
+    def memory(self) -> tuple[int, int]:
+        """Resident bytes of this process and of its process-pool children (summed)."""
+        pool = self.by_name.get("process")
+        children = pool.child_pids() if isinstance(pool, ProcessPool) else []
+        return resident_bytes(os.getpid()), sum(resident_bytes(pid) for pid in children)
+
     def tend(self) -> None:
         """Once a second: let each pool sample its children and end the ones overdue to leave."""
         for pool in self.by_name.values():
@@ -324,7 +343,7 @@ class Pools:
             pool.shutdown(wait)
 
 
-def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool) -> list[ResultRow]:
+def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool | AsyncPool) -> list[ResultRow]:
     """Result rows of a finished submission; a broken pool fails every job in it."""
     if future.cancelled():  # the worker is shutting down; the broker gives these jobs back
         return []
@@ -340,6 +359,15 @@ def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool)
 def _processes(executor: ProcessPoolExecutor) -> dict:
     # ProcessPoolExecutor keeps its children here (pid -> Process); there is no public view of them.
     return getattr(executor, "_processes", None) or {}
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory from /proc/PID/statm (0 if it is gone or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _high_water_kib(pid: int) -> int:

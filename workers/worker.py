@@ -1,7 +1,7 @@
-"""The worker process: a DEALER to the broker, its own selectors loop, and two pools.
+"""The worker process: a DEALER to the broker, its own selectors loop, and three pools.
 
-The loop thread owns the socket. Jobs go to the process or thread pool the job
-asks for; when a pool future completes, its done-callback (on whatever thread
+The loop thread owns the socket. Jobs go to the process, thread or async pool the
+job asks for; when a pool future completes, its done-callback (on whatever thread
 finished it) puts the result rows in a queue and wakes the loop, which sends
 everything that finished in one message. Credit is announced in hello (the
 pools' slots) and later in ``credit`` messages (slots plus a prefetch, credit.py):
@@ -45,6 +45,11 @@ log = logger.bind(component="worker")
 
 DEFAULT_GRACE = 30.0  # seconds running jobs get to finish after SIGTERM
 RESULT_ROW_BYTES = protocol.MAX_NAME + 32  # a result row's id, attempt and status, beside its blob
+STOPPED_HOW = {  # what became of a job stopped in each pool, for its TaskTimeoutError
+    "process": "its pool process was ended",
+    "thread": "its thread cannot be stopped and was left to finish",
+    "async": "its coroutine was cancelled",
+}
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Worker:
         *,
         processes: int,
         threads: int,
+        async_tasks: int = 0,
         queues: list[str],
         imports: list[str],
         allow_modules: Sequence[str] = (),
@@ -92,7 +98,7 @@ class Worker:
         if max_jobs_per_child is not None or max_memory_per_child is not None:
             recycler = Recycler(max_jobs_per_child, max_memory_per_child)
         self.admission = Admission(imports, allow_modules)
-        self.pools = Pools(processes, threads, self.admission, recycler)
+        self.pools = Pools(processes, threads, self.admission, recycler, async_tasks)
         self._recycled_told = 0  # pool children replaced, as last told to the broker
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -149,12 +155,15 @@ class Worker:
         }
 
     def _tend_pools(self) -> None:
-        """Once a second: look after the pool children; tell the broker how many were recycled."""
+        """Once a second: look after the pool children; tell the broker how many were recycled and the memory
+        resident in this process and its pool children (for ``runner status``)."""
         self.pools.tend()
-        recycled = self.pools.recycled()
-        if recycled != self._recycled_told:
-            self._recycled_told = recycled
-            self.connection.send(protocol.HEARTBEAT, {"recycled": recycled})
+        self._recycled_told = self.pools.recycled()
+        if not self.connection.registered.is_set():
+            return  # the hello carries the recycled count
+        rss, children_rss = self.pools.memory()
+        self.connection.send(protocol.HEARTBEAT, {"recycled": self._recycled_told, "rss": rss,
+                                                  "children_rss": children_rss})
 
     def _on_auth_failure(self, reason: str) -> None:
         """The broker refused this worker's key (or it has none): retrying would not help; stop."""
@@ -228,12 +237,14 @@ class Worker:
         if entry is None or entry.future is None or entry.future.done():
             return
         log.bind(job=job_id).warning("ran past its timeout of {}s in the {} pool", timeout, entry.pool)
-        how = "its pool process was ended" if entry.pool == "process" else "its thread cannot be stopped and was left to finish"
-        error = execute.encode_error(TaskTimeoutError.raised_here(f"job {job_id} ran past its timeout of {timeout}s; {how}"))
+        error = execute.encode_error(TaskTimeoutError.raised_here(
+            f"job {job_id} ran past its timeout of {timeout}s; {STOPPED_HOW[entry.pool]}"))
         self._send_results([[job_id, entry.attempt, protocol.FAILED, error]])
         self._release(job_id)
         if entry.pool == "process":
             self._kill_process_pool()
+        elif entry.pool == "async":
+            self.pools.by_name["async"].cancel(entry.future)
         else:
             self.abandoned_threads += 1
 
@@ -245,6 +256,8 @@ class Worker:
             if entry is not None:
                 log.bind(job=job_id).info("stopped by the broker (cancelled)")
                 kill = kill or (entry.pool == "process" and entry.future is not None)
+                if entry.pool == "async" and entry.future is not None:
+                    self.pools.by_name["async"].cancel(entry.future)
         if kill:
             self._kill_process_pool()
 
@@ -342,7 +355,10 @@ class Worker:
         self.loop.call_later(self.grace, self._end_grace)
 
     def _end_grace(self) -> None:
-        """Grace is over: give every unfinished job back to the broker, then stop."""
+        """Grace is over: give every unfinished job back to the broker, then stop.
+
+        Stopping the pools then ends process-pool children and cancels coroutines; threads are abandoned.
+        """
         unfinished = list(self.running)
         log.warning("grace of {}s is over; stopping {} running jobs and giving them back", self.grace, len(unfinished))
         released = [self._release(job_id) for job_id in unfinished]

@@ -29,6 +29,7 @@ from runner import protocol
 from runner.broker import journal as states
 from runner.errors import BackpressureError, PayloadTooLargeError, WorkerLostError, error_blob
 from runner.broker.limits import ClientQuota, Limits
+from runner.broker.counters import Counters
 from runner.broker.events import EventHub
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
@@ -67,6 +68,7 @@ class JobBook:
         self.scheduler = Scheduler()
         self.rng = rng or random.Random()
         self.outbox = Outbox()
+        self.counters = Counters()
         self._deferred: list[tuple[float, int, Job]] = []  # retries waiting for their time
         self._deferred_order = itertools.count()
         self._draining: set[bytes] = set()
@@ -117,7 +119,9 @@ class JobBook:
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
+                job.accepted = now
                 self.scheduler.submit(job)
+                self.counters.submitted(job.queue, job.task)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 if self.events.wanted:
                     self.events.emit("accepted", job, now)
@@ -215,6 +219,7 @@ class JobBook:
         job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
                   client, RetryRules.from_wire(stored.options))
         self.scheduler.submit(job)
+        self.counters.submitted(job.queue, job.task)
         self.quota.add(client)
         if self.events.wanted:
             self.events.emit("requeued", job)
@@ -228,6 +233,7 @@ class JobBook:
         self._draining.discard(worker)
         self._lost_runs.pop(worker, None)  # the runs it still has are claimed below
         self.scheduler.worker_joined(worker, queues, slots)
+        self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
@@ -253,6 +259,8 @@ class JobBook:
         less than its lease's: a run kept after a charged loss was leased at the attempt spent.)
         """
         self._draining.discard(worker)
+        if charged:  # a worker only registering again keeps its counts
+            self.counters.worker_left(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
             if not charged:
                 job.attempt = self.journal.attempts(job.id)
@@ -313,6 +321,7 @@ class JobBook:
 
     def _outcome(self, job: Job, status: str, payload: bytes, now: float) -> None:
         """A run of ``job`` the broker counts ended: done, or failed (and maybe retried)."""
+        self.counters.ran(job.worker, job.queue, job.task, status == protocol.OK, now, job.accepted, job.leased)
         if status == protocol.OK:
             self._finish(job, states.DONE, protocol.OK, payload, now)
         else:
@@ -325,6 +334,7 @@ class JobBook:
             if self.events.wanted:
                 self.events.emit("retried", job, now)
             self.journal.set_attempts(job.id, job.attempt)
+            self.counters.retried(job.queue, job.task)
             self.scheduler.defer(job)
             heapq.heappush(self._deferred, (now + delay, next(self._deferred_order), job))
             return
@@ -353,9 +363,15 @@ class JobBook:
 
     # --- the turn's decisions -----------------------------------------------------------------
 
-    def take_outbox(self) -> Outbox:
-        """Leases for workers with credit, plus everything decided this turn; resets the outbox."""
+    def take_outbox(self, now: float | None = None) -> Outbox:
+        """Leases for workers with credit, plus everything decided this turn; resets the outbox.
+
+        ``now`` stamps each leased job's lease time (for the run-time and queue-wait metrics)."""
         self.outbox.leases = self.scheduler.dispatch()
+        if now is not None:
+            for _worker, jobs in self.outbox.leases:
+                for job in jobs:
+                    job.leased = now
         outbox, self.outbox = self.outbox, Outbox()
         return outbox
 

@@ -40,5 +40,10 @@ class Liveness:
             del self._deadlines[peer]
         return dead
 
+    def silent_for(self, peer: bytes, now: float) -> float | None:
+        """Seconds since the peer last said something (None: not tracked)."""
+        deadline = self._deadlines.get(peer)
+        return None if deadline is None else max(0.0, now - (deadline - self.grace))
+
     def __contains__(self, peer: bytes) -> bool:
         return peer in self._deadlines

@@ -32,7 +32,8 @@ DEFERRED = "deferred"  # held back until a retry's backoff passes
 class Job:
     """One accepted job. ``payload`` stays an opaque msgpack blob in the broker."""
 
-    __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "rules", "attempt", "state", "worker")
+    __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "rules", "attempt", "state", "worker",
+                 "accepted", "leased")
 
     def __init__(
         self, id: str, task: str, pool: str, queue: str, priority: int, payload: bytes, client: bytes,
@@ -49,6 +50,8 @@ class Job:
         self.attempt = 0
         self.state = PENDING
         self.worker: bytes | None = None
+        self.accepted: float | None = None  # when the broker accepted it (None: restored after a restart)
+        self.leased: float | None = None  # when its latest lease was sent
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.task!r}, {self.state}, attempt={self.attempt})"
@@ -87,6 +90,10 @@ class PriorityFifo:
             self._priorities.pop()
         self._size -= 1
         return job
+
+    def lanes(self) -> list[tuple[int, collections.deque[Job]]]:
+        """(priority, jobs) for each priority with jobs waiting."""
+        return list(self._by_priority.items())
 
     def remove(self, job: Job) -> None:
         lane = self._by_priority[job.priority]
@@ -278,6 +285,22 @@ class Scheduler:
         self._dirty = True
 
     # --- views ----------------------------------------------------------------------
+
+    def waiting_by_queue(self) -> dict[str, dict]:
+        """Per queue: jobs waiting by priority and the oldest one's accepted time (None: unknown).
+
+        Reads only the head of each priority lane (lanes are FIFO, and a job pushed to the
+        front was accepted before the rest), so it costs the number of lanes, not of jobs.
+        """
+        queues: dict[str, dict] = {}
+        for (queue, _pool), waiting in self._waiting.items():
+            entry = queues.setdefault(queue, {"pending": {}, "oldest": None})
+            for priority, lane in waiting.lanes():
+                entry["pending"][priority] = entry["pending"].get(priority, 0) + len(lane)
+                accepted = lane[0].accepted if lane else None
+                if accepted is not None and (entry["oldest"] is None or accepted < entry["oldest"]):
+                    entry["oldest"] = accepted
+        return queues
 
     def pending_by_queue(self) -> dict[str, int]:
         """How many jobs wait in each queue (jobs leased to a worker not counted)."""

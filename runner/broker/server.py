@@ -8,8 +8,6 @@ writes, so nothing is acknowledged or delivered that a crash could take back.
 
 from __future__ import annotations
 
-import os
-import socket as socket_module
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from runner.broker.liveness import Liveness
 from runner.broker import listing, sync_ops
 from runner.broker.access import Access, Keyring, check_bind, key_of
 from runner.broker.scheduler import RUNNING, UnknownWorker
+from runner.broker.status import status_snapshot
 from runner.broker.sync import EPOCH, PUT, Reply, SyncState
 from runner.loop import EventLoop, Timer
 from runner.transport import RouterLink, bind_router
@@ -57,6 +56,8 @@ class Peer:
     slots: dict[str, int] = field(default_factory=dict)
     recycled: int = 0  # a worker's pool children replaced so far (it says in hello and heartbeats)
     session: int = 0  # the count of hellos the peer has sent, with this one
+    rss: int | None = None  # a worker's resident memory in bytes, and its pool children's (its heartbeats say)
+    children_rss: int | None = None
 
 
 class Broker:
@@ -114,6 +115,7 @@ class Broker:
         self._replies: list[tuple[bytes, dict]] = []  # sent after the turn's journal commit
         self._flush_scheduled = False
         self._flushing = False
+        self.metrics = None  # a runner.broker.metrics.Metrics once serve_metrics is called
         self._handlers: dict[str, Callable[[bytes, protocol.Message], None]] = {
             protocol.HELLO: self._on_hello,
             protocol.SUBMIT: self._on_submit,
@@ -151,11 +153,23 @@ class Broker:
         finally:
             self.journal.close()
             self.link.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.guard:
                 self.guard.close()
             self.context.term()
             self.loop.close()
             log.info("broker stopped")
+
+    def serve_metrics(self, port: int, bind: str = "127.0.0.1") -> int:
+        """Serve Prometheus metrics on ``bind``:``port`` from a thread of prometheus_client's; return the port.
+
+        The loop publishes a snapshot of its counters once a heartbeat; scrapes read only that."""
+        from runner.broker.metrics import Metrics
+
+        self.metrics = Metrics(bind, port)
+        self.metrics.publish(self)
+        return self.metrics.port
 
     def stop(self) -> None:
         """Stop serving; safe from a signal handler or another thread."""
@@ -254,8 +268,11 @@ class Broker:
         self._schedule_flush()
 
     def _on_heartbeat(self, peer_id: bytes, message: protocol.Message) -> None:
-        if "recycled" in message.body:
-            self.peers[peer_id].recycled = message.body["recycled"]
+        peer, body = self.peers[peer_id], message.body
+        if "recycled" in body:
+            peer.recycled = body["recycled"]
+        if "rss" in body:
+            peer.rss, peer.children_rss = body["rss"], body.get("children_rss")
 
     def _on_submit(self, client: bytes, message: protocol.Message) -> None:
         self.jobs.submit(client, message.body["jobs"], message.body.get("resend", False), time.time())
@@ -396,6 +413,8 @@ class Broker:
         for peer_id in list(self.peers):
             self.link.send(peer_id, protocol.HEARTBEAT)
         self.jobs.release_due(time.time())
+        if self.metrics is not None:
+            self.metrics.publish(self)
         if self.events.subscribers:
             self._reply_events(self.events.expired(time.monotonic()))
         self._schedule_flush()
@@ -445,7 +464,7 @@ class Broker:
         """
         self._flush_scheduled = False
         self._flushing = True
-        outbox = self.jobs.take_outbox()
+        outbox = self.jobs.take_outbox(time.time())
         self._send_leases(outbox.leases)
         self._send_outcomes(outbox.outcomes, final=False)
         self.journal.commit()
@@ -504,31 +523,5 @@ class Broker:
     # --- views --------------------------------------------------------------------------
 
     def status(self) -> dict:
-        """A snapshot of workers, queues and jobs, for ``client.status()``."""
-        scheduler = self.jobs.scheduler
-        workers = []
-        for peer in self.peers.values():
-            slot = scheduler.workers.get(peer.id) if peer.role == "worker" else None
-            if slot is None:
-                continue
-            running = {pool: count for pool, count in slot.in_flight.items() if count}
-            workers.append({
-                "id": peer.name, "host": peer.host, "pid": peer.pid, "queues": peer.queues, "slots": peer.slots,
-                "running": sum(running.values()), "running_by_pool": running, "draining": not slot.credit,
-                "recycled": peer.recycled,
-            })
-        pending = scheduler.pending_by_queue()
-        waiting = sum(pending.values())
-        running_total = sum(len(slot.leased) for slot in scheduler.workers.values())
-        final = self.journal.counts
-        return {
-            "broker": {"id": self.id, "address": self.address, "pid": os.getpid(), "host": socket_module.gethostname(),
-                       "journal": self.journal.path},
-            "workers": workers,
-            "clients": sum(1 for peer in self.peers.values() if peer.role == "client"),
-            "queues": pending,
-            "jobs": {"pending": waiting, "running": running_total,
-                     "retrying": len(scheduler.jobs) - waiting - running_total,
-                     "done": final.get("done", 0), "failed": final.get("failed", 0),
-                     "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
-        }
+        """A snapshot of workers, queues and jobs, for ``client.status()`` (runner/broker/status.py)."""
+        return status_snapshot(self)
