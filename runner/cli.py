@@ -1,4 +1,8 @@
-"""The ``runner`` command: parses arguments and calls the library; no logic of its own."""
+"""The ``runner`` command: parses arguments and calls the library; no logic of its own.
+
+broker, worker, submit and local are here; the other commands live beside, registered at the end:
+cli_watch.py (status, dashboard), cli_keys.py (keys), cli_jobs.py (result, cancel, jobs, events...).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any, Callable
 
 import click
@@ -15,6 +18,7 @@ from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JO
                                   DEFAULT_RESULT_TTL)
 from runner.broker.events import EVENT_BUFFER
 from runner.broker.limits import Limits
+from runner.cli_keys import keys_group
 from runner.log import LEVELS, setup_logging
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
@@ -264,93 +268,6 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
 
 
 @cli.command()
-@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document.")
-@click.option("--watch", is_flag=True, help="Redraw the status in place every second until Ctrl-C.")
-@curve_option
-@logging_options
-def status(connect: str, as_json: bool, watch: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
-    """Show the broker's workers, queues and totals; exits non-zero if the broker does not answer.
-
-    Workers: slots, running, done and failed runs, resident memory of the worker and of its
-    pool children, seconds since its last heartbeat. Queues: pending jobs by priority, running
-    jobs, the oldest waiting job's age. Then totals and completed jobs per second over 10 s.
-    """
-    from rich.console import Console
-
-    from runner.status_view import render
-
-    setup_logging(log_level, log_json)
-    if as_json and watch:
-        raise click.UsageError("--json and --watch do not go together: --json prints one document")
-    console = Console()  # colour on a terminal; plain text, no escape codes, through a pipe
-    if not console.is_terminal:
-        console = Console(width=max(console.width, PLAIN_WIDTH))  # whole names, not cells cut to 80 columns
-    with _client(connect, curve_keys) as client:
-        if not watch:
-            snapshot = client.status()
-            if as_json:
-                click.echo(json.dumps(snapshot, indent=2))
-            else:
-                console.print(render(snapshot))
-            return
-        _watch_status(client, console)
-
-
-def _watch_status(client: Any, console: Any) -> None:
-    """Redraw the status every second until Ctrl-C (exit 0); a broker that stops answering ends it.
-
-    Without a terminal each snapshot is printed after the last, as plain text."""
-    from rich.live import Live
-
-    from runner.status_view import render
-
-    try:
-        if not console.is_terminal:
-            while True:
-                console.print(render(client.status()))
-                console.print()
-                sys.stdout.flush()
-                time.sleep(STATUS_EVERY)
-        with Live(render(client.status()), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(STATUS_EVERY)
-                live.update(render(client.status()), refresh=True)
-    except KeyboardInterrupt:
-        return
-    except TimeoutError as exc:
-        raise click.ClickException(f"the broker stopped answering: {exc}") from None
-
-
-@cli.command()
-@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
-@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
-              help="HTTP port of the page; 0 picks a free one.")
-@click.option("--bind", "http_bind", default="127.0.0.1", show_default=True,
-              help="Address the page listens on; anyone who reaches it sees every job's errors.")
-@curve_option
-@logging_options
-def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, log_level: str,
-              log_json: bool) -> None:
-    """Serve a read-only web page of the cluster: workers, queues, jobs per second, latest failures.
-
-    Prints the page's URL when ready; SIGTERM or Ctrl-C stops it.
-    """
-    from runner.dashboard.server import Dashboard
-
-    setup_logging(log_level, log_json)
-    with _client(connect, curve_keys) as client:
-        try:
-            server = Dashboard(client, http_bind, port)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve the dashboard on {http_bind}:{port}: {exc}") from None
-        _stop_on_signals(server.stop)
-        click.echo(server.url)
-        sys.stdout.flush()
-        server.serve_forever()
-
-
-@cli.command()
 @click.option("--bind", help="Broker address [default: a private ipc:// socket in a 0700 temporary folder].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
@@ -389,58 +306,6 @@ def local(bind: str | None, workers: int, processes: int | None, threads: int | 
     if ended:
         raise click.ClickException(f"{ended[0]}; stopped the workers")
     click.echo("runner local: stopped")
-
-
-@cli.group("keys")
-def keys_group() -> None:
-    """CurveZMQ key files: `generate DIR` once, then `add-client`, `add-worker`, `add-admin DIR NAME`.
-
-    See docs/security.md for where each file goes and how to revoke a key.
-    """
-
-
-FORCE_HELP = "Replace existing key files (peers still using the old keys are shut out)."
-
-
-@keys_group.command("generate")
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--force", is_flag=True, help=FORCE_HELP)
-def keys_generate(folder: str, force: bool) -> None:
-    """Make the broker, client and worker key pairs in FOLDER and authorize the client and worker."""
-    from runner import keys
-
-    try:
-        written = keys.generate(folder, force)
-    except (FileExistsError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    for path in written:
-        click.echo(path)
-
-
-def _add_key_command(kind: str) -> None:
-    @keys_group.command(f"add-{kind}")
-    @click.argument("folder", type=click.Path(file_okay=False))
-    @click.argument("name")
-    @click.option("--force", is_flag=True, help=FORCE_HELP)
-    def add(folder: str, name: str, force: bool) -> None:
-        from runner import keys
-
-        try:
-            bundle = keys.add(folder, kind, name, force)
-        except (FileExistsError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"{bundle}  (copy this folder to the {kind}'s machine; use it as --curve-keys there)")
-
-    add.help = (f"Make a key pair for one more {kind} named NAME in FOLDER/NAME/ (with the broker's public key) "
-                f"and authorize it under FOLDER/authorized/{kind}s/.")
-
-
-for _kind in ("client", "worker", "admin"):
-    _add_key_command(_kind)
-
-
-STATUS_EVERY = 1.0  # seconds between redraws of runner status --watch
-PLAIN_WIDTH = 160  # columns of runner status through a pipe (its tables are wider than 80)
 
 
 def _client(address: str, curve_keys: str | None):
@@ -507,8 +372,9 @@ def _leave(scratch: str | None) -> None:
 
 
 from runner.cli_jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - they use the helpers above
+from runner.cli_watch import COMMANDS as _WATCH_COMMANDS  # noqa: E402 - they use the helpers above
 
-for _command in _JOB_COMMANDS:
+for _command in (*_WATCH_COMMANDS, keys_group, *_JOB_COMMANDS):
     cli.add_command(_command)
 
 

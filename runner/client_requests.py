@@ -1,0 +1,136 @@
+"""Client's requests about the cluster and its jobs: one request, one reply, no future of its own.
+
+Status and waiting for workers; a job by id (fetch, cancel_job, job), listings (jobs,
+dead_letters) and the event stream. A mixin of Client (runner/client.py), whose
+``_request`` sends and waits; submitting and this client's own futures stay there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from runner import protocol
+from runner.errors import exception_from_blob
+
+FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
+FETCH_PAUSE_MAX = 1.0
+EVENTS_WAIT = 1.0  # seconds one events poll waits at the broker for events
+
+
+class ClientRequests:
+    """The query and admin requests of Client; they need its ``_request``, ``address`` and ``timeout``."""
+
+    def status(self, timeout: float | None = None) -> dict:
+        """Workers (id, host, pid, slots, running), pending jobs per queue, and totals."""
+        return self._request(protocol.STATUS, {}, timeout)["status"]
+
+    def wait_for_workers(self, count: int, timeout: float | None = None) -> int:
+        """Block until at least ``count`` workers are connected (None: however long); return how many."""
+        try:
+            return self._request(protocol.WAIT_WORKERS, {"count": count}, timeout, forever=timeout is None)["workers"]
+        except TimeoutError:
+            connected = len(self.status()["workers"])
+            raise TimeoutError(
+                f"only {connected} of {count} workers connected to {self.address} within {timeout}s"
+            ) from None
+
+    def cancel_job(self, job_id: str, *, force: bool = False, timeout: float | None = None) -> str:
+        """Cancel any job by id (with CURVE on: one of this key's, or any with an admin key).
+
+        Returns the broker's answer: ``cancelled``, ``running`` (refused without ``force``),
+        ``finished`` (too late) or ``unknown``. A future of this client's stays as it is:
+        use ``cancel(future)`` for those.
+        """
+        return self._request(protocol.CANCEL, {"id": job_id, "force": force}, timeout)["result"]
+
+    def fetch(self, job_id: str, timeout: float | None = None, *, wait: float = 0.0) -> dict:
+        """What the broker knows of a job by id: ``state`` and, when final, its outcome.
+
+        ``state`` is pending, running, done, failed, dead, cancelled or unknown; a
+        final state comes with ``result`` (done) or ``error`` (the exception).
+        ``wait``: seconds to keep asking while the job is pending or running (for a job
+        another client submitted, whose outcome is not sent here).
+        """
+        deadline = time.monotonic() + wait
+        pause = FETCH_PAUSE
+        view = self._fetch_once(job_id, timeout)
+        while view["state"] in ("pending", "running") and time.monotonic() + pause < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, FETCH_PAUSE_MAX)
+            view = self._fetch_once(job_id, timeout)
+        return view
+
+    def _fetch_once(self, job_id: str, timeout: float | None) -> dict:
+        answer = self._request(protocol.FETCH, {"id": job_id}, timeout)
+        view = {"id": job_id, "state": answer["state"]}
+        if answer.get("status") == protocol.OK:
+            view["result"] = protocol.unpack(answer["outcome"])
+        elif answer.get("status") == protocol.FAILED:
+            view["error"] = exception_from_blob(answer["outcome"])
+        return view
+
+    def dead_letters(self, timeout: float | None = None) -> list[dict]:
+        """Jobs that exhausted their attempts: id, task, queue, attempts and the last error."""
+        jobs = self._request(protocol.DEAD_LETTERS, {}, timeout)["jobs"]
+        for job in jobs:
+            job["error"] = exception_from_blob(job["error"]) if job["error"] else None
+        return jobs
+
+    def jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None, limit: int = 50,
+             timeout: float | None = None) -> list[dict]:
+        """Jobs newest first: id, task, queue, state, attempts, worker (running jobs) and ``created`` (epoch s).
+
+        ``state`` is pending, running, done, failed, dead or cancelled; ``limit`` at most
+        1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
+        at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
+        """
+        if state is not None and state not in protocol.LISTED_STATES:
+            raise ValueError(f"state must be one of {protocol.LISTED_STATES}, got {state!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= protocol.LIST_MAX:
+            raise ValueError(f"limit must be an integer from 1 to {protocol.LIST_MAX}, got {limit!r}")
+        body = {"state": state, "queue": queue, "task": task, "limit": limit}
+        return self._request(protocol.LIST_JOBS, {k: v for k, v in body.items() if v is not None}, timeout)["jobs"]
+
+    def job(self, job_id: str, timeout: float | None = None) -> dict | None:
+        """Every field of one job (None: unknown, or not this key's): its ``args`` and ``kwargs``
+        decoded, and when final its ``result`` or ``error`` (with ``error.remote_traceback``)."""
+        job = self._request(protocol.SHOW_JOB, {"id": job_id}, timeout)["job"]
+        if job is None:
+            return None
+        job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
+        status, outcome = job.pop("status"), job.pop("outcome")
+        if status == protocol.OK:
+            job["result"] = protocol.unpack(outcome)
+        elif status == protocol.FAILED:
+            job["error"] = exception_from_blob(outcome)
+        return job
+
+    def events(self, *, idle: float | None = None) -> Iterator[dict]:
+        """Subscribe to job events now; iterate them as the broker sees them (``runner events``).
+
+        Each is a dict: ``event`` (accepted, leased, retried, requeued, finished, failed, dead,
+        cancelled), ``job``, ``task``, ``queue``, ``worker``, ``attempt`` and ``at`` (epoch s).
+        Events this reader was too slow for come as one ``{"event": "lost", "count": n}``.
+        ``idle``: stop once no event came for that many seconds (None: never). With CURVE on,
+        only an admin key may subscribe.
+        """
+        first = self._request(protocol.EVENTS, {"wait": 0.0}, None)
+        if "refused" in first:
+            raise PermissionError(f"the broker at {self.address} refused: {first['refused']} "
+                                  "(runner keys add-admin; docs/security.md)")
+        return self._event_stream(first, idle)
+
+    def _event_stream(self, answer: dict, idle: float | None) -> Iterator[dict]:
+        last = time.monotonic()
+        while True:
+            if answer["lost"]:
+                yield {"event": "lost", "count": answer["lost"]}
+            yield from answer["events"]
+            now = time.monotonic()
+            if answer["events"]:
+                last = now
+            elif idle is not None and now - last >= idle:
+                return
+            wait = EVENTS_WAIT if idle is None else max(0.0, min(EVENTS_WAIT, last + idle - now))
+            answer = self._request(protocol.EVENTS, {"wait": wait}, wait + self.timeout)
