@@ -32,9 +32,9 @@ from runner.aio_future import AsyncJobFuture, expire, settle
 from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
+from runner.client_requests import fetch_view
 from runner.connection import BrokerConnection
-from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError,
-                           exception_from_blob)
+from runner.errors import AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError
 from runner.ids import JobIds
 from runner.keys import peer_identity
 from runner.outgoing import Acknowledger, JobSender
@@ -312,13 +312,7 @@ class AsyncClient:
 
     async def fetch(self, job_id: str, timeout: float | None = None) -> dict:
         """What the broker knows of a job by id, as ``Client.fetch``: ``state`` and, when final, its outcome."""
-        answer = await self._request(protocol.FETCH, {"id": job_id}, timeout)
-        view = {"id": job_id, "state": answer["state"]}
-        if answer.get("status") == protocol.OK:
-            view["result"] = protocol.unpack(answer["outcome"])
-        elif answer.get("status") == protocol.FAILED:
-            view["error"] = exception_from_blob(answer["outcome"])
-        return view
+        return fetch_view(job_id, await self._request(protocol.FETCH, {"id": job_id}, timeout))
 
     # --- coordination -------------------------------------------------------------------------
 

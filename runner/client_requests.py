@@ -62,13 +62,7 @@ class ClientRequests:
         return view
 
     def _fetch_once(self, job_id: str, timeout: float | None) -> dict:
-        answer = self._request(protocol.FETCH, {"id": job_id}, timeout)
-        view = {"id": job_id, "state": answer["state"]}
-        if answer.get("status") == protocol.OK:
-            view["result"] = protocol.unpack(answer["outcome"])
-        elif answer.get("status") == protocol.FAILED:
-            view["error"] = exception_from_blob(answer["outcome"])
-        return view
+        return fetch_view(job_id, self._request(protocol.FETCH, {"id": job_id}, timeout))
 
     def dead_letters(self, timeout: float | None = None) -> list[dict]:
         """Jobs that exhausted their attempts: id, task, queue, attempts and the last error."""
@@ -134,3 +128,13 @@ class ClientRequests:
                 return
             wait = EVENTS_WAIT if idle is None else max(0.0, min(EVENTS_WAIT, last + idle - now))
             answer = self._request(protocol.EVENTS, {"wait": wait}, wait + self.timeout)
+
+
+def fetch_view(job_id: str, answer: dict) -> dict:
+    """The broker's answer to a fetch as users see it: ``state`` and, when final, ``result`` or ``error``."""
+    view = {"id": job_id, "state": answer["state"]}
+    if answer.get("status") == protocol.OK:
+        view["result"] = protocol.unpack(answer["outcome"])
+    elif answer.get("status") == protocol.FAILED:
+        view["error"] = exception_from_blob(answer["outcome"])
+    return view
