@@ -96,8 +96,7 @@ def _drain(lines: queue.Queue, seen: list[dict], ids: set) -> int:
 
 
 def test_a_reader_that_does_not_keep_up_loses_counted_events_and_slows_nothing(processes, client_factory):
-    # The default heartbeat (1 s, 3 missed): a worker is not declared lost under load, so each
-    # job makes exactly three events (a lost worker's jobs would be requeued and leased again).
+    # The default heartbeat (1 s, 3 missed), so a loaded worker is rarely declared lost.
     _, address = processes.broker("--events-buffer", "50")
     processes.worker(address, *WORKER)
     worker_client = client_factory(address)
@@ -114,7 +113,10 @@ def test_a_reader_that_does_not_keep_up_loses_counted_events_and_slows_nothing(p
     lost = events[0]["count"]
     kept = events[1:]
     assert len(kept) == 50 and steps(kept)["lost"] == 0
-    assert lost + len(kept) == 3 * jobs  # accepted, leased and finished for each job
+    # Accepted, leased and finished for each job; a job a worker gives back (its credit fell,
+    # or it was declared lost under load) adds a pair: requeued, then leased again.
+    extra = lost + len(kept) - 3 * jobs
+    assert extra >= 0 and extra % 2 == 0, (lost, len(kept))
 
 
 def test_job_events_are_json_log_records_at_debug(processes, client_factory):
