@@ -73,7 +73,7 @@ class ClientRequests:
 
     def jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None, limit: int = 50,
              timeout: float | None = None) -> list[dict]:
-        """Jobs newest first: id, task, queue, state, attempts, worker (running jobs) and ``created`` (epoch s).
+        """Jobs newest first: id, task, queue, state, attempts, worker and ``created`` (epoch s).
 
         ``state`` is pending, running, done, failed, dead or cancelled; ``limit`` at most
         1000. The broker looks through its newest 50,000 held and 50,000 finished jobs

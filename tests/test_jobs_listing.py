@@ -70,6 +70,22 @@ def test_counts_by_state_match_the_work_run(known_work):
     assert row["worker"] in ("alpha", "beta")
 
 
+def test_finished_jobs_name_the_worker_that_ran_them(known_work):
+    address, client, done, failed, pending, running = known_work
+    rows = {row["id"]: row for row in client.jobs(limit=1000)}
+    finished = [rows[future.job_id] for future in done + failed]
+    assert {row["worker"] for row in finished} <= {"alpha", "beta"}
+    by_worker = {worker["id"]: worker for worker in client.status()["workers"]}
+    for name in ("alpha", "beta"):  # the journal's names agree with the broker's per-worker counts
+        assert sum(row["worker"] == name and row["state"] == "done" for row in finished) == by_worker[name]["done"]
+        assert sum(row["worker"] == name and row["state"] == "failed" for row in finished) == by_worker[name]["failed"]
+    assert rows[pending.job_id]["worker"] == ""
+    shown = json.loads(run("jobs", "show", failed[0].job_id, "--json", "--connect", address).stdout)
+    assert shown["worker"] == rows[failed[0].job_id]["worker"]
+    plain = run("jobs", "--state", "done", "--limit", "1", "--connect", address).stdout.splitlines()[1].split()
+    assert plain[5] in ("alpha", "beta")
+
+
 def test_filters_limit_and_newest_first(known_work):
     address, client, done, failed, pending, running = known_work
     assert len(listed(address, "--task", "tasks:fail")) == 5

@@ -150,6 +150,43 @@ def test_finish_records_the_outcome_and_leaves_unfinished(journal):
     assert unfinished_ids(journal) == ["b"]
 
 
+def test_the_worker_that_gave_the_outcome_is_kept_and_a_requeue_forgets_it(journal):
+    journal.add_jobs([row("a"), row("b")])
+    journal.finish("a", states.DEAD, "failed", b"error", 3, 1.0, "alpha")
+    journal.cancel("b", 1.0)
+    journal.commit()
+    assert (journal.get("a").worker, journal.get("b").worker) == ("alpha", None)
+    assert [(job_id, worker) for job_id, *_, worker in journal.newest(states.FINAL_STATES, None, None, 10)] == [
+        ("b", None), ("a", "alpha")]
+    journal.requeue("a", CLIENT)
+    journal.commit()
+    assert journal.get("a").worker is None
+
+
+def test_a_journal_written_before_the_worker_column_opens_and_gains_it(path):
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, client BLOB NOT NULL, task TEXT NOT NULL, pool TEXT NOT NULL,
+            queue TEXT NOT NULL, priority INTEGER NOT NULL, payload BLOB NOT NULL, options BLOB NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, status TEXT, outcome BLOB, finished_at REAL);
+        INSERT INTO jobs VALUES ('old', X'00', 't:f', 'thread', 'default', 0, X'90', X'80', 'done', 1, 'ok', X'c0', 1.0);
+        INSERT INTO jobs VALUES ('waiting', X'00', 't:f', 'thread', 'default', 0, X'90', X'80', 'pending', 0,
+            NULL, NULL, NULL);
+    """)
+    old.close()
+    journal = Journal(path)
+    try:
+        assert journal.get("old").worker is None and journal.counts[states.DONE] == 1
+        journal.finish("waiting", states.DONE, "ok", b"", 1, 2.0, "beta")
+        journal.commit()
+        assert journal.get("waiting").worker == "beta"
+    finally:
+        journal.close()
+    reopened = Journal(path)  # a second open finds the column and adds nothing
+    assert reopened.get("waiting").worker == "beta"
+    reopened.close()
+
+
 def test_cancel_is_final(journal):
     journal.add_jobs([row("a")])
     journal.cancel("a", 1.0)

@@ -344,7 +344,9 @@ class JobBook:
     def _finish(self, job: Job, state: str, status: str, outcome: bytes, now: float) -> None:
         self.scheduler.jobs.pop(job.id, None)
         self.quota.remove(job.client)  # every held job finishes exactly once
-        self.journal.finish(job.id, state, status, outcome, job.attempt, now)
+        # The name of the worker whose run ended it (None: cancelled, or lost with its worker).
+        worker = self.events.worker_name(job.worker) if job.worker else None
+        self.journal.finish(job.id, state, status, outcome, job.attempt, now, worker)
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
         if self.events.wanted:
             self.events.emit(EVENT_OF_STATE[state], job, now)

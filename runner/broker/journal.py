@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS fencing (
     epoch INTEGER NOT NULL
 );
 """
+#: Added after the first journals were written: opening an older file adds it (NULL in old rows).
+_WORKER_COLUMN = "ALTER TABLE jobs ADD COLUMN worker TEXT"
 
 
 @dataclass
@@ -84,6 +86,7 @@ class StoredJob:
     attempts: int
     status: str | None = None
     outcome: bytes | None = None
+    worker: str | None = None  # the name of the worker whose run gave the final outcome
 
 
 class Journal:
@@ -96,6 +99,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_column("worker", _WORKER_COLUMN)
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
         self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
@@ -121,10 +125,12 @@ class Journal:
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
         return cursor.rowcount
 
-    def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:
-        """Record a job's final outcome (written with the rest of the turn's at commit)."""
+    def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float,
+               worker: str | None = None) -> None:
+        """Record a job's final outcome, and the name of the worker that gave it (written with the
+        rest of the turn's at commit)."""
         self._begin()
-        self._finished.append((state, status, outcome, attempts, now, job_id))
+        self._finished.append((state, status, outcome, attempts, now, worker or None, job_id))
         self.counts[state] = self.counts.get(state, 0) + 1
         self.counts[PENDING] -= 1
 
@@ -144,7 +150,8 @@ class Journal:
         self.counts[state] -= 1
         self.counts[PENDING] = self.counts.get(PENDING, 0) + 1
         self._db.execute(
-            "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL WHERE id=?",
+            "UPDATE jobs SET state=?, client=?, attempts=0, status=NULL, outcome=NULL, finished_at=NULL, worker=NULL "
+            "WHERE id=?",
             (PENDING, client, job_id),
         )
 
@@ -260,8 +267,8 @@ class Journal:
     def get(self, job_id: str) -> StoredJob | None:
         self._write_finished()
         row = self._db.execute(
-            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
-            "FROM jobs WHERE id=?",
+            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome, "
+            "worker FROM jobs WHERE id=?",
             (job_id,),
         ).fetchone()
         return None if row is None else StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:])
@@ -269,8 +276,8 @@ class Journal:
     def dead_letters(self, limit: int = 1000) -> list[StoredJob]:
         self._write_finished()
         cursor = self._db.execute(
-            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome "
-            "FROM jobs WHERE state=? ORDER BY finished_at LIMIT ?",
+            "SELECT id, client, task, pool, queue, priority, payload, options, state, attempts, status, outcome, "
+            "worker FROM jobs WHERE state=? ORDER BY finished_at LIMIT ?",
             (DEAD, limit),
         )
         return [StoredJob(*row[:7], protocol.unpack(row[7]), *row[8:]) for row in cursor]
@@ -278,14 +285,14 @@ class Journal:
     def newest(self, wanted: tuple[str, ...], queue: str | None, task: str | None, window: int) -> Iterator[tuple]:
         """Jobs in the ``wanted`` states (and queue, task when given) among the newest ``window``, newest first.
 
-        Rows of (id, client, task, queue, state, attempts), read lazily: stop when you have enough.
-        The window bounds the scan, as no index on state is kept (it would tax every write).
+        Rows of (id, client, task, queue, state, attempts, worker), read lazily: stop when you have
+        enough. The window bounds the scan, as no index on state is kept (it would tax every write).
         """
         self._write_finished()
         marks = ", ".join("?" * len(wanted))
         return self._db.execute(
-            "SELECT id, client, task, queue, state, attempts FROM "
-            "(SELECT id, client, task, queue, state, attempts FROM jobs ORDER BY rowid DESC LIMIT ?) "
+            "SELECT id, client, task, queue, state, attempts, worker FROM "
+            "(SELECT id, client, task, queue, state, attempts, worker FROM jobs ORDER BY rowid DESC LIMIT ?) "
             f"WHERE state IN ({marks}) AND (? IS NULL OR queue = ?) AND (? IS NULL OR task = ?)",
             (window, *wanted, queue, queue, task, task))
 
@@ -293,8 +300,14 @@ class Journal:
         """Write the outcomes buffered this turn (before a commit, or a read that must see them)."""
         if self._finished:
             self._db.executemany(
-                "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=? WHERE id=?", self._finished)
+                "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=?, worker=? WHERE id=?",
+                self._finished)
             self._finished.clear()
+
+    def _add_column(self, name: str, statement: str) -> None:
+        """Run ``statement`` (an ALTER TABLE adding column ``name`` to jobs) unless the file has it."""
+        if name not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute(statement)
 
     def _count_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys((PENDING, *FINAL_STATES), 0)

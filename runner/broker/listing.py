@@ -82,10 +82,10 @@ def _from_memory(held: dict[str, Job], chosen: JobFilter, may_see: MaySee, worke
 def _from_journal(journal: Journal, chosen: JobFilter, may_see: MaySee) -> list[dict]:
     wanted = states.FINAL_STATES if chosen.state is None else (chosen.state,)
     rows = []
-    for job_id, client, task, queue, state, attempts in journal.newest(wanted, chosen.queue, chosen.task,
-                                                                        SCAN_WINDOW):
+    for job_id, client, task, queue, state, attempts, worker in journal.newest(wanted, chosen.queue, chosen.task,
+                                                                                SCAN_WINDOW):
         if may_see(client):
-            rows.append(_row(job_id, task, queue, state, attempts, ""))
+            rows.append(_row(job_id, task, queue, state, attempts, worker or ""))
             if len(rows) >= chosen.limit:
                 break
     return rows
@@ -106,7 +106,7 @@ def describe_held(job: Job, worker_name: WorkerName) -> dict:
 def describe_stored(job: StoredJob) -> dict:
     """Every field of a journaled job, its outcome (result or error blob) included."""
     state = "pending" if job.state == states.PENDING else job.state
-    return {**_row(job.id, job.task, job.queue, state, job.attempts, ""), "pool": job.pool,
+    return {**_row(job.id, job.task, job.queue, state, job.attempts, job.worker or ""), "pool": job.pool,
             "priority": job.priority, "options": job.options, "payload": job.payload, "status": job.status,
             "outcome": job.outcome}
 
