@@ -25,6 +25,15 @@ def test_rate_averages_the_last_window_of_seconds_and_forgets_older_ones():
     assert rate.per_second(200.9) == 0.1
 
 
+def test_recent_gives_each_second_of_the_window_oldest_first():
+    rate = Rate(window=4)
+    rate.add(100.1)
+    rate.add(102.5, count=3)
+    assert rate.recent(102.9) == [0, 1, 0, 3]  # seconds 99..102
+    assert rate.recent(104.0) == [0, 3, 0, 0]  # 101..104: the later seconds are empty
+    assert rate.recent(300.0) == [0, 0, 0, 0]
+
+
 def test_a_run_counts_for_its_worker_its_queue_and_task_and_the_histograms():
     counters = Counters()
     counters.worker_joined(b"w1")

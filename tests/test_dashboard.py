@@ -1,7 +1,8 @@
 """`runner dashboard` against a live cluster, read by a real headless Chromium.
 
 The page is rendered by the browser (its script polls /api/state and fills the DOM), so these
-tests see what a user sees: both workers named, and a completed count that rises with the jobs.
+tests see what a user sees: both workers named, a completed count that rises with the jobs, and
+the failed and dead jobs the broker's journal lists, each with its remote traceback.
 The browser test is skipped only when no Chromium is installed (Debian: `apt-get install chromium`;
 .ci/run does it).
 """
@@ -91,28 +92,59 @@ def run_jobs(client: runner.Client, url: str, count: int, expected_done: int) ->
     wait_until(lambda: served_done(url) == expected_done, timeout=30, message=f"the dashboard counting {expected_done}")
 
 
+def charted(url: str, key: str = "completed") -> int:
+    """The jobs the page's chart counts over its history (the broker's per-second counts)."""
+    return sum(sample[key] for sample in served(url)["history"])
+
+
 @needs_chromium
-def test_the_page_shows_both_workers_and_a_rising_completed_count(cluster, tmp_path):
+def test_the_page_shows_both_workers_failures_with_tracebacks_and_a_rising_completed_count(cluster, tmp_path):
     client, url = cluster
     run_jobs(client, url, 20, expected_done=20)
     with pytest.raises(ValueError, match="disk full"):
-        client.submit("tasks:fail", "disk full", retries=1).result(60)
+        client.submit("tasks:fail", "disk full", retries=1).result(60)  # dead after its retry
+    with pytest.raises(ValueError, match="bad input"):
+        client.submit("tasks:fail", "bad input").result(60)  # failed, no retries
+    wait_until(lambda: len(served(url)["failures"]) == 2, timeout=30, message="both failures listed")
     first = chromium(tmp_path / "profile", "--dump-dom", url)
     assert re.search(r"<td>alpha</td>", first) and re.search(r"<td>beta</td>", first)
     assert shown(first, "workers-count") == "2"
     assert int(shown(first, "done")) == 20
-    assert int(shown(first, "dead")) == 1
-    assert "disk full" in first and "Traceback (most recent call last)" in first  # the failure, traceback included
+    assert (int(shown(first, "failed")), int(shown(first, "dead"))) == (1, 1)
+    assert first.index("bad input") < first.index("disk full")  # newest first
+    assert first.count("Traceback (most recent call last)") == 2  # each failure with its remote traceback
+    assert re.search(r"worker (alpha|beta)", first)
+    failures = {row["message"]: row for row in served(url)["failures"]}
+    assert (failures["disk full"]["state"], failures["disk full"]["attempts"]) == ("dead", 2)
+    assert (failures["bad input"]["state"], failures["bad input"]["attempts"]) == ("failed", 1)
+    assert {row["worker"] for row in failures.values()} <= {"alpha", "beta"}
 
     run_jobs(client, url, 30, expected_done=50)
     second = chromium(tmp_path / "profile", "--dump-dom", url)
     assert int(shown(second, "done")) == 50 > int(shown(first, "done"))
+    # The chart counts each completed run once, from the broker's own per-second counts.
+    wait_until(lambda: charted(url) == 50, timeout=30, message="the chart counting the 50 jobs run")
+    assert charted(url, "failed") == 3  # runs: the dead job's two and the failed job's one
 
     screenshot = ROOT / "docs" / "dashboard.png" if os.environ.get("RUNNER_SAVE_SCREENSHOT") == "1" \
         else tmp_path / "dashboard.png"
     chromium(tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,900", "--hide-scrollbars", url)
     image = screenshot.read_bytes()
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000
+
+
+def test_a_dashboard_started_later_charts_the_last_seconds_and_lists_earlier_failures(processes):
+    _, address = processes.broker("--heartbeat", "0.2")
+    processes.worker(address, "--processes", "0", "--threads", "2", "--name", "gamma", "--heartbeat", "0.2")
+    with runner.Client(address) as client:
+        with pytest.raises(ValueError, match="before the dashboard"):
+            client.submit("tasks:fail", "before the dashboard", pool="thread").result(60)
+        _, url = start_dashboard(processes, address)
+        wait_until(lambda: served(url)["failures"], timeout=30, message="the earlier failure listed")
+    [failure] = served(url)["failures"]
+    assert (failure["worker"], failure["type"], failure["state"]) == ("gamma", "ValueError", "failed")
+    assert "Traceback (most recent call last)" in failure["traceback"] and "before the dashboard" in failure["traceback"]
+    assert len(served(url)["history"]) >= 10  # the broker's last ten seconds, from the first poll
 
 
 def test_the_dashboard_serves_nothing_but_its_page(cluster):

@@ -68,6 +68,12 @@ class Rate:
         self._advance(int(now))
         return sum(self._buckets) / self.window
 
+    def recent(self, now: float) -> list[int]:
+        """The count of each of the ``window`` whole seconds up to ``now``'s, oldest first."""
+        second = int(now)
+        self._advance(second)
+        return [self._buckets[past % self.window] for past in range(second - self.window + 1, second + 1)]
+
     def _advance(self, second: int) -> None:
         if second <= self._second:
             return

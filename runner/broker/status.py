@@ -39,7 +39,10 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
                  "done": final.get("done", 0), "failed": final.get("failed", 0),
                  "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         "rates": {"window": rates.completed.window, "completed": rates.completed.per_second(now),
-                  "failed": rates.failed.per_second(now)},
+                  "failed": rates.failed.per_second(now),
+                  # Per whole second up to ``second`` (epoch), oldest first: the dashboard's chart.
+                  "second": int(now), "completed_by_second": rates.completed.recent(now),
+                  "failed_by_second": rates.failed.recent(now)},
     }
 
 

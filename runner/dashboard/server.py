@@ -19,7 +19,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from runner.client import Client
-from runner.dashboard.state import DashboardState, failure_row
+from runner.dashboard.state import FAILURES_SHOWN, DashboardState, failure_row
 
 POLL_INTERVAL = 1.0  # seconds between two status requests to the broker
 REQUEST_TIMEOUT = 5.0  # seconds one status request may take before the page says the broker is away
@@ -30,14 +30,26 @@ STATIC = {  # path -> (file under static/, content type); nothing else is served
 }
 
 
-def latest_failures(client: Client) -> list[dict[str, Any]]:
-    """The latest failed jobs, newest first, as the page shows them.
+def latest_failures(client: Client, known: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The latest failed and dead jobs, newest first, with their errors and remote tracebacks.
 
-    Today the broker lists dead jobs (those that used up their retries); a job that failed
-    without retries is counted by status but not listed. When the client can list failed jobs
-    too, this is the one place to ask it.
+    Two listings of the broker's journal (failed, dead), then one ``job`` request for each
+    failure not already in ``known`` (rows by id from the last call: a final outcome does
+    not change), so a steady trickle of failures costs a request or two, not twenty.
     """
-    return [failure_row(job) for job in reversed(client.dead_letters(timeout=REQUEST_TIMEOUT))]
+    listed = [*client.jobs(state="failed", limit=FAILURES_SHOWN, timeout=REQUEST_TIMEOUT),
+              *client.jobs(state="dead", limit=FAILURES_SHOWN, timeout=REQUEST_TIMEOUT)]
+    listed.sort(key=lambda row: row["created"] or 0.0, reverse=True)
+    rows = []
+    for row in listed[:FAILURES_SHOWN]:
+        kept = (known or {}).get(row["id"])
+        if kept is not None and kept["state"] == row["state"]:
+            rows.append(kept)
+            continue
+        job = client.job(row["id"], timeout=REQUEST_TIMEOUT)
+        if job is not None and "error" in job:  # None: expired (or requeued) since the listing
+            rows.append(failure_row(job))
+    return rows
 
 
 class Poller:
@@ -57,12 +69,13 @@ class Poller:
         self.thread.join(REQUEST_TIMEOUT + self.interval)
 
     def poll_once(self) -> None:
-        """One status request (and a failures request when needed), recorded in the state."""
+        """One status request (and the failures' requests when their count moved), recorded in the state."""
         try:
             status = self.client.status(timeout=REQUEST_TIMEOUT)
             with self.lock:
                 wanted = self.state.failures_changed(status)
-            failures = latest_failures(self.client) if wanted else None
+                known = {row["id"]: row for row in self.state.failures}
+            failures = latest_failures(self.client, known) if wanted else None
         except Exception as exc:  # the broker away, or a refusal: shown on the page, polling goes on
             reason = f"{type(exc).__name__}: {exc}"
             with self.lock:
@@ -71,7 +84,7 @@ class Poller:
                 self.state.unreachable(reason)
             return
         with self.lock:
-            self.state.observe(self.clock(), status)
+            self.state.observe(status)
             if failures is not None:
                 self.state.set_failures(status, failures)
 
@@ -100,7 +113,7 @@ class Dashboard:
 
     def state_json(self) -> bytes:
         with self.lock:
-            return json.dumps(self.state.view(self.poller.clock()), default=str).encode()
+            return json.dumps(self.state.view(), default=str).encode()
 
     def serve_forever(self) -> None:
         self.poller.start()

@@ -1,13 +1,14 @@
 """What the dashboard page shows, kept apart from I/O: the latest status and a bounded rate history.
 
-The poller feeds it one ``client.status()`` snapshot a second (``observe``); rates of completed
-and failed jobs per second come from differencing successive totals, so the broker keeps no
-history for the dashboard. ``view`` is the JSON document the page polls.
+The poller feeds it one ``client.status()`` snapshot a second (``observe``). The chart's
+completed and failed jobs per second are the broker's own per-second counts
+(``status["rates"]["completed_by_second"]``, its last ten seconds), merged second by second:
+the chart is right from the first poll, whatever the poll's timing, and the broker keeps
+no history for the dashboard beyond those ten buckets. ``view`` is the JSON document the page polls.
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 HISTORY_SECONDS = 300  # the chart's span: five minutes of one-second samples
@@ -16,27 +17,29 @@ TRACEBACK_CHARS = 8000  # a longer traceback keeps its end, where the error is
 
 
 class DashboardState:
-    """The last snapshot, a bounded history of per-second rates, and the latest failures."""
+    """The last snapshot, the broker's per-second counts over ``history_seconds``, the latest failures."""
 
     def __init__(self, history_seconds: int = HISTORY_SECONDS) -> None:
-        self.history: collections.deque[dict[str, float]] = collections.deque(maxlen=history_seconds)
+        self.history_seconds = history_seconds
+        self.history: dict[int, tuple[int, int]] = {}  # epoch second (broker's clock) -> (completed, failed)
+        self.newest: int | None = None  # the broker's latest second seen
         self.status: dict[str, Any] | None = None
         self.failures: list[dict[str, Any]] = []
         self.error: str | None = None  # why the last poll got no status (the broker is away)
-        self._last: tuple[float, int, int] | None = None  # (time, completed, failed) of the last snapshot
         self._failures_seen: int | None = None  # the failed total when failures were last fetched
 
-    def observe(self, now: float, status: dict[str, Any]) -> None:
-        """Take a ``client.status()`` snapshot taken at ``now`` (monotonic seconds)."""
-        completed, failed = _totals(status)
-        if self._last is not None:
-            then, completed_before, failed_before = self._last
-            elapsed = now - then
-            # A lower total means another broker (or a restarted one): start counting again.
-            if elapsed > 0 and completed >= completed_before and failed >= failed_before:
-                self.history.append({"t": now, "completed": (completed - completed_before) / elapsed,
-                                     "failed": (failed - failed_before) / elapsed})
-        self._last = (now, completed, failed)
+    def observe(self, status: dict[str, Any]) -> None:
+        """Take a ``client.status()`` snapshot: its per-second counts replace those of the same seconds."""
+        rates = status.get("rates", {})
+        if "second" in rates:
+            last = rates["second"]
+            first = last - len(rates["completed_by_second"]) + 1
+            for second, completed, failed in zip(range(first, last + 1), rates["completed_by_second"],
+                                                 rates["failed_by_second"]):
+                self.history[second] = (completed, failed)
+            self.newest = last if self.newest is None else max(self.newest, last)
+            for second in [s for s in self.history if s <= self.newest - self.history_seconds]:
+                del self.history[second]
         self.status = status
         self.error = None
 
@@ -46,32 +49,34 @@ class DashboardState:
 
     def failures_changed(self, status: dict[str, Any]) -> bool:
         """Whether ``status`` counts failures not yet fetched (so the list is asked for only then)."""
-        return _totals(status)[1] != self._failures_seen
+        return _failed_total(status) != self._failures_seen
 
     def set_failures(self, status: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         """Keep the latest failures (newest first), fetched when ``status`` was current."""
-        self._failures_seen = _totals(status)[1]
+        self._failures_seen = _failed_total(status)
         self.failures = failures[:FAILURES_SHOWN]
 
-    def view(self, now: float) -> dict[str, Any]:
-        """The page's JSON: the status, the rate history (seconds before ``now``), failures, error."""
-        history = [{"age": round(now - sample["t"], 3), "completed": sample["completed"], "failed": sample["failed"]}
-                   for sample in self.history]
-        return {"status": self.status, "history": history, "history_seconds": self.history.maxlen,
+    def view(self) -> dict[str, Any]:
+        """The page's JSON: the status, the per-second history (age in seconds before the broker's
+        latest second, oldest first), the failures and the error."""
+        history = [{"age": self.newest - second, "completed": completed, "failed": failed}
+                   for second, (completed, failed) in sorted(self.history.items())]
+        return {"status": self.status, "history": history, "history_seconds": self.history_seconds,
                 "failures": self.failures, "error": self.error}
 
 
 def failure_row(job: dict[str, Any]) -> dict[str, Any]:
-    """One failure as the page shows it, from a job dict whose ``error`` is the rebuilt exception."""
+    """One failure as the page shows it, from ``client.job(id)``: its ``error`` is the rebuilt exception."""
     error = job.get("error")
     traceback_text = getattr(error, "remote_traceback", "") or getattr(error.__cause__, "text", "") if error else ""
-    return {"id": job.get("id"), "task": job.get("task"), "queue": job.get("queue"), "attempts": job.get("attempts"),
+    return {"id": job.get("id"), "task": job.get("task"), "queue": job.get("queue"), "state": job.get("state"),
+            "attempts": job.get("attempts"), "worker": job.get("worker") or "",
             "type": getattr(error, "type_name", type(error).__name__) if error is not None else None,
             "message": str(getattr(error, "message", error or "")),
             "traceback": traceback_text[-TRACEBACK_CHARS:]}
 
 
-def _totals(status: dict[str, Any]) -> tuple[int, int]:
-    """Jobs completed, and jobs failed for good (failed or dead), since the broker's journal began."""
+def _failed_total(status: dict[str, Any]) -> int:
+    """Jobs failed for good (failed or dead) as the journal counts them."""
     jobs = status.get("jobs", {})
-    return int(jobs.get("done", 0)), int(jobs.get("failed", 0)) + int(jobs.get("dead", 0))
+    return int(jobs.get("failed", 0)) + int(jobs.get("dead", 0))

@@ -58,8 +58,9 @@ function showFailures(failures) {
     const type = document.createElement("span");
     type.className = "type";
     type.textContent = failure.type || "Error";
-    summary.append(type, ": " + failure.message + " — " + failure.task + " (" + failure.id +
-                   ", queue " + failure.queue + ", " + failure.attempts + " attempts)");
+    summary.append(type, ": " + failure.message + " — " + failure.task + " (" + failure.id + ", " + failure.state +
+                   ", queue " + failure.queue + ", worker " + (failure.worker || "-") + ", " +
+                   failure.attempts + " attempts)");
     const trace = document.createElement("pre");
     trace.textContent = failure.traceback || "(no traceback)";
     details.append(summary, trace);
