@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --tiny] [--runs N] [--cases a,b] [--output PATH]``.
+"""``python -m benchmarks [--quick | --tiny] [--observed] [--runs N] [--cases a,b] [--output PATH]``.
 
 Starts its own cluster on 127.0.0.1, runs the cases on runner and on
 ProcessPoolExecutor(2), prints the table, saves the JSON, and (a full run of
@@ -38,6 +38,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller counts and 1 run a case: about 30 s")
     size.add_argument("--tiny", action="store_true", help="a few seconds: checks the harness, measures little")
+    parser.add_argument("--observed", action="store_true",
+                        help="each broker serves metrics and has a dashboard; both are read every second")
     parser.add_argument("--runs", type=int, help="runs of each case [full: 3, quick and tiny: 1]")
     parser.add_argument("--cases", help=f"comma-separated cases to run, of {','.join(CASES)} (broker_cpu is map)")
     parser.add_argument("--scale-jobs", type=int, help="jobs queued in the scale case [full: 1,000,000]")
@@ -66,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     clusters: list[Cluster] = []
     started = time.perf_counter()
     try:
-        run_everything(scratch, sizes, arguments.cases, results, clusters)
+        run_everything(scratch, sizes, arguments.cases, results, clusters, arguments.observed)
     except KeyboardInterrupt:
         results["interrupted"] = True
         print("interrupted: everything started was stopped; partial results follow", file=sys.stderr)
     finally:
         results["logs"] = report.summarise_logs([path for cluster in clusters for path in cluster.log_files])
+        if arguments.observed:
+            results["observers"] = {cluster.name: cluster.observed for cluster in clusters}
         if arguments.keep_logs:
             print(f"logs and journals kept in {scratch}", file=sys.stderr)
         else:
@@ -81,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     return finish(arguments, sizes, results)
 
 
-def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict, clusters: list[Cluster]) -> None:
-    """The cluster cases on one cluster and one PPE, then the scale case on clusters of its own."""
+def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict, clusters: list[Cluster],
+                   observed: bool = False) -> None:
+    """The cluster cases on one cluster and one PPE, then the scale case on clusters of its own.
+    ``observed``: every broker is watched (benchmarks/observers.py)."""
     def record(case: str, sample: dict) -> None:
         results["cases"][case]["runs"].append(sample)
 
     main_cases = [case for case in cases if case not in ("scale", "curve")]
     if main_cases:
-        cluster = Cluster(scratch, "main")
+        cluster = Cluster(scratch, "main", observed=observed)
         clusters.append(cluster)
         bench = None
         print(f"starting a broker and 2 workers; then {', '.join(main_cases)}, {sizes.runs} run(s) each",
@@ -103,12 +109,12 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
             cluster.stop()
     if "scale" in cases:
         for run in range(1, sizes.runs + 1):
-            record("scale", case_scale(scratch, sizes, run, clusters))
+            record("scale", case_scale(scratch, sizes, run, clusters, observed))
     if "curve" in cases:
         print(f"starting a CURVE broker and 2 workers; then submit, map and round trip, {sizes.runs} run(s)",
               file=sys.stderr, flush=True)
         for run in range(1, sizes.runs + 1):
-            record("curve", case_curve(scratch, sizes, clusters))
+            record("curve", case_curve(scratch, sizes, clusters, observed))
             print(f"  curve run {run}/{sizes.runs}: {brief(results['cases']['curve']['runs'][-1])}",
                   file=sys.stderr, flush=True)
 
@@ -116,6 +122,7 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
 def new_results(arguments: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": arguments.mode,
+        "observed": arguments.observed,
         "sizes": asdict(sizes), "machine": describe(ROOT), "interrupted": False,
         "cases": {case: {"runs": []} for case in arguments.cases},
     }
@@ -127,14 +134,15 @@ def finish(arguments: argparse.Namespace, sizes: Sizes, results: dict[str, Any])
     results["table"] = lines
     print(report.text_table(lines))
     stamp = results["started"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    output = arguments.output or RESULTS / (f"{stamp}.json" if arguments.mode == "full" else f"{stamp}-{arguments.mode}.json")
+    suffix = ("" if arguments.mode == "full" else f"-{arguments.mode}") + ("-observed" if arguments.observed else "")
+    output = arguments.output or RESULTS / f"{stamp}{suffix}.json"
     report.save_json(results, output)
     print(f"saved {output}", file=sys.stderr)
     docs = arguments.docs
     if docs is None and arguments.mode == "full" and arguments.cases == list(CASES) and not results["interrupted"]:
         docs = DOCS
     if docs is not None and not arguments.no_docs:
-        report.write_docs(docs, report.docs_section(results, lines, output.name))
+        report.write_docs(docs, report.docs_section(results, lines, output.name), observed=arguments.observed)
         print(f"wrote the table into {docs}", file=sys.stderr)
     failed = any(line["errors"] for line in lines)
     return 130 if results["interrupted"] else 1 if failed else 0

@@ -4,6 +4,8 @@ Every process is recorded and stopped by its PID (SIGTERM, then SIGKILL) from th
 caller's ``finally``; each also gets SIGTERM from the kernel if the harness dies
 first (PR_SET_PDEATHSIG), so no cluster outlives a killed benchmark. Broker and
 workers log at WARNING to files beside the journal, which the report summarises.
+An observed cluster (``--observed``) also serves metrics and has a dashboard and a
+reader watching it (benchmarks/observers.py), stopped first.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.local import read_address, stop_process
+from runner.local import read_address, read_line, stop_process
 
+from benchmarks import observers
 from benchmarks.settings import (ASYNC_TASKS_PER_WORKER, HOST, PROCESSES_PER_WORKER, START_TIMEOUT, STOP_TIMEOUT,
                                  THREADS_PER_WORKER)
 
@@ -28,11 +31,15 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class Cluster:
     """A broker on its own journal, and workers started later; ``stop()`` ends them all."""
 
-    def __init__(self, scratch: Path, name: str, curve_keys: str | None = None) -> None:
-        """``curve_keys``: a key folder; broker and workers then speak CURVE (clients must too)."""
+    def __init__(self, scratch: Path, name: str, curve_keys: str | None = None, observed: bool = False) -> None:
+        """``curve_keys``: a key folder; broker and workers then speak CURVE (clients must too).
+        ``observed``: the broker serves metrics, read every second with a dashboard's page."""
         self.scratch = scratch
         self.name = name
         self.curve_keys = curve_keys
+        self.metrics_port = observers.free_port() if observed else None  # the same port across restarts
+        self.watchers: list[subprocess.Popen] = []  # the dashboard, then the reader
+        self.observed: dict | None = None  # the reader's summary, once stopped
         self.journal = scratch / f"{name}-journal.db"
         self.address: str | None = None
         self.broker: subprocess.Popen | None = None
@@ -42,9 +49,27 @@ class Cluster:
     def start_broker(self, bind: str = f"tcp://{HOST}:*", timeout: float = START_TIMEOUT) -> str:
         """Start a broker on this cluster's journal; return the address it printed once ready."""
         command = ["broker", "--bind", bind, "--journal", str(self.journal), *self._keys()]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", str(self.metrics_port)]
         self.broker = self._spawn("broker", command, stdout=subprocess.PIPE)
         self.address = read_address(self.broker, timeout)
+        if self.metrics_port is not None and not self.watchers:
+            self._start_watchers(timeout)
         return self.address
+
+    def _start_watchers(self, timeout: float) -> None:
+        """A dashboard connected to the broker, and the reader of its page and of the metrics."""
+        dashboard = self._spawn("dashboard", ["dashboard", "--connect", self.address, "--port", "0", *self._keys()],
+                                stdout=subprocess.PIPE)
+        self.watchers.append(dashboard)
+        url = read_line(dashboard, timeout)
+        if not url.startswith("http://"):
+            raise RuntimeError(f"the dashboard (pid {dashboard.pid}) exited ({dashboard.poll()}) without a URL: {url!r}")
+        log_path = self.scratch / f"{self.name}-reader.log"
+        self.log_files.append(log_path)
+        with open(log_path, "ab") as log_file:
+            self.watchers.append(observers.start_reader(f"http://{HOST}:{self.metrics_port}/metrics", url,
+                                                        child_environment(), str(ROOT), log_file))
 
     def start_workers(self, count: int) -> None:
         """Start ``count`` workers of 1 process, 32 threads and 5,000 coroutines that may run benchmarks.tasks."""
@@ -73,7 +98,13 @@ class Cluster:
             stop_process(self.broker, STOP_TIMEOUT)
 
     def stop(self) -> None:
-        """Stop the workers, then the broker, by PID: SIGTERM, then SIGKILL after STOP_TIMEOUT."""
+        """Stop the reader and dashboard, the workers, then the broker, by PID: SIGTERM, then SIGKILL
+        after STOP_TIMEOUT."""
+        if len(self.watchers) == 2:
+            self.observed = observers.stop_reader(self.watchers.pop())
+        for watcher in self.watchers:
+            stop_process(watcher, STOP_TIMEOUT)
+        self.watchers.clear()
         processes = [*reversed(self.workers), *([self.broker] if self.broker else [])]
         for process in processes:
             stop_process(process, STOP_TIMEOUT)

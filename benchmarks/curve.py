@@ -16,12 +16,13 @@ from benchmarks.settings import Sizes, budget
 from runner import keys
 
 
-def case_curve(scratch: Path, sizes: Sizes, clusters: list[Cluster]) -> dict[str, Any]:
-    """One run of case 8: {"submit": ..., "map": ..., "roundtrip": ...} measured over CURVE."""
+def case_curve(scratch: Path, sizes: Sizes, clusters: list[Cluster], observed: bool = False) -> dict[str, Any]:
+    """One run of case 8: {"submit": ..., "map": ..., "roundtrip": ...} measured over CURVE.
+    ``observed``: its broker is watched (benchmarks/observers.py)."""
     folder = scratch / "curve-keys"
     if not folder.exists():
         keys.generate(folder)
-    cluster = Cluster(scratch, f"curve{len(clusters)}", curve_keys=str(folder))
+    cluster = Cluster(scratch, f"curve{len(clusters)}", curve_keys=str(folder), observed=observed)
     clusters.append(cluster)
     try:
         bench = Bench(cluster, None, sizes, 0)  # type: ignore[arg-type] - no PPE: runner's side only

@@ -14,6 +14,8 @@ from benchmarks.targets import Row, rows
 
 START_MARK = "<!-- benchmark-results:start -->"
 END_MARK = "<!-- benchmark-results:end -->"
+#: A run with ``--observed`` (metrics scraped, a dashboard read) goes between these, beside the plain one.
+OBSERVED_MARKS = ("<!-- benchmark-results-observed:start -->", "<!-- benchmark-results-observed:end -->")
 HEADER = ("case", "runner median (min-max)", "reference median (min-max)", "ratio", "target", "met?")
 LOG_EXCERPT = 40  # log lines kept per process in the JSON
 
@@ -118,7 +120,8 @@ def docs_section(results: dict[str, Any], lines: list[dict[str, Any]], json_name
     sizes = results["sizes"]
     missed = [line["label"].strip() for line in lines if line["met"] is False]
     parts = [
-        (f"Run {results['started']} ({results['mode']} mode, {sizes['runs']} runs a case, "
+        (f"Run {results['started']} ({results['mode']} mode{', observed' if results.get('observed') else ''}, "
+         f"{sizes['runs']} runs a case, "
          f"{results['seconds']:.0f} s in all), saved as `benchmarks/results/{json_name}`."),
         "",
         (f"Machine: {one_line(results['machine'])}. Load average (1, 5, 15 min) at the start: "
@@ -134,6 +137,8 @@ def docs_section(results: dict[str, Any], lines: list[dict[str, Any]], json_name
     errors = [f"- {line['label'].strip()}: {error}" for line in lines for error in dict.fromkeys(line["errors"])]
     if errors:
         parts += ["", "Runs that failed:", "", *errors]
+    if results.get("observed"):
+        parts += ["", observed_line(results.get("observers", {}))]
     noisy = {name: log for name, log in results.get("logs", {}).items() if log["lines"]}
     if noisy:
         parts += ["", "Broker and worker logs (WARNING and above) had lines: "
@@ -141,16 +146,34 @@ def docs_section(results: dict[str, Any], lines: list[dict[str, Any]], json_name
     return "\n".join(parts)
 
 
+def observed_line(observers: dict[str, dict | None]) -> str:
+    """What watched the run: reads of each broker's /metrics and of its dashboard's /api/state."""
+    def reads(name: str, side: str) -> str:
+        summary = (observers[name] or {}).get(side)
+        if summary is None:
+            return f"{name}: no reader summary ({(observers[name] or {}).get('error', 'not started')})"
+        failed = f", {summary['failed']} failed ({summary['last_error']})" if summary["failed"] else ""
+        return f"{name} {summary['reads']}{failed}"
+
+    return ("Observed: every broker served `--metrics-port` with a `runner dashboard` connected; reads of "
+            "/metrics, one a second: " + ", ".join(reads(name, "metrics") for name in observers)
+            + "; of the dashboard's /api/state, one a second: " + ", ".join(reads(name, "dashboard") for name in observers)
+            + ".")
+
+
 def _loads(loads: list[float] | None) -> str:
     return ", ".join(f"{load:.2f}" for load in loads) if loads else "unknown"
 
 
-def write_docs(path: Path, section: str) -> None:
-    """Replace what lies between the markers (added at the end when missing); the rest is kept."""
+def write_docs(path: Path, section: str, observed: bool = False) -> None:
+    """Replace what lies between the markers (added at the end when missing); the rest is kept.
+
+    ``observed``: the markers of the observed run's section, so each kind keeps its own table."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START_MARK}\n{section}\n{END_MARK}"
-    if START_MARK in text and END_MARK in text:
-        text = re.sub(re.escape(START_MARK) + ".*?" + re.escape(END_MARK), lambda _: block, text, flags=re.DOTALL)
+    start, end = OBSERVED_MARKS if observed else (START_MARK, END_MARK)
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

@@ -28,11 +28,12 @@ from benchmarks.settings import (MIN_DRAIN_RATE, MIN_QUEUE_RATE, MIN_RESTORE_RAT
 SUBMIT_CHECK = 10_000  # submits between deadline checks while queueing
 
 
-def case_scale(scratch: Path, sizes: Sizes, run: int, clusters: list[Cluster]) -> dict[str, Any]:
-    """One run of case 6; metrics of the phases that completed, and the error that stopped it, if any."""
+def case_scale(scratch: Path, sizes: Sizes, run: int, clusters: list[Cluster], observed: bool = False) -> dict[str, Any]:
+    """One run of case 6; metrics of the phases that completed, and the error that stopped it, if any.
+    ``observed``: its broker is watched (benchmarks/observers.py)."""
     jobs = sizes.scale_jobs
     metrics: dict[str, Any] = {"jobs": jobs, "timeline": {}}  # timeline: wall-clock times, to read beside the logs
-    cluster = Cluster(scratch, f"scale{run}")
+    cluster = Cluster(scratch, f"scale{run}", observed=observed)
     clusters.append(cluster)
     clients: list[runner.Client] = []
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from runner.broker.server import DEFAULT_ADDRESS
-from runner.cli import CONNECT_HELP, _client, _stop_on_signals, curve_option, logging_options
+from runner.cli import CONNECT_HELP, _client, _stop_on_signals, curve_option, exit_with_option, logging_options
 from runner.log import setup_logging
 
 STATUS_EVERY = 1.0  # seconds between redraws of runner status --watch
@@ -83,9 +83,10 @@ def _watch_status(client: Any, console: Any) -> None:
 @click.option("--bind", "http_bind", default="127.0.0.1", show_default=True,
               help="Address the page listens on; anyone who reaches it sees every job's errors.")
 @curve_option
+@exit_with_option
 @logging_options
-def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, log_level: str,
-              log_json: bool) -> None:
+def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, exit_with: tuple[int, ...],
+              log_level: str, log_json: bool) -> None:
     """Serve a read-only web page of the cluster: workers, queues, jobs per second, latest failures.
 
     Prints the page's URL when ready; SIGTERM or Ctrl-C stops it.
@@ -99,6 +100,10 @@ def dashboard(connect: str, port: int, http_bind: str, curve_keys: str | None, l
         except OSError as exc:
             raise click.ClickException(f"cannot serve the dashboard on {http_bind}:{port}: {exc}") from None
         _stop_on_signals(server.stop)
+        if exit_with:  # started by a harness (benchmarks --observed): ends with it
+            from runner import lifetime
+
+            lifetime.exit_with(exit_with, server.stop)
         click.echo(server.url)
         sys.stdout.flush()
         server.serve_forever()

@@ -63,3 +63,33 @@ def test_tiny_run_measures_the_async_client_cases(tmp_path):
     assert lag["runner"]["jobs"] == results["sizes"]["lag_jobs"] and lag["runner"]["ticks"] > 0
     assert 0 <= lag["runner"]["lag_busy_p99_ms"] and 0 <= lag["runner"]["lag_p99_ms"]
     assert "12c. AsyncClient loop lag p99" in done.stdout
+
+
+def test_tiny_observed_run_reads_the_metrics_and_a_dashboard_and_stops_them(tmp_path):
+    output = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--observed", "--cases", "submit", "--output", str(output),
+         "--no-docs"],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False, preexec_fn=die_with_parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["observed"] is True
+    watched = results["observers"]["main"]
+    for side in ("metrics", "dashboard"):
+        assert watched[side]["reads"] >= 1 and watched[side]["failed"] == 0, watched
+    assert {"main-broker", "main-dashboard", "main-reader"} <= set(results["logs"])
+    assert results["cases"]["submit"]["runs"][0]["runner"]["jobs_per_s"] > 0
+    assert "Observed: every broker served `--metrics-port`" in report.docs_section(results, results["table"], "x.json")
+    for name in ("main-broker", "main-dashboard", "main-reader"):  # stopped by PID, quietly
+        assert not any("Traceback" in line for line in results["logs"][name]["excerpt"]), results["logs"][name]
+
+
+def test_an_observed_runs_table_has_its_own_section_beside_the_plain_one(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    report.write_docs(docs, "plain table")
+    report.write_docs(docs, "observed table", observed=True)
+    report.write_docs(docs, "plain again")
+    text = docs.read_text()
+    assert "plain again" in text and "observed table" in text and "plain table" not in text
+    assert text.index(report.END_MARK) < text.index(report.OBSERVED_MARKS[0])
