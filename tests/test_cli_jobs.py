@@ -107,3 +107,29 @@ def test_dead_letters_lists_a_dead_job_and_requeue_runs_it_again(cluster, tmp_pa
 def test_every_job_verb_has_help_with_connect_and_curve_keys(command):
     answer = run(*command, "--help")
     assert answer.returncode == 0 and "--connect" in answer.stdout and "--curve-keys" in answer.stdout
+
+
+def test_docs_usage_documents_every_command():
+    import click
+
+    from cluster import ROOT
+    from runner.cli import cli
+
+    def names(group: click.Group, prefix: str) -> list[str]:
+        found = []
+        for name, command in group.commands.items():
+            found.append(f"{prefix} {name}")
+            if isinstance(command, click.Group):
+                found += names(command, f"{prefix} {name}")
+        return found
+
+    def documented(command: str, lines: list[str]) -> bool:
+        """`runner a b` in a line, or `runner a x|b|y` as the keys commands are listed together."""
+        parent, name = command.rsplit(" ", 1)
+        return any(f"`{command}" in line or (parent != "runner" and f"`{parent} " in line and f"|{name}" in line)
+                   for line in lines)
+
+    lines = (ROOT / "docs" / "usage.md").read_text().splitlines()
+    commands = names(cli, "runner")
+    assert len(commands) > 15 and {"runner status", "runner jobs show", "runner dashboard"} <= set(commands)
+    assert [command for command in commands if not documented(command, lines)] == []

@@ -119,9 +119,37 @@ def test_a_reader_that_does_not_keep_up_loses_counted_events_and_slows_nothing(p
     assert extra >= 0 and extra % 2 == 0, (lost, len(kept))
 
 
+def test_retries_deaths_cancels_and_requeues_are_events_with_their_worker_and_attempt(processes, broker_address,
+                                                                                     client_factory):
+    from test_cli import run
+
+    processes.worker(broker_address, *WORKER, "--name", "alpha")
+    client = client_factory(broker_address)
+    client.wait_for_workers(1, timeout=60)
+    stream = client.events(idle=30)
+    dying = client.submit("tasks:fail", "twice", pool="thread", retries=1, retry_backoff=0.01)
+    assert isinstance(dying.exception(timeout=60), ValueError)
+    parked = client.submit("tasks:noop", pool="thread", queue="nobody-serves-this")
+    assert client.cancel_job(parked.job_id) == "cancelled"
+    answer = run("requeue", dying.job_id, "--connect", broker_address)
+    assert answer.returncode == 0, answer.stderr
+    events = take(stream, lambda got: steps(e for e in got if e["job"] == dying.job_id)["dead"] == 2)
+    mine = [event for event in events if event["job"] == dying.job_id]
+    # Twice (once more after runner requeue): attempt 1 fails and is retried, attempt 2 fails for
+    # good, both on alpha. (A run lost with a worker missing heartbeats under load spends its
+    # attempt unfailed: then that round has no retried event.)
+    ended = [(e["event"], e["attempt"], e["worker"]) for e in mine if e["event"] in ("retried", "dead")]
+    assert [step for step in ended if step[0] == "dead"] == [("dead", 2, "alpha")] * 2
+    assert set(ended) <= {("retried", 1, "alpha"), ("dead", 2, "alpha")} and len(ended) <= 4
+    assert steps(mine)["requeued"] >= 1 and steps(mine)["accepted"] == 1  # runner requeue, and worker give-backs
+    assert [(e["event"], e["worker"]) for e in events if e["job"] == parked.job_id] == [("accepted", ""),
+                                                                                       ("cancelled", "")]
+    assert all(e["task"] == "tasks:fail" and e["queue"] == "default" for e in mine)
+
+
 def test_job_events_are_json_log_records_at_debug(processes, client_factory):
     broker, address = processes.broker("--heartbeat", "0.2", "--log-json", log_level="DEBUG")
-    processes.worker(address, *WORKER)
+    processes.worker(address, *WORKER, "--name", "alpha")
     client = client_factory(address)
     client.wait_for_workers(1, timeout=60)
     future = client.submit("tasks:add", 1, 2, pool="thread")
@@ -132,6 +160,8 @@ def test_job_events_are_json_log_records_at_debug(processes, client_factory):
     mine = [record["extra"] for record in records if record["extra"].get("job") == future.job_id]
     assert [extra["event"] for extra in mine if "event" in extra] == ["accepted", "leased", "finished"]
     assert all(extra["task"] == "tasks:add" and extra["queue"] == "default" for extra in mine if "event" in extra)
+    assert [(extra["worker"], extra["attempt"]) for extra in mine if "event" in extra] == [("", 0), ("alpha", 1),
+                                                                                          ("alpha", 1)]
 
 
 @pytest.fixture(autouse=True)
