@@ -60,6 +60,11 @@ def served(url: str) -> dict:
         return json.load(answer)
 
 
+def fetched(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.read().decode()
+
+
 def served_done(url: str) -> int:
     status = served(url)["status"]
     return status["jobs"]["done"] if status else -1
@@ -145,6 +150,16 @@ def test_a_dashboard_started_later_charts_the_last_seconds_and_lists_earlier_fai
     assert (failure["worker"], failure["type"], failure["state"]) == ("gamma", "ValueError", "failed")
     assert "Traceback (most recent call last)" in failure["traceback"] and "before the dashboard" in failure["traceback"]
     assert len(served(url)["history"]) >= 10  # the broker's last ten seconds, from the first poll
+
+
+def test_the_page_works_offline_and_refreshes_at_least_every_two_seconds(cluster):
+    _, url = cluster
+    page, script, style = (fetched(url + name) for name in ("", "app.js", "style.css"))
+    assert re.findall(r'(?:src|href)="([^"]+)"', page) == ["style.css", "app.js"]  # nothing from elsewhere
+    assert "http" not in script and "http" not in style and "@import" not in style
+    assert int(re.search(r"const POLL_MS = (\d+);", script).group(1)) <= 2000
+    from runner.dashboard.server import POLL_INTERVAL
+    assert POLL_INTERVAL <= 2.0
 
 
 def test_the_dashboard_serves_nothing_but_its_page(cluster):

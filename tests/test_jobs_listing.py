@@ -121,6 +121,35 @@ def test_show_a_failed_job_gives_every_field_and_the_remote_traceback(known_work
     assert answer.returncode == 2
 
 
+def test_status_table_and_json_count_the_same_work_per_worker_and_per_queue(known_work):
+    address, client, done, failed, pending, running = known_work
+    rows = {row["id"]: row for row in client.jobs(limit=1000)}
+    ran_by = Counter((rows[future.job_id]["worker"], rows[future.job_id]["state"]) for future in done + failed)
+    busy = rows[running.job_id]["worker"]
+    status = json.loads(run("status", "--json", "--connect", address).stdout)
+    workers = {worker["id"]: worker for worker in status["workers"]}
+    assert {name: (worker["done"], worker["failed"], worker["running"]) for name, worker in workers.items()} == {
+        name: (ran_by[(name, "done")], ran_by[(name, "failed")], int(name == busy)) for name in ("alpha", "beta")}
+    assert sum(worker["done"] for worker in workers.values()) == 30
+    assert sum(worker["failed"] for worker in workers.values()) == 5
+    assert {key: status["jobs"][key] for key in ("done", "failed", "pending", "running")} == {
+        "done": 30, "failed": 5, "pending": 1, "running": 1}
+    assert status["queue_details"]["nobody-serves-this"]["pending_by_priority"] == {"0": 1}
+    assert (status["queue_details"]["default"]["pending"], status["queue_details"]["default"]["running"]) == (0, 1)
+
+    table = run("status", "--connect", address).stdout
+    cells = {}
+    for line in table.splitlines():
+        row = [cell.strip() for cell in line.split("│")[1:-1]]
+        if row and row[0] in ("alpha", "beta", "default", "nobody-serves-this"):
+            cells[row[0]] = row
+    # workers: name, host, pid, queues, slots, running, done, failed, ...; queues: name, pending, by priority, running
+    assert {name: tuple(map(int, cells[name][5:8])) for name in ("alpha", "beta")} == {
+        name: (workers[name]["running"], workers[name]["done"], workers[name]["failed"]) for name in ("alpha", "beta")}
+    assert cells["nobody-serves-this"][1:4] == ["1", "p0:1", "0"] and cells["default"][3] == "1"
+    assert "done 30  failed 5" in table and "\x1b" not in table
+
+
 def test_show_cuts_long_arguments_at_one_kilobyte(known_work):
     address, client = known_work[:2]
     future = client.submit("tasks:echo", "x" * 5000, pool="thread")

@@ -29,12 +29,11 @@ def test_map_and_submit_with_progress_print_nothing_extra_without_a_terminal(pro
     assert (submitted.returncode, submitted.stdout, submitted.stderr) == (0, "5\n", "")
 
 
-def test_map_with_progress_draws_a_bar_on_a_terminal(processes, broker_address):
-    processes.worker(broker_address, "--processes", "0", "--threads", "2")
+def on_a_terminal(command: list[str]) -> tuple[str, str]:
+    """Run ``command`` with stderr on a pseudo-terminal: (its stdout, what it drew on the terminal)."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-c", MAP_SCRIPT, broker_address], stdout=subprocess.PIPE,
-                               stderr=follower, env=environment(COLUMNS="120"), cwd=ROOT,
-                               preexec_fn=die_with_parent)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=follower, env=environment(COLUMNS="120"),
+                               cwd=ROOT, preexec_fn=die_with_parent)
     os.close(follower)
     drawn = b""
     while True:
@@ -47,7 +46,20 @@ def test_map_with_progress_draws_a_bar_on_a_terminal(processes, broker_address):
         drawn += chunk
     stdout, _ = process.communicate(timeout=120)
     os.close(leader)
-    assert process.returncode == 0
+    assert process.returncode == 0, drawn.decode(errors="replace")
+    return stdout.decode(), drawn.decode(errors="replace")
+
+
+def test_map_with_progress_draws_a_bar_on_a_terminal(processes, broker_address):
+    processes.worker(broker_address, "--processes", "0", "--threads", "2")
+    stdout, text = on_a_terminal([sys.executable, "-c", MAP_SCRIPT, broker_address])
     assert json.loads(stdout) == [n * n for n in range(40)]  # results on stdout, untouched
-    text = drawn.decode(errors="replace")
     assert "40/40" in text and "jobs/s" in text and "eta" in text
+
+
+def test_submit_with_progress_draws_a_one_job_bar_on_a_terminal(processes, broker_address):
+    processes.worker(broker_address, "--processes", "0", "--threads", "2")
+    stdout, text = on_a_terminal([sys.executable, "-m", "runner", "submit", "tasks:add", "2", "3", "--pool", "thread",
+                                  "--progress", "--connect", broker_address])
+    assert stdout == "5\n"  # the result on stdout, the bar on the terminal
+    assert "1/1" in text and "jobs/s" in text and "Traceback" not in text
