@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["logs"] = report.summarise_logs([path for cluster in clusters for path in cluster.log_files])
         if arguments.observed:
-            results["observers"] = {cluster.name: cluster.observed for cluster in clusters}
+            results["observers"] = {cluster.name: cluster.observed_reads for cluster in clusters}
         if arguments.keep_logs:
             print(f"logs and journals kept in {scratch}", file=sys.stderr)
         else:

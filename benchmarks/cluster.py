@@ -38,8 +38,9 @@ class Cluster:
         self.name = name
         self.curve_keys = curve_keys
         self.metrics_port = observers.free_port() if observed else None  # the same port across restarts
-        self.watchers: list[subprocess.Popen] = []  # the dashboard, then the reader
-        self.observed: dict | None = None  # the reader's summary, once stopped
+        self.dashboard: subprocess.Popen | None = None
+        self.reader: subprocess.Popen | None = None  # reads the metrics and the dashboard's page
+        self.observed_reads: dict | None = None  # the reader's summary, once stopped
         self.journal = scratch / f"{name}-journal.db"
         self.address: str | None = None
         self.broker: subprocess.Popen | None = None
@@ -53,23 +54,23 @@ class Cluster:
             command += ["--metrics-port", str(self.metrics_port)]
         self.broker = self._spawn("broker", command, stdout=subprocess.PIPE)
         self.address = read_address(self.broker, timeout)
-        if self.metrics_port is not None and not self.watchers:
+        if self.metrics_port is not None and self.dashboard is None:  # kept across a broker restart
             self._start_watchers(timeout)
         return self.address
 
     def _start_watchers(self, timeout: float) -> None:
         """A dashboard connected to the broker, and the reader of its page and of the metrics."""
-        dashboard = self._spawn("dashboard", ["dashboard", "--connect", self.address, "--port", "0", *self._keys()],
-                                stdout=subprocess.PIPE)
-        self.watchers.append(dashboard)
-        url = read_line(dashboard, timeout)
+        self.dashboard = self._spawn("dashboard", ["dashboard", "--connect", self.address, "--port", "0",
+                                                   *self._keys()], stdout=subprocess.PIPE)
+        url = read_line(self.dashboard, timeout)
         if not url.startswith("http://"):
-            raise RuntimeError(f"the dashboard (pid {dashboard.pid}) exited ({dashboard.poll()}) without a URL: {url!r}")
+            raise RuntimeError(f"the dashboard (pid {self.dashboard.pid}) exited ({self.dashboard.poll()}) "
+                               f"without a URL: {url!r}")
         log_path = self.scratch / f"{self.name}-reader.log"
         self.log_files.append(log_path)
         with open(log_path, "ab") as log_file:
-            self.watchers.append(observers.start_reader(f"http://{HOST}:{self.metrics_port}/metrics", url,
-                                                        child_environment(), str(ROOT), log_file))
+            self.reader = observers.start_reader(f"http://{HOST}:{self.metrics_port}/metrics", url,
+                                                 child_environment(), str(ROOT), log_file)
 
     def start_workers(self, count: int) -> None:
         """Start ``count`` workers of 1 process, 32 threads and 5,000 coroutines that may run benchmarks.tasks."""
@@ -100,11 +101,11 @@ class Cluster:
     def stop(self) -> None:
         """Stop the reader and dashboard, the workers, then the broker, by PID: SIGTERM, then SIGKILL
         after STOP_TIMEOUT."""
-        if len(self.watchers) == 2:
-            self.observed = observers.stop_reader(self.watchers.pop())
-        for watcher in self.watchers:
-            stop_process(watcher, STOP_TIMEOUT)
-        self.watchers.clear()
+        if self.reader is not None:
+            self.observed_reads = observers.stop_reader(self.reader)
+            self.reader = None
+        if self.dashboard is not None:
+            stop_process(self.dashboard, STOP_TIMEOUT)
         processes = [*reversed(self.workers), *([self.broker] if self.broker else [])]
         for process in processes:
             stop_process(process, STOP_TIMEOUT)

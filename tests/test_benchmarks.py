@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
-from cluster import ROOT, die_with_parent, environment
+from cluster import ROOT, die_with_parent, environment, wait_until
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
@@ -93,3 +95,49 @@ def test_an_observed_runs_table_has_its_own_section_beside_the_plain_one(tmp_pat
     text = docs.read_text()
     assert "plain again" in text and "observed table" in text and "plain table" not in text
     assert text.index(report.END_MARK) < text.index(report.OBSERVED_MARKS[0])
+
+
+def in_session(session: int) -> dict[str, float]:
+    """The live processes of ``session`` (from /proc): command line -> seconds since it started."""
+    with open("/proc/uptime") as uptime:
+        now = float(uptime.read().split()[0])
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found[command] = now - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def test_ctrl_c_during_an_observed_run_stops_the_dashboard_and_the_reader_too(tmp_path):
+    # The scale case queues 300,000 jobs: the dashboard and reader are up well before it ends.
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--observed", "--cases", "scale", "--scale-jobs", "300000",
+         "--output", str(tmp_path / "run.json"), "--no-docs"],
+        cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        # The reader reads once a second from its start: after 3 s it has read (and set its handlers).
+        wait_until(lambda: any("benchmarks.observers" in command and age > 3 for command, age in
+                               in_session(bench.pid).items()) or bench.poll() is not None,
+                   timeout=60, interval=0.1, message="the reader reading")
+        assert bench.poll() is None, bench.stderr.read().decode()[-3000:]
+        os.killpg(bench.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        _, stderr = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode == 130, stderr.decode()[-3000:]
+    assert "interrupted: everything started was stopped" in stderr.decode()
+    wait_until(lambda: in_session(bench.pid) == {}, timeout=30, message="every process of the run ended")
+    results = json.loads((tmp_path / "run.json").read_text())
+    assert results["interrupted"], results
+    assert results["observers"]["scale1"]["metrics"]["reads"] >= 1, results["observers"]
