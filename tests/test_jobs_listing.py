@@ -150,6 +150,23 @@ def test_status_table_and_json_count_the_same_work_per_worker_and_per_queue(know
     assert "done 30  failed 5" in table and "\x1b" not in table
 
 
+def test_the_job_verbs_answer_for_the_known_work(known_work):
+    """result, cancel, requeue and dead-letters on the same cluster: nothing here changes its work."""
+    address, client, done, failed, pending, running = known_work
+    for future in done[:3]:
+        answer = run("result", future.job_id, "--connect", address)
+        assert (answer.returncode, json.loads(answer.stdout)) == (0, future.result())
+    for future in failed[:2]:
+        answer = run("result", future.job_id, "--wait", "--connect", address)
+        assert answer.returncode == 1 and "ValueError: bad" in answer.stderr
+    assert run("result", pending.job_id, "--connect", address).returncode == 3  # not finished
+    answer = run("cancel", running.job_id, "--connect", address)
+    assert answer.returncode == 1 and "--force" in answer.stderr  # running: only with --force
+    assert run("requeue", done[0].job_id, "--connect", address).returncode == 1  # done is not failed or dead
+    assert json.loads(run("dead-letters", "--json", "--connect", address).stdout) == []  # no retries: failed, not dead
+    assert client.fetch(running.job_id)["state"] == "running" and client.fetch(pending.job_id)["state"] == "pending"
+
+
 def test_show_cuts_long_arguments_at_one_kilobyte(known_work):
     address, client = known_work[:2]
     future = client.submit("tasks:echo", "x" * 5000, pool="thread")

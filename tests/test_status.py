@@ -178,6 +178,22 @@ def test_status_watch_on_a_terminal_redraws_in_place_and_ctrl_c_exits_0(cluster)
     assert b"alpha" in seen and b"beta" in seen
 
 
+def test_metrics_task_labels_are_capped_and_later_names_count_as_other(processes):
+    from runner.broker.counters import MAX_LABELS, OTHER
+
+    port = free_port()
+    _, address = processes.broker("--metrics-port", str(port), "--heartbeat", "0.2")
+    extra = 5
+    with runner.Client(address) as client:  # no worker: the jobs wait, counted as submitted
+        for number in range(MAX_LABELS + extra):
+            client.submit(f"made_up:task{number}", queue="parked")
+        wait_until(lambda: client.status()["jobs"]["pending"] == MAX_LABELS + extra, timeout=30)
+    wait_until(lambda: _samples(port).get(("runner_jobs_submitted_total", "parked", OTHER)) == extra, timeout=30,
+               message="the names past the cap counted under other")
+    tasks = {key[2] for key in _samples(port) if key[0] == "runner_jobs_submitted_total"}
+    assert len(tasks) == MAX_LABELS + 1 and OTHER in tasks
+
+
 def test_metrics_port_stays_on_loopback_unless_asked(processes):
     port = free_port()
     processes.broker("--metrics-port", str(port))
