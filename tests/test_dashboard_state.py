@@ -68,6 +68,13 @@ def test_failures_are_wanted_only_when_the_failed_count_moved():
     assert state.view()["failures"] == [{"id": "a"}]
 
 
+def test_shown_failures_are_reused_unless_the_count_went_down():
+    state = DashboardState()
+    state.set_failures(status(failed=2), [{"id": "a"}, {"id": "b"}])
+    assert set(state.reusable_failures(status(failed=3))) == {"a", "b"}
+    assert state.reusable_failures(status(failed=1)) == {}  # one was requeued: its next error may differ
+
+
 def test_the_failures_list_is_bounded():
     state = DashboardState()
     state.set_failures(status(dead=50), [{"id": str(n)} for n in range(50)])

@@ -74,7 +74,7 @@ class Poller:
             status = self.client.status(timeout=REQUEST_TIMEOUT)
             with self.lock:
                 wanted = self.state.failures_changed(status)
-                known = {row["id"]: row for row in self.state.failures}
+                known = self.state.reusable_failures(status)
             failures = latest_failures(self.client, known) if wanted else None
         except Exception as exc:  # the broker away, or a refusal: shown on the page, polling goes on
             reason = f"{type(exc).__name__}: {exc}"

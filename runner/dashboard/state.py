@@ -51,6 +51,13 @@ class DashboardState:
         """Whether ``status`` counts failures not yet fetched (so the list is asked for only then)."""
         return _failed_total(status) != self._failures_seen
 
+    def reusable_failures(self, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The failures shown, by id, that a new fetch may keep rather than ask for again; none
+        once the count went down (a requeued job may fail anew, with another error)."""
+        if self._failures_seen is not None and _failed_total(status) < self._failures_seen:
+            return {}
+        return {row["id"]: row for row in self.failures}
+
     def set_failures(self, status: dict[str, Any], failures: list[dict[str, Any]]) -> None:
         """Keep the latest failures (newest first), fetched when ``status`` was current."""
         self._failures_seen = _failed_total(status)
