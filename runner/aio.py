@@ -4,7 +4,8 @@ It speaks to the broker exactly as ``Client`` does: the same BrokerConnection (h
 heartbeats, registering again), JobSender and Acknowledger, driven by an AsyncioLoop
 (asyncio_loop.py) instead of an I/O thread; and the same handlers of the broker's
 messages, which it takes from ``Client`` itself. What differs is only how a caller waits:
-``submit`` returns an asyncio future at once, and every request is awaited.
+``submit`` returns an asyncio future at once, and every request is awaited (the requests
+about the cluster and its jobs are in aio_requests.py, shaped by Client's own functions).
 
 Construction binds the client to the running loop and never blocks: with an address it
 connects and says hello at once (what it sends next queues behind the hello);
@@ -28,11 +29,12 @@ import zmq
 from loguru import logger
 
 from runner import protocol, sync
+from runner.aio_requests import AsyncClientRequests
 from runner.aio_future import AsyncJobFuture, expire, settle
 from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
-from runner.client_requests import fetch_view
+from runner.client_requests import not_requeued
 from runner.connection import BrokerConnection
 from runner.errors import AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError
 from runner.ids import JobIds
@@ -47,7 +49,7 @@ log = logger.bind(component="aio")
 RESOLVE_BATCH = 32
 
 
-class AsyncClient:
+class AsyncClient(AsyncClientRequests):
     """A connection to a broker for asyncio code; with no address, to a new embedded local cluster.
 
     The options are ``Client``'s: ``timeout`` for reaching the broker and its replies;
@@ -276,21 +278,7 @@ class AsyncClient:
             if not future.done():  # cancelled while it waited
                 self._send(row, future)
 
-    # --- cluster views ------------------------------------------------------------------------
-
-    async def status(self, timeout: float | None = None) -> dict:
-        """Workers (id, host, pid, slots, running), pending jobs per queue, and totals."""
-        return (await self._request(protocol.STATUS, {}, timeout))["status"]
-
-    async def wait_for_workers(self, count: int, timeout: float | None = None) -> int:
-        """Wait until at least ``count`` workers are connected (None: however long); return how many."""
-        try:
-            answer = await self._request(protocol.WAIT_WORKERS, {"count": count}, timeout, forever=timeout is None)
-        except TimeoutError:
-            connected = len((await self.status())["workers"])
-            raise TimeoutError(
-                f"only {connected} of {count} workers connected to {self.address} within {timeout}s") from None
-        return answer["workers"]
+    # --- this client's futures: cancel, requeue ------------------------------------------------
 
     async def cancel(self, future: asyncio.Future, *, force: bool = False) -> bool:
         """Cancel a job as ``Client.cancel`` does: one still waiting never runs; a running one only with ``force``."""
@@ -310,9 +298,19 @@ class AsyncClient:
             asyncio.Future.cancel(future)  # the broker has cancelled it: no second message
         return True
 
-    async def fetch(self, job_id: str, timeout: float | None = None) -> dict:
-        """What the broker knows of a job by id, as ``Client.fetch``: ``state`` and, when final, its outcome."""
-        return fetch_view(job_id, await self._request(protocol.FETCH, {"id": job_id}, timeout))
+    async def requeue(self, job_id: str, timeout: float | None = None) -> AsyncJobFuture:
+        """Run a failed or dead job again with fresh attempts; a future of the new run, as ``Client.requeue``."""
+        future = AsyncJobFuture(self, job_id)
+        self._futures[job_id] = future  # before asking: its outcome may come before the answer
+        try:
+            requeued = (await self._request(protocol.REQUEUE_JOB, {"id": job_id}, timeout))["requeued"]
+        except BaseException:
+            self._forget(job_id)
+            raise
+        if not requeued:
+            self._forget(job_id)
+            raise not_requeued(job_id)
+        return future
 
     # --- coordination -------------------------------------------------------------------------
 

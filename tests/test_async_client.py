@@ -162,8 +162,10 @@ def test_lock_semaphore_event_and_queue_awaited(address):
             assert await first.acquire() and await second.acquire()
             assert await one.Semaphore("aio-sem", 2).acquire(blocking=False) is False
             waiter = asyncio.ensure_future(one.Semaphore("aio-sem", 2).acquire())
-            await asyncio.sleep(0.1)
-            assert not waiter.done()
+            await eventually(lambda: _acquire_sent(one), 10, "the waiting acquire sent")
+            acquiring = _acquires(one)
+            await one.status()  # sent after the acquire on the same connection: answered after the broker queued it
+            assert acquiring and not any(future.done() for future in acquiring), "granted with no slot free"
             await second.release()
             assert await asyncio.wait_for(waiter, 10) is True
             with pytest.raises(ValueError, match="value must be an integer"):
@@ -192,6 +194,16 @@ def test_lock_semaphore_event_and_queue_awaited(address):
                 await items.put(object())
 
     run(body())
+
+
+def _acquires(client: runner.AsyncClient) -> list[asyncio.Future]:
+    """The futures of ``client``'s acquire requests not yet taken by their awaiting coroutines."""
+    return [future for future, message_type, body in client._requests.values()  # noqa: SLF001 - its requests
+            if message_type == runner.protocol.SYNC and body["op"] == "acquire"]
+
+
+async def _acquire_sent(client: runner.AsyncClient) -> bool:
+    return bool(_acquires(client))
 
 
 def test_a_cancelled_acquire_never_keeps_the_lock(address):
@@ -323,7 +335,9 @@ def test_a_cancelled_start_stops_the_embedded_cluster_once_it_is_up(processes):
         threads = set(threading.enumerate())
         client = runner.AsyncClient()
         starting = asyncio.ensure_future(client.start())
-        await asyncio.sleep(0.05)  # into the cluster's start, which takes about a second
+        await eventually(_async_true_when(lambda: any(thread.name == "runner-aio-start" for thread in
+                                                      threading.enumerate())), 10, "the cluster starting")
+        assert not starting.done()  # into the cluster's start, which takes about a second
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
