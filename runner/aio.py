@@ -50,6 +50,10 @@ log = logger.bind(component="aio")
 #: the lag near 1 ms with 1,000 jobs in flight (32 doubled it), for about 5% more of the client's
 #: CPU per job when every outcome wakes nothing but a gather.
 RESOLVE_BATCH = 16
+#: While a burst of outcomes is resolved, the jobs its waiters submit leave every this many
+#: batches and at its end, in one message: each send wakes ZeroMQ's I/O thread, and every
+#: wake-up is a chance for the OS to take the CPU from the loop (issue 12, case 12c).
+SEND_EVERY_BATCHES = 16
 
 
 class AsyncClient(AsyncClientRequests):
@@ -87,7 +91,8 @@ class AsyncClient(AsyncClientRequests):
         self._requests: dict[int, list] = {}  # request -> [future, type, body], resent after re-registration
         self._backlog: deque[tuple[list, asyncio.Future]] = deque()  # block=True jobs waiting for room
         self._outcomes: deque[list] = deque()  # arrived, not yet resolved (RESOLVE_BATCH a turn)
-        self._resolving = False
+        self._resolving = False  # a burst of outcomes is being resolved: submitted jobs are held (_send)
+        self._batches = 0  # batches resolved so far
         self.holdings = sync.Holdings()
         self.max_pending: float = float("inf")  # the broker's limits, once it welcomes us
         self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
@@ -272,7 +277,7 @@ class AsyncClient(AsyncClientRequests):
     def _send(self, row: list, future: asyncio.Future) -> None:
         self._futures[row[0]] = future
         self._unresolved[row[0]] = row
-        self._jobs_out.add(row, alone=len(self._futures) == 1)
+        self._jobs_out.add(row, alone=len(self._futures) == 1, hold=self._resolving)
 
     def _made_room(self) -> None:
         """Outcomes arrived or jobs were dropped: send held jobs while the broker's limit allows."""
@@ -386,10 +391,14 @@ class AsyncClient(AsyncClientRequests):
         if batch:
             self._made_room()
             self._acknowledger.add([row[0] for row in batch])  # the broker keeps each outcome until then
+        self._batches += 1
         if self._outcomes:
             self._loop.call_soon(self._resolve_some)
+            if self._batches % SEND_EVERY_BATCHES:
+                return
         else:
             self._resolving = False
+        self._jobs_out.send_queued()  # what the coroutines woken so far submitted, held meanwhile
 
     def _fail_waiters(self, error: Exception) -> None:
         """Fail every held, pending job and every request with ``error``."""
