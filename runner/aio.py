@@ -44,11 +44,9 @@ from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resol
 from runner.transport import check_address
 
 log = logger.bind(component="aio")
-#: Outcomes resolved per turn of the loop: the coroutines they wake run before the next batch,
-#: so a burst of outcomes never holds the caller's loop for long (issue 12: loop lag p99 under 5 ms).
-#: A coroutine waiting for a timer wakes about two turns late: 16 keeps the loop's own part of
-#: the lag near 1 ms with 1,000 jobs in flight (32 doubled it), for about 5% more of the client's
-#: CPU per job when every outcome wakes nothing but a gather.
+#: Outcomes resolved per turn of the loop: the coroutines they wake run before the next batch, so
+#: a burst never holds the loop long. A coroutine waiting for a timer wakes about two turns late:
+#: 16 keeps the loop's own part of its lag near 1 ms with 1,000 jobs in flight (32: about 2 ms).
 RESOLVE_BATCH = 16
 #: While a burst of outcomes is resolved, the jobs its waiters submit leave every this many
 #: batches and at its end, in one message: each send wakes ZeroMQ's I/O thread, and every
