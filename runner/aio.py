@@ -29,8 +29,8 @@ import zmq
 from loguru import logger
 
 from runner import protocol, sync
-from runner.aio_requests import AsyncClientRequests
 from runner.aio_future import AsyncJobFuture, expire, settle
+from runner.aio_requests import AsyncClientRequests
 from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
