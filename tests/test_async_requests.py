@@ -10,6 +10,7 @@ import pytest
 
 import runner
 from test_async_client import run
+from test_security import AUTH_TIMEOUT, key_folder, secure_cluster  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
@@ -135,5 +136,33 @@ def test_events_follow_and_idle(cluster):
             started = time.monotonic()
             quiet = [event async for event in await other.events(idle=0.5)]  # ends by itself once quiet
             assert time.monotonic() - started < 20, f"the idle stream did not end ({len(quiet)} events)"
+
+    run(body())
+
+
+def test_with_curve_a_key_sees_its_own_jobs_and_only_an_admin_may_follow_events(secure_cluster, key_folder):
+    _, address = secure_cluster
+
+    async def body():
+        keyed = {name: runner.AsyncClient(address, curve_keys=str(folder), timeout=AUTH_TIMEOUT)
+                 for name, folder in (("alice", key_folder), ("bob", key_folder / "bob"), ("root", key_folder / "root"))}
+        try:
+            alice, bob, root = keyed["alice"], keyed["bob"], keyed["root"]
+            for client in keyed.values():
+                await client.start()
+            await alice.wait_for_workers(1, timeout=60)
+            done = alice.submit("tasks:add", 20, 22, pool="thread")
+            assert await done == 42
+            mine = bob.submit("tasks:add", 1, 2, pool="thread")
+            assert await mine == 3
+            assert [row["id"] for row in await bob.jobs()] == [mine.job_id]
+            assert await bob.job(done.job_id) is None
+            assert (await root.job(done.job_id))["result"] == 42
+            with pytest.raises(PermissionError, match="admin key"):  # events name every client's jobs
+                await bob.events(idle=0)
+            assert [event async for event in await root.events(idle=0)] == []
+        finally:
+            for client in keyed.values():
+                await client.close()
 
     run(body())
