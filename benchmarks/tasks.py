@@ -31,6 +31,15 @@ def sleep_10ms(*args: object) -> None:
     time.sleep(SLEEP_SECONDS)
 
 
+def sleep_100ms(*args: object) -> None:
+    """Sleeps ASYNC_SLEEP_SECONDS in a thread: case 12a's job for the thread pool."""
+    time.sleep(ASYNC_SLEEP_SECONDS)
+
+
+async def async_noop(*args: object) -> None:
+    """Nothing, on the worker's event loop: what the async pool moves when its jobs do not wait (case 12a)."""
+
+
 async def async_sleep_100ms(*args: object) -> None:
     """Awaits ASYNC_SLEEP_SECONDS on the worker's event loop, as an asyncio I/O-bound job does."""
     await asyncio.sleep(ASYNC_SLEEP_SECONDS)

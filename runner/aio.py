@@ -4,7 +4,8 @@ It speaks to the broker exactly as ``Client`` does: the same BrokerConnection (h
 heartbeats, registering again), JobSender and Acknowledger, driven by an AsyncioLoop
 (asyncio_loop.py) instead of an I/O thread; and the same handlers of the broker's
 messages, which it takes from ``Client`` itself. What differs is only how a caller waits:
-``submit`` returns an asyncio future at once, and every request is awaited.
+``submit`` returns an asyncio future at once, and every request is awaited (the requests
+about the cluster and its jobs are in aio_requests.py, shaped by Client's own functions).
 
 Construction binds the client to the running loop and never blocks: with an address it
 connects and says hello at once (what it sends next queues behind the hello);
@@ -29,10 +30,11 @@ from loguru import logger
 
 from runner import protocol, sync
 from runner.aio_future import AsyncJobFuture, expire, settle
+from runner.aio_requests import AsyncClientRequests
 from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
-from runner.client_requests import fetch_view
+from runner.client_requests import not_requeued
 from runner.connection import BrokerConnection
 from runner.errors import AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError
 from runner.ids import JobIds
@@ -42,12 +44,17 @@ from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resol
 from runner.transport import check_address
 
 log = logger.bind(component="aio")
-#: Outcomes resolved per turn of the loop: the coroutines they wake run before the next batch,
-#: so a burst of outcomes never holds the caller's loop for long (issue 12: loop lag p99 under 5 ms).
-RESOLVE_BATCH = 32
+#: Outcomes resolved per turn of the loop: the coroutines they wake run before the next batch, so
+#: a burst never holds the loop long. A coroutine waiting for a timer wakes about two turns late:
+#: 16 keeps the loop's own part of its lag near 1 ms with 1,000 jobs in flight (32: about 2 ms).
+RESOLVE_BATCH = 16
+#: While a burst of outcomes is resolved, the jobs its waiters submit leave every this many
+#: batches and at its end, in one message: each send wakes ZeroMQ's I/O thread, and every
+#: wake-up is a chance for the OS to take the CPU from the loop (issue 12, case 12c).
+SEND_EVERY_BATCHES = 16
 
 
-class AsyncClient:
+class AsyncClient(AsyncClientRequests):
     """A connection to a broker for asyncio code; with no address, to a new embedded local cluster.
 
     The options are ``Client``'s: ``timeout`` for reaching the broker and its replies;
@@ -82,7 +89,8 @@ class AsyncClient:
         self._requests: dict[int, list] = {}  # request -> [future, type, body], resent after re-registration
         self._backlog: deque[tuple[list, asyncio.Future]] = deque()  # block=True jobs waiting for room
         self._outcomes: deque[list] = deque()  # arrived, not yet resolved (RESOLVE_BATCH a turn)
-        self._resolving = False
+        self._resolving = False  # a burst of outcomes is being resolved: submitted jobs are held (_send)
+        self._batches = 0  # batches resolved so far
         self.holdings = sync.Holdings()
         self.max_pending: float = float("inf")  # the broker's limits, once it welcomes us
         self.max_payload_bytes = protocol.MAX_MESSAGE_BYTES // 2
@@ -267,7 +275,7 @@ class AsyncClient:
     def _send(self, row: list, future: asyncio.Future) -> None:
         self._futures[row[0]] = future
         self._unresolved[row[0]] = row
-        self._jobs_out.add(row, alone=len(self._futures) == 1)
+        self._jobs_out.add(row, alone=len(self._futures) == 1, hold=self._resolving)
 
     def _made_room(self) -> None:
         """Outcomes arrived or jobs were dropped: send held jobs while the broker's limit allows."""
@@ -276,21 +284,7 @@ class AsyncClient:
             if not future.done():  # cancelled while it waited
                 self._send(row, future)
 
-    # --- cluster views ------------------------------------------------------------------------
-
-    async def status(self, timeout: float | None = None) -> dict:
-        """Workers (id, host, pid, slots, running), pending jobs per queue, and totals."""
-        return (await self._request(protocol.STATUS, {}, timeout))["status"]
-
-    async def wait_for_workers(self, count: int, timeout: float | None = None) -> int:
-        """Wait until at least ``count`` workers are connected (None: however long); return how many."""
-        try:
-            answer = await self._request(protocol.WAIT_WORKERS, {"count": count}, timeout, forever=timeout is None)
-        except TimeoutError:
-            connected = len((await self.status())["workers"])
-            raise TimeoutError(
-                f"only {connected} of {count} workers connected to {self.address} within {timeout}s") from None
-        return answer["workers"]
+    # --- this client's futures: cancel, requeue ------------------------------------------------
 
     async def cancel(self, future: asyncio.Future, *, force: bool = False) -> bool:
         """Cancel a job as ``Client.cancel`` does: one still waiting never runs; a running one only with ``force``."""
@@ -310,9 +304,19 @@ class AsyncClient:
             asyncio.Future.cancel(future)  # the broker has cancelled it: no second message
         return True
 
-    async def fetch(self, job_id: str, timeout: float | None = None) -> dict:
-        """What the broker knows of a job by id, as ``Client.fetch``: ``state`` and, when final, its outcome."""
-        return fetch_view(job_id, await self._request(protocol.FETCH, {"id": job_id}, timeout))
+    async def requeue(self, job_id: str, timeout: float | None = None) -> AsyncJobFuture:
+        """Run a failed or dead job again with fresh attempts; a future of the new run, as ``Client.requeue``."""
+        future = AsyncJobFuture(self, job_id)
+        self._futures[job_id] = future  # before asking: its outcome may come before the answer
+        try:
+            requeued = (await self._request(protocol.REQUEUE_JOB, {"id": job_id}, timeout))["requeued"]
+        except BaseException:
+            self._forget(job_id)
+            raise
+        if not requeued:
+            self._forget(job_id)
+            raise not_requeued(job_id)
+        return future
 
     # --- coordination -------------------------------------------------------------------------
 
@@ -385,10 +389,14 @@ class AsyncClient:
         if batch:
             self._made_room()
             self._acknowledger.add([row[0] for row in batch])  # the broker keeps each outcome until then
+        self._batches += 1
         if self._outcomes:
             self._loop.call_soon(self._resolve_some)
+            if self._batches % SEND_EVERY_BATCHES:
+                return
         else:
             self._resolving = False
+        self._jobs_out.send_queued()  # what the coroutines woken so far submitted, held meanwhile
 
     def _fail_waiters(self, error: Exception) -> None:
         """Fail every held, pending job and every request with ``error``."""

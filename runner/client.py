@@ -23,7 +23,7 @@ from loguru import logger
 
 from runner import current, protocol, sync
 from runner import progress as progress_bar
-from runner.client_requests import ClientRequests
+from runner.client_requests import ClientRequests, not_requeued
 from runner.connection import BrokerConnection
 from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone,
                            PayloadTooLargeError)
@@ -294,7 +294,7 @@ class Client(ClientRequests):
         self._futures[job_id] = future
         if not self._request(protocol.REQUEUE_JOB, {"id": job_id}, timeout)["requeued"]:
             self._forget(job_id)
-            raise ValueError(f"job {job_id!r} is not failed or dead (see client.dead_letters()); it was not requeued")
+            raise not_requeued(job_id)
         return future
 
     def _forget(self, job_id: str) -> None:

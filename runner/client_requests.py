@@ -66,10 +66,7 @@ class ClientRequests:
 
     def dead_letters(self, timeout: float | None = None) -> list[dict]:
         """Jobs that exhausted their attempts: id, task, queue, attempts and the last error."""
-        jobs = self._request(protocol.DEAD_LETTERS, {}, timeout)["jobs"]
-        for job in jobs:
-            job["error"] = exception_from_blob(job["error"]) if job["error"] else None
-        return jobs
+        return dead_letters_view(self._request(protocol.DEAD_LETTERS, {}, timeout))
 
     def jobs(self, *, state: str | None = None, queue: str | None = None, task: str | None = None, limit: int = 50,
              timeout: float | None = None) -> list[dict]:
@@ -79,26 +76,12 @@ class ClientRequests:
         1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
         at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
         """
-        if state is not None and state not in protocol.LISTED_STATES:
-            raise ValueError(f"state must be one of {protocol.LISTED_STATES}, got {state!r}")
-        if not isinstance(limit, int) or not 1 <= limit <= protocol.LIST_MAX:
-            raise ValueError(f"limit must be an integer from 1 to {protocol.LIST_MAX}, got {limit!r}")
-        body = {"state": state, "queue": queue, "task": task, "limit": limit}
-        return self._request(protocol.LIST_JOBS, {k: v for k, v in body.items() if v is not None}, timeout)["jobs"]
+        return self._request(protocol.LIST_JOBS, jobs_query(state, queue, task, limit), timeout)["jobs"]
 
     def job(self, job_id: str, timeout: float | None = None) -> dict | None:
         """Every field of one job (None: unknown, or not this key's): its ``args`` and ``kwargs``
         decoded, and when final its ``result`` or ``error`` (with ``error.remote_traceback``)."""
-        job = self._request(protocol.SHOW_JOB, {"id": job_id}, timeout)["job"]
-        if job is None:
-            return None
-        job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
-        status, outcome = job.pop("status"), job.pop("outcome")
-        if status == protocol.OK:
-            job["result"] = protocol.unpack(outcome)
-        elif status == protocol.FAILED:
-            job["error"] = exception_from_blob(outcome)
-        return job
+        return job_view(self._request(protocol.SHOW_JOB, {"id": job_id}, timeout))
 
     def events(self, *, idle: float | None = None) -> Iterator[dict]:
         """Subscribe to job events now; iterate them as the broker sees them (``runner events``).
@@ -109,24 +92,15 @@ class ClientRequests:
         ``idle``: stop once no event came for that many seconds (None: never). With CURVE on,
         only an admin key may subscribe.
         """
-        first = self._request(protocol.EVENTS, {"wait": 0.0}, None)
-        if "refused" in first:
-            raise PermissionError(f"the broker at {self.address} refused: {first['refused']} "
-                                  "(runner keys add-admin; docs/security.md)")
-        return self._event_stream(first, idle)
+        first = subscribed(self._request(protocol.EVENTS, {"wait": 0.0}, None), self.address)
+        return self._event_stream(first, EventFeed(idle, time.monotonic()))
 
-    def _event_stream(self, answer: dict, idle: float | None) -> Iterator[dict]:
-        last = time.monotonic()
+    def _event_stream(self, answer: dict, feed: "EventFeed") -> Iterator[dict]:
         while True:
-            if answer["lost"]:
-                yield {"event": "lost", "count": answer["lost"]}
-            yield from answer["events"]
-            now = time.monotonic()
-            if answer["events"]:
-                last = now
-            elif idle is not None and now - last >= idle:
+            yield from feed.events(answer)
+            wait = feed.next_wait(answer, time.monotonic())
+            if wait is None:
                 return
-            wait = EVENTS_WAIT if idle is None else max(0.0, min(EVENTS_WAIT, last + idle - now))
             answer = self._request(protocol.EVENTS, {"wait": wait}, wait + self.timeout)
 
 
@@ -138,3 +112,77 @@ def fetch_view(job_id: str, answer: dict) -> dict:
     elif answer.get("status") == protocol.FAILED:
         view["error"] = exception_from_blob(answer["outcome"])
     return view
+
+
+# --- the shaping of requests and answers, shared with AsyncClient (runner/aio.py) ---------------
+
+
+def not_requeued(job_id: str) -> ValueError:
+    """The error of ``requeue`` when the broker did not requeue ``job_id``."""
+    return ValueError(f"job {job_id!r} is not failed or dead (see client.dead_letters()); it was not requeued")
+
+
+def dead_letters_view(answer: dict) -> list[dict]:
+    """The broker's dead letters with each last error as its exception (None if it had none)."""
+    jobs = answer["jobs"]
+    for job in jobs:
+        job["error"] = exception_from_blob(job["error"]) if job["error"] else None
+    return jobs
+
+
+def jobs_query(state: str | None, queue: str | None, task: str | None, limit: int) -> dict:
+    """The body of a job listing request; ValueError for a state or limit the broker would refuse."""
+    if state is not None and state not in protocol.LISTED_STATES:
+        raise ValueError(f"state must be one of {protocol.LISTED_STATES}, got {state!r}")
+    if not isinstance(limit, int) or not 1 <= limit <= protocol.LIST_MAX:
+        raise ValueError(f"limit must be an integer from 1 to {protocol.LIST_MAX}, got {limit!r}")
+    body = {"state": state, "queue": queue, "task": task, "limit": limit}
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def job_view(answer: dict) -> dict | None:
+    """One job as ``job()`` returns it: arguments decoded, ``result`` or ``error`` when final; None if unknown."""
+    job = answer["job"]
+    if job is None:
+        return None
+    job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
+    status, outcome = job.pop("status"), job.pop("outcome")
+    if status == protocol.OK:
+        job["result"] = protocol.unpack(outcome)
+    elif status == protocol.FAILED:
+        job["error"] = exception_from_blob(outcome)
+    return job
+
+
+def subscribed(answer: dict, address: str) -> dict:
+    """The answer to the first events poll; PermissionError if the broker refused the subscription."""
+    if "refused" in answer:
+        raise PermissionError(f"the broker at {address} refused: {answer['refused']} "
+                              "(runner keys add-admin; docs/security.md)")
+    return answer
+
+
+class EventFeed:
+    """The events in the broker's poll answers, and how long the next poll may wait (sans-IO).
+
+    ``idle``: the stream ends once no event came for that many seconds (None: never).
+    """
+
+    def __init__(self, idle: float | None, now: float) -> None:
+        self.idle = idle
+        self.last = now  # when the last event came (or the stream began)
+
+    @staticmethod
+    def events(answer: dict) -> list[dict]:
+        """The events of one answer, led by ``{"event": "lost", "count": n}`` if some were lost."""
+        if answer["lost"]:
+            return [{"event": "lost", "count": answer["lost"]}, *answer["events"]]
+        return answer["events"]
+
+    def next_wait(self, answer: dict, now: float) -> float | None:
+        """Seconds the next poll may wait at the broker, after ``answer`` was read; None: the stream ends."""
+        if answer["events"]:
+            self.last = now
+        elif self.idle is not None and now - self.last >= self.idle:
+            return None
+        return EVENTS_WAIT if self.idle is None else max(0.0, min(EVENTS_WAIT, self.last + self.idle - now))

@@ -40,12 +40,16 @@ class JobSender:
         self._scheduled = False  # the I/O thread will send on its next turn
         self._lock = threading.Lock()  # keeps batches in order when two threads send
 
-    def add(self, row: list, alone: bool) -> None:
-        """Queue one submit row; ``alone``: no other job of this client is in flight."""
+    def add(self, row: list, alone: bool, hold: bool = False) -> None:
+        """Queue one submit row; ``alone``: no other job of this client is in flight.
+
+        ``hold``: schedule no send; the caller calls ``send_queued`` soon (AsyncClient, while it
+        resolves a burst of outcomes: the jobs their waiters submit leave in one message).
+        """
         self._rows.append(row)
         if alone or len(self._rows) >= SEND_NOW_ROWS:
             self.send_queued()
-        elif not self._scheduled:
+        elif not hold and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon_threadsafe(self.send_queued)
 

@@ -63,7 +63,7 @@ def test_tiny_run_measures_the_async_client_cases(tmp_path):
     assert both["async"]["jobs_per_s"] > 0 and both["client"]["jobs_per_s"] > 0
     assert 0 < both["async_roundtrip"]["p50_us"] <= both["async_roundtrip"]["p99_us"]
     assert lag["runner"]["jobs"] == results["sizes"]["lag_jobs"] and lag["runner"]["ticks"] > 0
-    assert 0 <= lag["runner"]["lag_busy_p99_ms"] and 0 <= lag["runner"]["lag_p99_ms"]
+    assert 0 <= lag["runner"]["lag_own_p99_ms"] and 0 <= lag["runner"]["lag_p99_ms"]
     assert "12c. AsyncClient loop lag p99" in done.stdout
 
 
@@ -141,3 +141,21 @@ def test_ctrl_c_during_an_observed_run_stops_the_dashboard_and_the_reader_too(tm
     results = json.loads((tmp_path / "run.json").read_text())
     assert results["interrupted"], results
     assert results["observers"]["scale1"]["metrics"]["reads"] >= 1, results["observers"]
+
+
+def test_tiny_run_bounds_the_async_pool_by_the_no_op_rate_of_the_same_run(tmp_path):
+    output = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--cases", "async_pool", "--output", str(output), "--no-docs"],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False, preexec_fn=die_with_parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    (run,) = results["cases"]["async_pool"]["runs"]
+    jobs = results["sizes"]["async_pool_jobs"]
+    assert run["runner"]["jobs"] == run["noop"]["jobs"] == jobs and run["sleep_bound"]["jobs_per_s"] == 100_000
+    with_last_sleep = jobs / (jobs / run["noop"]["jobs_per_s"] + 0.1)
+    assert run["ideal"]["jobs_per_s"] == min(100_000, with_last_sleep)
+    assert 0 < run["thread"]["jobs_per_s"] <= run["thread_bound"]["jobs_per_s"] == 640
+    labels = [line["label"] for line in results["table"]]
+    assert labels[0].startswith("12a. async pool") and "thread pools" in labels[2]

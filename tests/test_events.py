@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from loguru import logger
 
 from runner.broker.events import BATCH_MAX, EventHub
@@ -81,3 +82,33 @@ def test_logged_events_carry_their_fields_as_extra():
     assert (extra["event"], extra["job"], extra["task"], extra["queue"], extra["attempt"]) == (
         "failed", "job-1", "tasks:add", "default", 1)
     assert record["level"].name == "DEBUG"
+
+
+# --- the clients' side: EventFeed (runner/client_requests.py), shared by Client and AsyncClient ---------
+
+
+def test_a_feed_leads_with_what_was_lost_and_follows_for_ever_without_idle():
+    from runner.client_requests import EVENTS_WAIT, EventFeed
+
+    feed = EventFeed(None, now=0.0)
+    answer = {"events": [{"event": "accepted"}], "lost": 3}
+    assert feed.events(answer) == [{"event": "lost", "count": 3}, {"event": "accepted"}]
+    assert feed.events({"events": [], "lost": 0}) == []
+    assert feed.next_wait({"events": [], "lost": 0}, now=10_000.0) == EVENTS_WAIT
+
+
+def test_a_feed_with_idle_waits_only_until_the_idle_time_is_up_then_ends():
+    from runner.client_requests import EVENTS_WAIT, EventFeed
+
+    feed = EventFeed(2.5, now=100.0)
+    assert feed.next_wait({"events": [{"event": "leased"}], "lost": 0}, now=101.0) == EVENTS_WAIT  # quiet since 101
+    assert feed.next_wait({"events": [], "lost": 0}, now=102.9) == pytest.approx(0.6)
+    assert feed.next_wait({"events": [], "lost": 0}, now=103.5) is None
+
+
+def test_a_refused_subscription_is_a_permission_error_naming_the_broker():
+    from runner.client_requests import subscribed
+
+    with pytest.raises(PermissionError, match="the broker at tcp://127.0.0.1:9 refused: admins only"):
+        subscribed({"refused": "admins only"}, "tcp://127.0.0.1:9")
+    assert subscribed({"events": [], "lost": 0}, "tcp://127.0.0.1:9") == {"events": [], "lost": 0}

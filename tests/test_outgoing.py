@@ -49,6 +49,22 @@ def test_a_lone_job_leaves_at_once_from_the_submitting_thread(loop):
     assert recorder.sent == [(protocol.SUBMIT, {"jobs": [row(1)]}, threading.current_thread().name)]
 
 
+def test_held_jobs_leave_only_when_the_holder_sends_them_or_a_batch_is_full(loop):
+    recorder = Recorder()
+    sender = JobSender(loop, recorder)
+    for number in range(10):
+        sender.add(row(number), alone=False, hold=True)
+    run_one_turn(loop)
+    assert recorder.sent == [], "a held job schedules no send"
+    sender.send_queued()
+    assert [message[:2] for message in recorder.sent] == [(protocol.SUBMIT, {"jobs": [row(n) for n in range(10)]})]
+    for number in range(SEND_NOW_ROWS):
+        sender.add(row(number), alone=False, hold=True)
+    assert len(recorder.sent) == 2 and len(recorder.sent[1][1]["jobs"]) == SEND_NOW_ROWS
+    sender.add(row(0), alone=True, hold=True)
+    assert recorder.sent[2][1] == {"jobs": [row(0)]}, "a lone job still leaves at once"
+
+
 def test_jobs_under_load_wait_for_the_loop_and_leave_in_one_message_in_order(loop):
     recorder = Recorder()
     sender = JobSender(loop, recorder)

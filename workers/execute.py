@@ -24,6 +24,7 @@ from workers.admission import Admission
 #: What jobs may run here (admission.py); the default admits nothing until configure().
 _admission = Admission()
 _resolved: dict[str, Callable[..., Any]] = {}
+_coroutine_tasks: dict[str, bool] = {}  # task -> whether it is an async def, looked up once (async pool)
 _statm: int | None = None  # descriptor of /proc/self/statm, opened at the first measurement
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -47,6 +48,7 @@ def configure(admission: Admission, worker_pid: int | None = None) -> None:
         lifetime.exit_with([worker_pid])
     _admission = admission
     _resolved.clear()
+    _coroutine_tasks.clear()
     for module in sorted(admission.imports):
         importlib.import_module(module)
 
@@ -102,7 +104,10 @@ async def run_async(task: str, payload: bytes) -> tuple[str, bytes]:
     """
     try:
         function = resolve(task)
-        if not is_coroutine_function(function):
+        coroutine = _coroutine_tasks.get(task)
+        if coroutine is None:
+            coroutine = _coroutine_tasks[task] = is_coroutine_function(function)
+        if not coroutine:
             raise TypeError(f"task {task!r} is a plain function, not an async def: the async pool runs coroutines "
                             "only (a blocking call would stall every other job on its event loop); submit it with "
                             "pool='thread' (or 'process'), or make it an async def")
