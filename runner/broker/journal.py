@@ -10,7 +10,8 @@ power cut may lose the last commits. ``:memory:`` turns durability off.
 
 States: ``pending`` (waiting or running: a restart queues it again), ``done``,
 ``failed`` and ``dead`` (final outcomes, kept until delivered plus a TTL),
-``cancelled`` (never runs).
+``cancelled`` (never runs). A delayed job's due time is kept in its ``due`` column
+(epoch seconds; NULL for a job that may run at once), so a restart holds it until then.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_due_column()
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
         self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
@@ -120,6 +122,11 @@ class Journal:
         )
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
         return cursor.rowcount
+
+    def set_due(self, dues: list[tuple[float, str]]) -> None:
+        """Record when delayed jobs just added are due: (due time, job id) pairs."""
+        self._begin()
+        self._db.executemany("UPDATE jobs SET due=? WHERE id=?", dues)
 
     def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float) -> None:
         """Record a job's final outcome (written with the rest of the turn's at commit)."""
@@ -244,11 +251,11 @@ class Journal:
     def unfinished(self) -> Iterator[tuple]:
         """Every job without a final outcome, in the order they were accepted.
 
-        Rows of (id, client, task, pool, queue, priority, payload, options blob, attempts):
+        Rows of (id, client, task, pool, queue, priority, payload, options blob, attempts, due):
         a restart reads a million of them, so they stay plain tuples.
         """
         return self._db.execute(
-            "SELECT id, client, task, pool, queue, priority, payload, options, attempts "
+            "SELECT id, client, task, pool, queue, priority, payload, options, attempts, due "
             "FROM jobs WHERE state=? ORDER BY rowid",
             (PENDING,),
         )
@@ -295,6 +302,12 @@ class Journal:
             self._db.executemany(
                 "UPDATE jobs SET state=?, status=?, outcome=?, attempts=?, finished_at=? WHERE id=?", self._finished)
             self._finished.clear()
+
+    def _add_due_column(self) -> None:
+        """Journals written before delayed jobs existed have no ``due`` column: add it (NULL: not delayed)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "due" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN due REAL")
 
     def _count_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys((PENDING, *FINAL_STATES), 0)

@@ -87,11 +87,13 @@ class Broker(Requests):
         same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
         self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
         self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
-        restored = self.jobs.restore()
+        restored = self.jobs.restore(time.time())
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
         self._sync_timer: Timer | None = None
+        self._due_timer: Timer | None = None  # fires when the JobBook's earliest held job is due
+        self._due_timer_at = 0.0  # the due time it was armed for (epoch seconds)
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -319,6 +321,22 @@ class Broker(Requests):
             self._reply_events(self.events.expired(time.monotonic()))
         self._schedule_flush()
 
+    def _arm_due_timer(self) -> None:
+        """Wake the loop when the earliest held job (delayed, or a retry) is due; re-armed only when an
+        earlier one arrives (or after it fired), so a flush costs a look at the top of a heap."""
+        due = self.jobs.next_due()
+        if due is None or self._due_timer is not None and self._due_timer_at <= due:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_timer_at = due
+        self._due_timer = self.loop.call_later(max(0.0, due - time.time()), self._on_due)
+
+    def _on_due(self) -> None:
+        self._due_timer = None
+        self.jobs.release_due(time.time())
+        self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
+
     def _expire_results(self) -> None:
         removed = self.journal.expire(time.time(), self.result_ttl)
         if removed:
@@ -379,6 +397,7 @@ class Broker(Requests):
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
         for worker, ids in outbox.stop_jobs.items():
             self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
+        self._arm_due_timer()
 
     def _send_leases(self, leases: list) -> None:
         for worker, jobs in leases:
