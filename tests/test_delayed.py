@@ -8,6 +8,7 @@ same journal and address to show what survives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -65,6 +66,23 @@ def test_at_an_aware_time_runs_then_on_submit_map_and_executor(cluster, tmp_path
         through_executor = executor.submit(STAMP, str(tmp_path), "executor")
         assert through_executor.result(timeout=30) >= submitted + 1.0
     assert min([single.result(timeout=30), *mapped]) >= at.timestamp()
+
+
+def test_the_asyncio_client_delays_its_jobs_and_its_maps(cluster, tmp_path):
+    address, _ = cluster
+
+    async def body():
+        async with runner.AsyncClient(address) as client:
+            submitted = time.time()
+            delayed = client.submit(STAMP, str(tmp_path), "async", pool="thread", delay=1.0)
+            assert (await client.fetch(delayed.job_id))["state"] == "scheduled"
+            mapped = [started async for started in client.map(STAMP, [str(tmp_path)] * 2, ["a1", "a2"],
+                                                             pool="thread", at=at)]
+            return await asyncio.wait_for(delayed, 30), mapped, submitted
+
+    at = datetime.now(timezone.utc) + timedelta(seconds=1)
+    started, mapped, submitted = asyncio.run(asyncio.wait_for(body(), 60))
+    assert started >= submitted + 1.0 and min(mapped) >= at.timestamp()
 
 
 def test_a_naive_time_and_bad_delays_are_refused_and_send_nothing(cluster):
