@@ -35,7 +35,7 @@ from runner.broker.retry import (
     may_run_again_after_worker_loss,
     should_retry,
 )
-from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, UnknownWorker
+from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, SCHEDULED, UnknownWorker
 
 QUEUES = ("default", "batch")
 POOLS = ("thread", "process")
@@ -49,6 +49,8 @@ OPTIONS = st.one_of(
     st.fixed_dictionaries({"retries": st.integers(1, 2), "backoff": st.sampled_from([0.5, 2.0])}),
     st.fixed_dictionaries({"max_attempts": st.integers(1, 2)}),
     st.fixed_dictionaries({"retries": st.integers(1, 2), "backoff": st.just(1.0), "max_attempts": st.just(1)}),
+    st.fixed_dictionaries({"delay": st.sampled_from([0.0, 0.5, 5.0])}),  # delayed jobs (issue 13)
+    st.fixed_dictionaries({"retries": st.just(1), "backoff": st.just(0.5), "delay": st.just(2.0)}),
 )
 JOB_SPECS = st.lists(
     st.tuples(st.sampled_from(QUEUES), st.sampled_from(POOLS), st.integers(-1, 1), OPTIONS), min_size=1, max_size=4
@@ -116,10 +118,10 @@ def book_places(book: JobBook) -> dict[str, list[str]]:
             assert job.state == RUNNING and job.worker == slot.id and book.scheduler.jobs.get(job_id) is job, job
             found[job_id].append(f"leased to {slot.id!r}")
     for due, _, job in book.timers._heap:
-        if job.state == DEFERRED and job.due == due:  # a cancelled job's entry stays behind, stale
-            assert book.scheduler.jobs.get(job.id) is job, f"a stale copy of {job} waits for its retry"
-            if "deferred" not in found[job.id]:
-                found[job.id].append("deferred")
+        if job.due == due:  # a cancelled job's entry stays behind, stale
+            assert job.state in (DEFERRED, SCHEDULED), job
+            assert book.scheduler.jobs.get(job.id) is job, f"a stale copy of {job} waits for its time"
+            found[job.id].append(job.state)
     return found
 
 
@@ -166,7 +168,8 @@ class JobBookMachine(RuleBasedStateMachine):
         job_id = "never-submitted" if unknown else pick(sorted(self.jobs), index)
         place = self._place(job_id)
         answer = self.book.cancel(job_id, force, self.now)
-        expected = {"waiting": "cancelled", "deferred": "cancelled", "final": "finished", None: "unknown",
+        expected = {"waiting": "cancelled", "deferred": "cancelled", "scheduled": "cancelled", "final": "finished",
+                    None: "unknown",
                     "leased": "cancelled" if force else "running"}[place]
         assert answer == expected, (job_id, place, force)
         if answer == "cancelled":
@@ -429,7 +432,7 @@ class JobBookMachine(RuleBasedStateMachine):
     def _place(self, job_id: str) -> str | None:
         job = self.book.scheduler.jobs.get(job_id)
         if job is not None:
-            return {PENDING: "waiting", RUNNING: "leased", DEFERRED: "deferred"}[job.state]
+            return {PENDING: "waiting", RUNNING: "leased", DEFERRED: "deferred", SCHEDULED: "scheduled"}[job.state]
         return None if self.journal.get(job_id) is None else "final"
 
     def _join(self, worker: SimWorker) -> None:
