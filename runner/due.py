@@ -64,6 +64,6 @@ def parse_at(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 time; write it like 2026-12-03T02:00:00+01:00") from None
     if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+        raise ValueError(f"{text!r} has no UTC offset; add one, e.g. 2026-12-03T02:00:00+01:00 (or Z for UTC)")
     return moment
 
