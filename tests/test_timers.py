@@ -185,3 +185,16 @@ def test_a_resent_delayed_job_keeps_its_first_due_time(driven):
     driven.book.submit(A, [row("x", options={"delay": 10.0})], True, 150.0)  # resent after re-registering
     assert driven.turn().accepted == {A: ["x"]}
     assert driven.book.scheduler.jobs["x"].due == 110.0 and driven.book.timers.counts[SCHEDULED] == 1
+
+
+def test_a_finished_id_submitted_again_with_a_delay_is_answered_not_held(driven):
+    driven.book.submit(A, [row("x")], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1)]}
+    driven.book.results(b"w", [["x", 1, protocol.OK, protocol.pack(5)]], 2.0)
+    driven.turn()
+    driven.book.submit(A, [row("x", options={"delay": 10.0})], False, 3.0)  # reused without resend
+    assert driven.turn().outcomes == {A: [["x", protocol.OK, protocol.pack(5)]]}
+    assert "x" not in driven.book.scheduler.jobs and len(driven.book.timers) == 0 and driven.book.next_due() is None
+    driven.book.release_due(100.0)
+    assert driven.leases() == {} and driven.journal.get("x").state == states.DONE

@@ -171,7 +171,7 @@ class JobBook:
         answer those with their stored outcome rather than run them again over it."""
         for job_id in job_ids:
             stored = self.journal.get(job_id)
-            if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
+            if stored is not None and stored.state in states.FINAL_STATES and self._withdraw(job_id):
                 self.quota.remove(client)
                 if not self._may_take(client, stored.client):
                     self._refuse_taken(client, job_id)
@@ -376,6 +376,16 @@ class JobBook:
     def next_due(self) -> float | None:
         """When the earliest held job is due (epoch seconds); None when none is held."""
         return self.timers.next_due()
+
+    def _withdraw(self, job_id: str) -> bool:
+        """Take a job that has not started out of its queue, or of the timers if it is scheduled;
+        False if it runs or is unknown."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is not None and job.state == SCHEDULED:
+            self.timers.remove(job)
+            del self.scheduler.jobs[job_id]
+            return True
+        return self.scheduler.cancel(job_id)
 
     def _hold_until(self, job: Job, due: float) -> None:
         """A delayed job not yet due: out of its queue, in the timers, state ``scheduled``."""
