@@ -42,6 +42,7 @@ DEFAULT_RESULT_TTL = 3600.0  # seconds an outcome is kept after its client has i
 UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever claimed
 LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small fields, beside its payload
 OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
+DUE_SPACING = 0.001  # seconds between two wakes for due jobs at least: jobs due closer are released together
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Broker(Requests):
         self._sync_timer: Timer | None = None
         self._due_timer: Timer | None = None  # fires when the JobBook's earliest held job is due
         self._due_timer_at = 0.0  # the due time it was armed for (epoch seconds)
+        self._due_wake_after = 0.0  # monotonic time before which it is not armed again (DUE_SPACING)
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -330,10 +332,12 @@ class Broker(Requests):
         if self._due_timer is not None:
             self._due_timer.cancel()
         self._due_timer_at = due
-        self._due_timer = self.loop.call_later(max(0.0, due - time.time()), self._on_due)
+        delay = max(0.0, due - time.time(), self._due_wake_after - time.monotonic())
+        self._due_timer = self.loop.call_later(delay, self._on_due)
 
     def _on_due(self) -> None:
         self._due_timer = None
+        self._due_wake_after = time.monotonic() + DUE_SPACING
         self.jobs.release_due(time.time())
         self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
 
