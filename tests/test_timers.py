@@ -198,3 +198,28 @@ def test_a_finished_id_submitted_again_with_a_delay_is_answered_not_held(driven)
     assert "x" not in driven.book.scheduler.jobs and len(driven.book.timers) == 0 and driven.book.next_due() is None
     driven.book.release_due(100.0)
     assert driven.leases() == {} and driven.journal.get("x").state == states.DONE
+
+
+def test_a_journal_written_before_delayed_jobs_opens_and_restores(tmp_path):
+    import sqlite3
+
+    from runner.broker.journal import Journal, _SCHEMA
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA)  # the schema without the due column, as the previous version wrote it
+    old.execute("INSERT INTO jobs (id, client, task, pool, queue, priority, payload, options, state) "
+                "VALUES ('old', ?, 'tasks:add', 'thread', 'default', 0, ?, ?, 'pending')",
+                (A, b"\x90", protocol.pack({})))
+    old.commit()
+    assert "due" not in {column[1] for column in old.execute("PRAGMA table_info(jobs)")}
+    old.close()
+    driven = Broker(path)
+    try:
+        driven.book.restore(5.0)
+        assert driven.book.scheduler.jobs["old"].state == PENDING, "no due time: it may run at once"
+        driven.book.submit(A, [row("new", options={"delay": 1.0})], False, 5.0)
+        driven.turn()
+        assert [(stored[0], stored[9]) for stored in driven.journal.unfinished()] == [("old", None), ("new", 6.0)]
+    finally:
+        driven.journal.close()
