@@ -223,3 +223,20 @@ def test_a_journal_written_before_delayed_jobs_opens_and_restores(tmp_path):
         assert [(stored[0], stored[9]) for stored in driven.journal.unfinished()] == [("old", None), ("new", 6.0)]
     finally:
         driven.journal.close()
+
+
+def test_a_retry_keeps_waiting_out_its_backoff_across_a_restart(driven):
+    retried = {"retries": 1, "backoff": 10.0}
+    driven.book.submit(A, [row("x", options=retried), row("y", options=retried)], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 2}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1), ("y", 1)]}
+    driven.book.results(b"w", [["x", 1, protocol.FAILED, ERROR]], 2.0)
+    driven.turn()
+    x_due = driven.book.scheduler.jobs["x"].due
+    driven.restart(crashed=True, now=3.0)
+    x = driven.book.scheduler.jobs["x"]
+    assert (x.state, x.due, x.attempt) == (DEFERRED, x_due, 1), "the backoff goes on from where it was"
+    assert driven.book.scheduler.jobs["y"].state == PENDING, "a job that was running is queued again"
+    assert driven.book.timers.counts == {SCHEDULED: 0, DEFERRED: 1}
+    driven.restart(crashed=True, now=x_due + 1.0)
+    assert driven.book.scheduler.jobs["x"].state == PENDING, "its backoff ended during the downtime"

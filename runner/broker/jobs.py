@@ -77,8 +77,9 @@ class JobBook:
     # --- start-up ---------------------------------------------------------------------------
 
     def restore(self, now: float) -> int:
-        """Queue again every journaled job without a final outcome (after a restart); a delayed job
-        not yet due at ``now`` waits for its time again, one due during the downtime is queued now."""
+        """Queue again every journaled job without a final outcome (after a restart); a delayed job,
+        or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
+        queued now."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
         for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
@@ -86,10 +87,13 @@ class JobBook:
             job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
-            if due is not None and due > now:
-                self._hold_until(job, due)
-            else:
+            if due is None or due <= now:
                 self.scheduler.submit(job)
+            elif attempts:  # a retry waiting out its backoff
+                self.scheduler.defer(job)
+                self.timers.add(job, due)
+            else:
+                self._hold_until(job, due)
             self.quota.add(job.client)
             count += 1
         return count
@@ -342,7 +346,7 @@ class JobBook:
             log.bind(job=job.id).info("attempt {} failed; retrying in {:.2f}s", job.attempt, delay)
             if self.events.wanted:
                 self.events.emit("retried", job, now)
-            self.journal.set_attempts(job.id, job.attempt)
+            self.journal.set_attempts(job.id, job.attempt, now + delay)
             self.counters.retried(job.queue, job.task)
             self.scheduler.defer(job)
             self.timers.add(job, now + delay)

@@ -135,10 +135,14 @@ class Journal:
         self.counts[state] = self.counts.get(state, 0) + 1
         self.counts[PENDING] -= 1
 
-    def set_attempts(self, job_id: str, attempts: int) -> None:
-        """Record attempts spent (on a requeue or retry, not on every dispatch)."""
+    def set_attempts(self, job_id: str, attempts: int, due: float | None = None) -> None:
+        """Record attempts spent (on a requeue or retry, not on every dispatch); ``due``: when a
+        retry waiting out its backoff may run (a restart holds it until then)."""
         self._begin()
-        self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
+        if due is None:
+            self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
+        else:
+            self._db.execute("UPDATE jobs SET attempts=?, due=? WHERE id=?", (attempts, due, job_id))
 
     def cancel(self, job_id: str, now: float) -> None:
         self.finish(job_id, CANCELLED, CANCELLED, b"", 0, now)
