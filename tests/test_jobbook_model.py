@@ -117,10 +117,10 @@ def book_places(book: JobBook) -> dict[str, list[str]]:
         for job_id, job in slot.leased.items():
             assert job.state == RUNNING and job.worker == slot.id and book.scheduler.jobs.get(job_id) is job, job
             found[job_id].append(f"leased to {slot.id!r}")
-    for due, _, job in book.timers._heap:
-        if job.due == due:  # a cancelled job's entry stays behind, stale
+    for entry in book.timers._heap:
+        job = book.timers._live(entry)
+        if job is not None:  # else a cancelled job's entry stayed behind, stale
             assert job.state in (DEFERRED, SCHEDULED), job
-            assert book.scheduler.jobs.get(job.id) is job, f"a stale copy of {job} waits for its time"
             found[job.id].append(job.state)
     return found
 

@@ -21,8 +21,9 @@ A = b"client-a"
 ERROR = protocol.pack({"type": "ValueError", "module": "builtins", "message": "boom"})
 
 
-def held(job_id: str, state: str = SCHEDULED) -> Job:
-    job = Job(job_id, "tasks:add", "thread", "default", 0, b"", A)
+def held(jobs: dict[str, Job], job_id: str, state: str = SCHEDULED) -> Job:
+    """A job the broker holds (in ``jobs``, as the scheduler's) in ``state``."""
+    job = jobs[job_id] = Job(job_id, "tasks:add", "thread", "default", 0, b"", A)
     job.state = state
     return job
 
@@ -30,10 +31,12 @@ def held(job_id: str, state: str = SCHEDULED) -> Job:
 # --- DueTimes -------------------------------------------------------------------------------------------
 
 
-def test_jobs_leave_in_due_order_and_equal_times_in_arrival_order():
-    timers = DueTimes()
-    jobs = {name: held(name) for name in "abcd"}
-    for name, due in (("a", 5.0), ("b", 2.0), ("c", 5.0), ("d", 9.0)):
+def test_jobs_leave_in_due_order_and_equal_times_in_id_order():
+    jobs: dict[str, Job] = {}
+    timers = DueTimes(jobs)
+    for name in "dcba":
+        held(jobs, name)
+    for name, due in (("c", 5.0), ("b", 2.0), ("a", 5.0), ("d", 9.0)):  # c before a, both due at 5
         timers.add(jobs[name], due)
     assert timers.next_due() == 2.0 and len(timers) == 4
     assert [job.id for job in timers.pop_due(4.9)] == ["b"]
@@ -44,8 +47,9 @@ def test_jobs_leave_in_due_order_and_equal_times_in_arrival_order():
 
 
 def test_a_removed_job_never_leaves_and_its_entry_is_skipped():
-    timers = DueTimes()
-    first, second = held("first"), held("second", DEFERRED)
+    jobs: dict[str, Job] = {}
+    timers = DueTimes(jobs)
+    first, second = held(jobs, "first"), held(jobs, "second", DEFERRED)
     timers.add(first, 1.0)
     timers.add(second, 2.0)
     assert timers.counts == {SCHEDULED: 1, DEFERRED: 1}
@@ -57,8 +61,9 @@ def test_a_removed_job_never_leaves_and_its_entry_is_skipped():
 
 
 def test_a_job_removed_and_held_again_at_the_same_time_leaves_once():
-    timers = DueTimes()
-    job = held("x")
+    jobs: dict[str, Job] = {}
+    timers = DueTimes(jobs)
+    job = held(jobs, "x")
     timers.add(job, 3.0)
     timers.remove(job)
     timers.add(job, 3.0)
@@ -66,8 +71,9 @@ def test_a_job_removed_and_held_again_at_the_same_time_leaves_once():
 
 
 def test_many_removals_rebuild_the_heap_now_and_then_not_once_each():
-    timers = DueTimes()
-    jobs = [held(f"j{number}") for number in range(4 * COMPACT_MIN)]
+    by_id: dict[str, Job] = {}
+    timers = DueTimes(by_id)
+    jobs = [held(by_id, f"j{number:05d}") for number in range(4 * COMPACT_MIN)]
     for number, job in enumerate(jobs):
         timers.add(job, float(number))
     for job in jobs[: 3 * COMPACT_MIN]:
@@ -78,8 +84,9 @@ def test_many_removals_rebuild_the_heap_now_and_then_not_once_each():
 
 
 def test_cancelling_among_many_held_jobs_touches_only_the_job():
-    timers = DueTimes()
-    jobs = [held(f"j{number}") for number in range(100_000)]
+    by_id: dict[str, Job] = {}
+    timers = DueTimes(by_id)
+    jobs = [held(by_id, f"j{number}") for number in range(100_000)]
     for number, job in enumerate(jobs):
         timers.add(job, 1000.0 + number % 60)
     heap, entries = timers._heap, list(timers._heap)

@@ -68,7 +68,7 @@ class JobBook:
         self.rng = rng or random.Random()
         self.outbox = Outbox()
         self.counters = Counters()
-        self.timers = DueTimes()  # delayed jobs not yet due, and retries waiting out their backoff
+        self.timers = DueTimes(self.scheduler.jobs)  # delayed jobs not yet due, retries waiting out their backoff
         self._draining: set[bytes] = set()
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
