@@ -3,7 +3,9 @@
 ``delayed_scale``: one client submits ``scale_jobs`` no-ops, each delayed by a random 1 to
 ``delay_max`` s (60 in a full run), to a broker of its own with no worker; the broker's RSS is
 read before and once status counts them all held (scheduled, or pending for those already due),
-as the scale case does for jobs without a delay; then the time until every one fell due.
+as the scale case does for jobs without a delay. Then, as in the scale case, ``kill -9`` of the
+broker and a restart on the same journal and address: the time until a new client's status counts
+them all held again (their due times come from the journal); then the time until all fell due.
 
 ``due_precision``: on the main cluster, while a second client runs the map case's load
 (``client.map`` of no-ops, again and again), ``due_jobs`` jobs are submitted with ``at=`` times
@@ -28,7 +30,7 @@ from benchmarks import tasks
 from benchmarks.cases import Bench, Sample, on_runner
 from benchmarks.cluster import Cluster, rss_bytes
 from benchmarks.measure import percentile, wait_for
-from benchmarks.settings import MIN_QUEUE_RATE, REQUEST_TIMEOUT, STATUS_POLL, Sizes, budget
+from benchmarks.settings import MIN_QUEUE_RATE, MIN_RESTORE_RATE, REQUEST_TIMEOUT, STATUS_POLL, Sizes, budget
 
 DUE_LEAD = 0.5  # seconds from the submits to the first due time, so every job is held before it is due
 LOAD_ROUNDS = 100  # map rounds of the load at most, whatever the budget
@@ -45,10 +47,18 @@ def case_delayed_scale(scratch: Path, sizes: Sizes, clusters: list[Cluster]) -> 
         address = cluster.start_broker()
         with runner.Client(address, timeout=REQUEST_TIMEOUT, name="bench-delayed") as client:
             hold(client, cluster.broker_pid, jobs, longest, metrics)
-            _progress(f"{jobs:,} held in {metrics['queue_s']:.1f}s, {metrics['rss_bytes_per_job']:,.0f} B of broker "
-                      f"RSS each ({metrics['scheduled_when_measured']:,} still scheduled)")
-            metrics["all_due_s"] = wait_counted(client, "pending", jobs, longest + budget(0))
-            _progress(f"all due {metrics['all_due_s']:.1f}s after the last was held")
+        _progress(f"{jobs:,} held in {metrics['queue_s']:.1f}s, {metrics['rss_bytes_per_job']:,.0f} B of broker "
+                  f"RSS each ({metrics['scheduled_when_measured']:,} still scheduled)")
+        cluster.kill_broker()
+        started = time.perf_counter()
+        cluster.start_broker(bind=address, timeout=budget(jobs, MIN_RESTORE_RATE))
+        with runner.Client(address, timeout=REQUEST_TIMEOUT, name="bench-delayed-watcher") as watcher:
+            seconds = max(1.0, budget(jobs, MIN_RESTORE_RATE) - (time.perf_counter() - started))
+            wait_for(lambda: held(watcher) >= jobs, seconds, STATUS_POLL, f"{jobs:,} delayed jobs held again")
+            metrics["restart_s"] = time.perf_counter() - started
+            _progress(f"all held again {metrics['restart_s']:.1f}s after a kill -9 and restart")
+            metrics["all_due_s"] = wait_counted(watcher, "pending", jobs, longest + budget(0))
+            _progress(f"all due {metrics['all_due_s']:.1f}s later")
     except Exception as exc:
         metrics["error"] = f"{type(exc).__name__}: {exc}"
         _progress(f"ERROR {metrics['error']}")
