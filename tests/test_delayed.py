@@ -122,9 +122,9 @@ def test_delayed_jobs_survive_kill_9_and_those_due_in_the_downtime_run_once(proc
     client.wait_for_workers(1, timeout=60)
     markers = tmp_path / "markers"
     markers.mkdir()
-    short = [client.submit(STAMP, str(markers), f"short{n}", pool="thread", delay=1.0) for n in range(5)]
-    long = client.submit(STAMP, str(markers), "long", pool="thread", delay=4.0)
-    dues = {future.job_id: client.fetch(future.job_id)["due"] for future in [*short, long]}  # journaled by now
+    short = [client.submit(STAMP, str(markers), f"short{n}", pool="thread", delay=2.0) for n in range(5)]
+    long = client.submit(STAMP, str(markers), "long", pool="thread", delay=6.0)
+    dues = {future.job_id: due_of(client, future.job_id) for future in [*short, long]}  # journaled by now
     broker.kill()
     broker.wait(timeout=10)
     wait_until(lambda: time.time() > max(dues[f.job_id] for f in short) + 0.3, timeout=10,
@@ -135,6 +135,15 @@ def test_delayed_jobs_survive_kill_9_and_those_due_in_the_downtime_run_once(proc
     assert long.result(timeout=60) >= dues[long.job_id], "the journaled due time holds after the restart"
     for name in [*(f"short{n}" for n in range(5)), "long"]:
         assert len(runs(str(markers), name)) == 1, f"{name} ran {len(runs(str(markers), name))} times"
+
+
+def due_of(client: runner.Client, job_id: str) -> float:
+    """The due time of a scheduled job, once the broker has it (queued submits may follow a request)."""
+    views: list[dict] = []
+    wait_until(lambda: views.append(client.fetch(job_id)) or views[-1]["state"] != "unknown", timeout=30,
+               message=f"the broker has job {job_id}")
+    assert views[-1]["state"] == "scheduled", views[-1]
+    return views[-1]["due"]
 
 
 def test_runner_submit_delay_and_at_and_the_scheduled_views(cluster, tmp_path):
