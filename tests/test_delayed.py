@@ -17,6 +17,7 @@ import pytest
 
 import runner
 from cluster import wait_until
+from runner import protocol
 from delayed_tasks import runs
 from test_chaos import free_address
 from test_cli import run
@@ -112,6 +113,18 @@ def test_a_cancelled_scheduled_job_never_runs(cluster, tmp_path):
     later = client.submit(STAMP, str(tmp_path), "later", pool="thread", delay=1.5)
     later.result(timeout=30)  # due after the cancelled one was: had it been released, it would have run by now
     assert runs(str(tmp_path), "cancelled") == [] and len(runs(str(tmp_path), "later")) == 1
+
+
+def test_jobs_due_in_years_wait_without_stopping_the_broker(cluster, tmp_path):
+    _, client = cluster
+    far = client.submit(STAMP, str(tmp_path), "far", pool="thread", delay=protocol.MAX_DELAY)
+    farthest = client.submit(STAMP, str(tmp_path), "farthest", pool="thread",
+                             at=datetime.fromtimestamp(protocol.MAX_DUE - 1, timezone.utc))
+    soon = client.submit(STAMP, str(tmp_path), "soon", pool="thread", delay=0.5)
+    assert soon.result(timeout=30) > 0, "the broker still serves, and runs what falls due"
+    assert [client.fetch(future.job_id)["state"] for future in (far, farthest)] == ["scheduled", "scheduled"]
+    assert client.status()["jobs"]["scheduled"] == 2
+    assert client.cancel(far) and client.cancel(farthest)
 
 
 def test_delayed_jobs_survive_kill_9_and_those_due_in_the_downtime_run_once(processes, client_factory, tmp_path):

@@ -43,6 +43,7 @@ UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever cl
 LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small fields, beside its payload
 OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
 DUE_SPACING = 0.001  # seconds between two wakes for due jobs at least: jobs due closer are released together
+DUE_WAIT_MAX = 3600.0  # seconds the due timer waits at most (a select cannot wait years); it then looks again
 
 
 @dataclass
@@ -332,7 +333,7 @@ class Broker(Requests):
         if self._due_timer is not None:
             self._due_timer.cancel()
         self._due_timer_at = due
-        delay = max(0.0, due - time.time(), self._due_wake_after - time.monotonic())
+        delay = min(DUE_WAIT_MAX, max(0.0, due - time.time(), self._due_wake_after - time.monotonic()))
         self._due_timer = self.loop.call_later(delay, self._on_due)
 
     def _on_due(self) -> None:
