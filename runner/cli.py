@@ -227,9 +227,9 @@ def worker(connect: str, processes: int | None, threads: int, async_tasks: int, 
               help="Pool to run in [default: process; an async def task needs async].")
 @click.option("--queue", help="Queue to submit to [default: default].")
 @click.option("--priority", type=int, help="Higher runs first [default: 0].")
-@click.option("--delay", type=float, callback=lambda context, param, value: _checked_delay(value), metavar="SECONDS",
-              help="Run no earlier than SECONDS after the broker accepts the job.")
-@click.option("--at", "at", callback=lambda context, param, value: _parsed_at(value), metavar="ISO8601",
+@click.option("--delay", type=float, callback=lambda context, param, value: _due_flag(value, "--delay"),
+              metavar="SECONDS", help="Run no earlier than SECONDS after the broker accepts the job.")
+@click.option("--at", "at", callback=lambda context, param, value: _due_flag(value, "--at"), metavar="ISO8601",
               help="Run no earlier than this time, with its UTC offset: 2026-12-03T02:00:00+01:00 (or ...Z).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
@@ -338,28 +338,20 @@ def _wait_for(future: Any, timeout: float, progress: bool) -> Any:
     return result
 
 
-def _checked_delay(value: float | None) -> float | None:
-    """--delay: seconds, from 0 (a usage error names a bad value)."""
-    from runner.due import check_delay
+def _due_flag(value: Any, flag: str) -> Any:
+    """--delay (seconds from 0) as given, or --at (ISO 8601 with its offset) as an aware datetime;
+    a bad value is a usage error that names it."""
+    from runner.due import check_delay, parse_at
 
-    if value is not None:
-        try:
-            check_delay(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--delay") from None
-    return value
-
-
-def _parsed_at(text: str | None) -> Any:
-    """--at: an ISO 8601 time with its UTC offset, as an aware datetime (a usage error names a bad one)."""
-    from runner.due import parse_at
-
-    if text is None:
+    if value is None:
         return None
     try:
-        return parse_at(text)
+        if flag == "--at":
+            return parse_at(value)
+        check_delay(value)
+        return value
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--at") from None
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _json_or_text(argument: str) -> Any:
