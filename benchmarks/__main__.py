@@ -26,8 +26,9 @@ from benchmarks.cases import brief, run_cases, start_bench
 from benchmarks.cluster import ROOT, Cluster
 from benchmarks.machine import describe
 from benchmarks.curve import case_curve
+from benchmarks.delayed import case_delayed_scale
 from benchmarks.scale import case_scale
-from benchmarks.settings import CASES, Sizes, parse_cases, sizes_for
+from benchmarks.settings import CASES, SOLO_CASES, Sizes, parse_cases, sizes_for
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -92,7 +93,7 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
     def record(case: str, sample: dict) -> None:
         results["cases"][case]["runs"].append(sample)
 
-    main_cases = [case for case in cases if case not in ("scale", "curve")]
+    main_cases = [case for case in cases if case not in SOLO_CASES]
     if main_cases:
         cluster = Cluster(scratch, "main", observed=observed)
         clusters.append(cluster)
@@ -110,6 +111,9 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
     if "scale" in cases:
         for run in range(1, sizes.runs + 1):
             record("scale", case_scale(scratch, sizes, run, clusters, observed))
+    if "delayed_scale" in cases:
+        for _ in range(sizes.runs):
+            record("delayed_scale", case_delayed_scale(scratch, sizes, clusters))
     if "curve" in cases:
         print(f"starting a CURVE broker and 2 workers; then submit, map and round trip, {sizes.runs} run(s)",
               file=sys.stderr, flush=True)

@@ -230,6 +230,9 @@ def brief(sample: Sample) -> str:
             continue
         if "error" in values:
             parts.append(f"{side} ERROR {values['error']}")
+        elif "late_p99_ms" in values:
+            parts.append(f"{side} late p50 {values['late_p50_ms']:.2f} ms p99 {values['late_p99_ms']:.2f} ms "
+                         f"({values['load_jobs']:,} load jobs meanwhile)")
         elif "lag_p99_ms" in values:
             parts.append(f"{side} loop lag p99 {values['lag_p99_ms']:.2f} ms ({values['jobs_per_s']:,.0f} jobs/s)")
         elif "jobs_per_s" in values:
@@ -243,3 +246,6 @@ def brief(sample: Sample) -> str:
 from benchmarks.aio_client import case_async_client, case_loop_lag  # noqa: E402
 
 CASES.update({"async_client": case_async_client, "loop_lag": case_loop_lag})
+from benchmarks.delayed import case_due_precision  # noqa: E402 - issue 13's case on the shared cluster
+
+CASES["due_precision"] = case_due_precision

@@ -22,19 +22,25 @@ class Sizes:
     async_jobs: int = 20_000  # case (b): AsyncClient and Client submit+await no-ops
     lag_jobs: int = 20_000  # case (c): no-ops through 1,000 in flight while the loop's lag is measured
     async_pool_jobs: int = 20_000  # case 12a: a 100 ms asyncio.sleep each, on the async pools
+    delay_max: float = 60.0  # delayed_scale: scale_jobs delayed by 1 to this many seconds
+    due_jobs: int = 500  # due_precision: delayed jobs whose lateness is measured under the map load ...
+    due_spread: float = 3.0  # ... their due times spread over this many seconds
 
 
 MODES = {
     "full": Sizes(runs=3, submit_jobs=20_000, map_jobs=100_000, ppe_map_chunksize=1_000, roundtrip_jobs=2_000,
                   roundtrip_warmup=200, cpu_jobs=200, io_jobs=2_000, scale_jobs=1_000_000, warmup_jobs=200),
     "quick": Sizes(runs=1, submit_jobs=20_000, map_jobs=50_000, ppe_map_chunksize=1_000, roundtrip_jobs=1_000,
-                   roundtrip_warmup=100, cpu_jobs=100, io_jobs=2_000, scale_jobs=50_000, warmup_jobs=200),
+                   roundtrip_warmup=100, cpu_jobs=100, io_jobs=2_000, scale_jobs=50_000, warmup_jobs=200,
+                   delay_max=10.0, due_jobs=300),
     "tiny": Sizes(runs=1, submit_jobs=300, map_jobs=1_000, ppe_map_chunksize=100, roundtrip_jobs=50,
                   roundtrip_warmup=10, cpu_jobs=4, io_jobs=64, scale_jobs=1_000, warmup_jobs=20,
-                  async_jobs=300, lag_jobs=2_000, async_pool_jobs=200),
+                  async_jobs=300, lag_jobs=2_000, async_pool_jobs=200, delay_max=3.0, due_jobs=30, due_spread=1.0),
 }
 
-CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale", "curve", "async_pool", "async_client", "loop_lag")
+CASES = ("submit", "map", "roundtrip", "cpu", "io", "scale", "curve", "async_pool", "async_client", "loop_lag",
+         "delayed_scale", "due_precision")
+SOLO_CASES = ("scale", "curve", "delayed_scale")  # each runs on clusters of its own, not the shared one
 ALIASES = {"broker_cpu": "map", "broker-cpu": "map"}  # case 7 is measured during case 2
 
 WORKERS = 2  # runner workers, each with ...

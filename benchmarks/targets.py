@@ -106,4 +106,13 @@ def rows(sizes: Sizes) -> list[Row]:
             "runner.lag_p99_ms", "ms", target=Target("< 5 ms", lambda median, reference: median < 5)),
         Row("   the loop's own part (the lag less the OS running others), p99, for information", "loop_lag",
             "runner.lag_own_p99_ms", "ms"),
+        Row(f"13. delayed: broker RSS per held job ({s.scale_jobs:,}, delays 1-{s.delay_max:g} s; vs case 6)",
+            "delayed_scale", "runner.rss_bytes_per_job", "B", "scale/runner.rss_bytes_per_job", "no delay"),
+        Row(f"13. delayed: time to hold {s.scale_jobs:,}", "delayed_scale", "runner.queue_s", "s"),
+        Row("13. delayed: restart until all are held again (vs case 6)", "delayed_scale", "runner.restart_s", "s",
+            "scale/runner.restart_s", "no delay"),
+        Row(f"13. due jobs' lateness p50 under the map load ({s.due_jobs:,} over {s.due_spread:g} s)", "due_precision",
+            "runner.late_p50_ms", "ms"),
+        Row("13. due jobs' lateness p99 under the map load", "due_precision", "runner.late_p99_ms", "ms",
+            target=at_most(10, "ms")),
     ]

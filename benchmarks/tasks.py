@@ -45,6 +45,11 @@ async def async_sleep_100ms(*args: object) -> None:
     await asyncio.sleep(ASYNC_SLEEP_SECONDS)
 
 
+def started_at(*args: object) -> float:
+    """When this run started (time.time()): the due-precision case compares it with the due time."""
+    return time.time()
+
+
 def calibrate(seconds: float = CPU_SECONDS, rounds: int = 5) -> int:
     """The loop count for which ``cpu_burn`` takes about ``seconds`` here (best of ``rounds``)."""
     probe = 50_000

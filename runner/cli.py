@@ -227,6 +227,10 @@ def worker(connect: str, processes: int | None, threads: int, async_tasks: int, 
               help="Pool to run in [default: process; an async def task needs async].")
 @click.option("--queue", help="Queue to submit to [default: default].")
 @click.option("--priority", type=int, help="Higher runs first [default: 0].")
+@click.option("--delay", type=float, callback=lambda context, param, value: _due_flag(value, "--delay"),
+              metavar="SECONDS", help="Run no earlier than SECONDS after the broker accepts the job.")
+@click.option("--at", "at", callback=lambda context, param, value: _due_flag(value, "--at"), metavar="ISO8601",
+              help="Run no earlier than this time, with its UTC offset: 2026-12-03T02:00:00+01:00 (or ...Z).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
@@ -234,17 +238,19 @@ def worker(connect: str, processes: int | None, threads: int, async_tasks: int, 
 @curve_option
 @logging_options
 def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
-           queue: str | None, priority: int | None, wait: bool, timeout: float, progress: bool,
-           curve_keys: str | None, log_level: str, log_json: bool) -> None:
+           queue: str | None, priority: int | None, delay: float | None, at: Any, wait: bool, timeout: float,
+           progress: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
     """Submit TASK (module:function) with ARGUMENTS, each parsed as JSON (else taken as a string)."""
     setup_logging(log_level, log_json)
+    if delay is not None and at is not None:
+        raise click.UsageError(f"give --delay or --at, not both (got --delay {delay:g} and --at {at.isoformat()})")
     try:
         keywords = json.loads(keyword_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
     if not isinstance(keywords, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
-    options = {"pool": pool, "queue": queue, "priority": priority}
+    options = {"pool": pool, "queue": queue, "priority": priority, "delay": delay, "at": at}
     with _client(connect, curve_keys) as client:
         try:
             future = client.submit(task, *map(_json_or_text, arguments), **keywords,
@@ -330,6 +336,22 @@ def _wait_for(future: Any, timeout: float, progress: bool) -> Any:
         return future.result(timeout)
     [result] = track((future.result(timeout) for _ in (1,)), 1, future.job_id)  # unpacking ends the bar
     return result
+
+
+def _due_flag(value: Any, flag: str) -> Any:
+    """--delay (seconds from 0) as given, or --at (ISO 8601 with its offset) as an aware datetime;
+    a bad value is a usage error that names it."""
+    from runner.due import check_delay, parse_at
+
+    if value is None:
+        return None
+    try:
+        if flag == "--at":
+            return parse_at(value)
+        check_delay(value)
+        return value
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _json_or_text(argument: str) -> Any:

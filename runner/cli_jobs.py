@@ -15,6 +15,7 @@ from typing import Any, Callable
 import click
 
 from runner import protocol
+from runner.client_requests import UNFINISHED
 from runner.broker.server import DEFAULT_ADDRESS
 from runner.cli import CONNECT_HELP, _client, curve_option, logging_options
 from runner.log import setup_logging
@@ -64,7 +65,7 @@ def result(job_id: str, wait: bool, timeout: float, connect: str, curve_keys: st
     state = view["state"]
     if state == "unknown":
         raise unknown(job_id)
-    if state in ("pending", "running"):
+    if state in UNFINISHED:
         raise JobError(f"job {job_id} is {state}" + (f" after {timeout:g}s" if wait else "; --wait waits for it"),
                        UNFINISHED_EXIT)
     if state == "cancelled":
@@ -148,6 +149,10 @@ def jobs(context: click.Context, state: str | None, queue: str | None, task: str
         return
     now = time.time()
     lines = [[str(row[column]) or "-" for column in COLUMNS[:-1]] + [age(row["created"], now)] for row in rows]
+    if any(row.get("due") for row in rows):  # scheduled jobs listed: when each is due
+        lines = [line + [due_text(row.get("due"), now)] for line, row in zip(lines, rows)]
+        print_table((*COLUMNS, "due"), lines)
+        return
     print_table(COLUMNS, lines)
 
 
@@ -167,6 +172,8 @@ def jobs_show(job_id: str, as_json: bool, connect: str, curve_keys: str | None, 
     if len(arguments) > ARGUMENTS_SHOWN:
         arguments = arguments[:ARGUMENTS_SHOWN] + f"... ({len(arguments)} characters)"
     error = job.pop("error", None)
+    if job.get("due") is None:  # only a scheduled job has a due time
+        job.pop("due", None)
     fields = {**job, "arguments": arguments}
     if error is not None:
         fields["error"] = describe_error(error)
@@ -177,6 +184,8 @@ def jobs_show(job_id: str, as_json: bool, connect: str, curve_keys: str | None, 
     if fields["created"]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fields["created"]))
         fields["created"] = f"{stamp} ({age(fields['created'], time.time())} ago)"
+    if "due" in fields:
+        fields["due"] = due_text(fields["due"], time.time())
     width = max(map(len, fields))
     for name, value in fields.items():
         if name == "traceback":
@@ -233,6 +242,14 @@ def age(created: float | None, now: float) -> str:
         if seconds >= size:
             return f"{seconds // size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def due_text(due: float | None, now: float) -> str:
+    """A due time as UTC, and how far off it is: ``2026-12-03 02:00:00 UTC (in 45s)``."""
+    if due is None:
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due))
+    return f"{stamp} (in {age(now, due)})" if due > now else f"{stamp} (due)"
 
 
 def print_table(columns: tuple[str, ...], lines: list[list[str]]) -> None:

@@ -146,7 +146,8 @@ class Client(ClientRequests):
         """Run ``fn(*args, **kwargs)`` on the cluster; return a Future of its result.
 
         The keywords ``pool`` ("process" or "thread"), ``queue`` and ``priority``
-        choose how the job runs and are not passed to ``fn``.
+        choose how the job runs and are not passed to ``fn``; ``delay`` (seconds) or ``at``
+        (an aware datetime) hold it in the broker until then (runner/due.py).
         """
         overrides = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
         reference, defaults = resolve_task(fn)

@@ -15,6 +15,7 @@ from runner.errors import exception_from_blob
 
 FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
 FETCH_PAUSE_MAX = 1.0
+UNFINISHED = ("pending", "running", "scheduled")  # states fetch(wait=...) keeps asking about
 EVENTS_WAIT = 1.0  # seconds one events poll waits at the broker for events
 
 
@@ -47,15 +48,15 @@ class ClientRequests:
     def fetch(self, job_id: str, timeout: float | None = None, *, wait: float = 0.0) -> dict:
         """What the broker knows of a job by id: ``state`` and, when final, its outcome.
 
-        ``state`` is pending, running, done, failed, dead, cancelled or unknown; a
-        final state comes with ``result`` (done) or ``error`` (the exception).
-        ``wait``: seconds to keep asking while the job is pending or running (for a job
-        another client submitted, whose outcome is not sent here).
+        ``state`` is pending, running, scheduled (delayed, not yet due: with ``due``, epoch
+        seconds), done, failed, dead, cancelled or unknown; a final state comes with ``result``
+        (done) or ``error`` (the exception). ``wait``: seconds to keep asking while the job is
+        pending, scheduled or running (for a job another client submitted, whose outcome is not sent here).
         """
         deadline = time.monotonic() + wait
         pause = FETCH_PAUSE
         view = self._fetch_once(job_id, timeout)
-        while view["state"] in ("pending", "running") and time.monotonic() + pause < deadline:
+        while view["state"] in UNFINISHED and time.monotonic() + pause < deadline:
             time.sleep(pause)
             pause = min(pause * 2, FETCH_PAUSE_MAX)
             view = self._fetch_once(job_id, timeout)
@@ -72,7 +73,7 @@ class ClientRequests:
              timeout: float | None = None) -> list[dict]:
         """Jobs newest first: id, task, queue, state, attempts, worker and ``created`` (epoch s).
 
-        ``state`` is pending, running, done, failed, dead or cancelled; ``limit`` at most
+        ``state`` is pending, running, scheduled (with ``due``), done, failed, dead or cancelled; ``limit`` at most
         1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
         at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
         """
@@ -107,6 +108,8 @@ class ClientRequests:
 def fetch_view(job_id: str, answer: dict) -> dict:
     """The broker's answer to a fetch as users see it: ``state`` and, when final, ``result`` or ``error``."""
     view = {"id": job_id, "state": answer["state"]}
+    if "due" in answer:
+        view["due"] = answer["due"]
     if answer.get("status") == protocol.OK:
         view["result"] = protocol.unpack(answer["outcome"])
     elif answer.get("status") == protocol.FAILED:

@@ -1,7 +1,8 @@
 """``client.executor()``: a concurrent.futures.Executor whose work runs on the cluster.
 
 Code written for ProcessPoolExecutor (submit, map, shutdown, context manager) runs
-unchanged; every job takes the executor's job options.
+unchanged; every job takes the executor's job options (``client.executor(delay=60)``: each
+job runs a minute after it is submitted).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ClusterExecutor(Executor):
             chunksize: int = 1) -> Iterator[Any]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        options = {"pool": self._options.pool, "queue": self._options.queue, "priority": self._options.priority}
+        options = {"pool": self._options.pool, "queue": self._options.queue, "priority": self._options.priority,
+                   "delay": self._options.delay, "at": self._options.at}
         return self._client.map(fn, *iterables, timeout=timeout, **options)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -147,6 +147,10 @@ class EventLoop:
         self.call_later(interval, tick)
         return handle
 
+    def timer_due(self) -> bool:
+        """Whether a timer's time has come: a socket drained message by message yields to it."""
+        return bool(self._timers) and self._timers[0][0] <= time.monotonic()
+
     # --- running --------------------------------------------------------------------
 
     def run(self) -> None:

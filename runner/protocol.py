@@ -30,6 +30,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 100_000
 #: Longest identifier (job id, queue name, task reference, peer name).
 MAX_NAME = 256
+#: Longest delay= a job may have, in seconds (10 years); a due time (at=) is an epoch time below MAX_DUE.
+MAX_DELAY = 10 * 365 * 86400.0
+MAX_DUE = 2.0**34
 
 POOLS = ("process", "thread", "async")
 
@@ -81,7 +84,7 @@ SYNC_OPS = ("acquire", "release", "locked", "event_set", "event_clear", "event_i
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
 # Per-job options in a submit row; all optional, absent means the default.
-JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts")
+JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts", "delay", "due")
 
 ROLES = ("client", "worker")
 
@@ -225,7 +228,7 @@ def _number(value: Any, what: str, low: float, high: float) -> float:
 
 
 def check_job_options(options: Any) -> None:
-    """Validate a submit row's options map (retries, backoff, timeout, max_attempts)."""
+    """Validate a submit row's options map (retries, backoff, timeout, max_attempts, delay or due)."""
     if not isinstance(options, dict):
         raise ProtocolError(f"job options must be a map, got {type(options).__name__}")
     unknown = set(options) - set(JOB_OPTIONS)
@@ -239,6 +242,18 @@ def check_job_options(options: Any) -> None:
         _number(options["timeout"], "timeout", 0.001, 10**7)
     if "max_attempts" in options:
         _integer(options["max_attempts"], "max_attempts", 1, 1000)
+    if "delay" in options or "due" in options:
+        _check_due(options)
+
+
+def _check_due(options: dict) -> None:
+    """A job's earliest start: ``delay`` seconds after acceptance, or ``due`` (epoch seconds); not both."""
+    if "delay" in options and "due" in options:
+        raise ProtocolError("job options may hold delay or due, not both")
+    if "delay" in options:
+        _number(options["delay"], "delay", 0, MAX_DELAY)
+    else:
+        _number(options["due"], "due", 0, MAX_DUE)
 
 
 # Job rows: [job_id, task, pool, queue, priority, payload, options]
@@ -369,7 +384,7 @@ def _request_for_job(body: dict) -> None:
 
 
 #: States a job listing may ask for, and how many jobs it may ask for at most.
-LISTED_STATES = ("pending", "running", "done", "failed", "dead", "cancelled")
+LISTED_STATES = ("pending", "running", "scheduled", "done", "failed", "dead", "cancelled")
 LIST_MAX = 1000
 
 

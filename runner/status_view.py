@@ -59,6 +59,7 @@ def _queues(snapshot: dict[str, Any]) -> Table:
 def _totals(snapshot: dict[str, Any]) -> Text:
     jobs, rates = snapshot["jobs"], snapshot.get("rates", {})
     line = (f"jobs: pending {jobs['pending']}  running {jobs['running']}  retrying {jobs['retrying']}  "
+            f"scheduled {jobs.get('scheduled', 0)}  "
             f"done {jobs['done']}  failed {jobs['failed']}  dead {jobs['dead']}  cancelled {jobs['cancelled']}")
     if rates:
         line += (f"\nlast {rates['window']}s: {rates['completed']:.1f} completed/s  "

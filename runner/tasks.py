@@ -12,10 +12,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any, Callable
 
 from runner import protocol
 from runner.broker.retry import DEFAULT_MAX_ATTEMPTS
+from runner.due import check_due, one_due_time
 
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 SENDABLE = "None, bool, int, float, str, bytes, list, tuple, dict"
@@ -35,6 +37,8 @@ class JobOptions:
     retry_backoff: float = 1.0  # seconds before the first retry; doubles each time, with jitter
     timeout: float | None = None  # seconds a run may take before it is stopped
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # attempts in all, counting those lost to dying workers
+    delay: float | None = None  # seconds from the broker's acceptance before the job may run (runner/due.py)
+    at: datetime | None = None  # an aware moment before which the job does not run; not with delay
 
     def __post_init__(self) -> None:
         if self.pool not in protocol.POOLS:
@@ -48,11 +52,17 @@ class JobOptions:
             raise ValueError(f"retry_backoff must be a number of seconds from 0 to 3600, got {self.retry_backoff!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or not 0.001 <= self.timeout <= 10**7):
             raise ValueError(f"timeout must be None or a number of seconds above 0, got {self.timeout!r}")
+        if self.delay is not None or self.at is not None:
+            check_due(self.delay, self.at)
 
     def merged(self, overrides: dict[str, Any]) -> "JobOptions":
         """These options with the given non-None fields replaced."""
         changes = {key: value for key, value in overrides.items() if value is not None}
-        return replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        if "delay" in changes or "at" in changes:
+            changes = one_due_time(self, changes)
+        return replace(self, **changes)
 
     def wire_options(self) -> dict[str, Any]:
         """The submit row's options map: only what differs from the defaults."""
@@ -64,6 +74,10 @@ class JobOptions:
             wire["timeout"] = self.timeout
         if self.max_attempts != DEFAULT_MAX_ATTEMPTS:
             wire["max_attempts"] = self.max_attempts
+        if self.delay is not None:
+            wire["delay"] = float(self.delay)
+        elif self.at is not None:
+            wire["due"] = self.at.timestamp()
         return wire
 
 
@@ -112,6 +126,9 @@ def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
     unknown = set(options) - OPTION_NAMES
     if unknown:
         raise TypeError(f"task() got unknown options {sorted(unknown)}; it takes {sorted(OPTION_NAMES)}")
+    if options.get("at") is not None:
+        raise TypeError("task() does not take at=: a moment is not a default for every job of a task; pass at= to "
+                        "submit (or delay= here, seconds each job waits after it is submitted)")
     JobOptions().merged(options)  # bad options raise now, where the decorator is written
 
     def wrap(inner: Callable[..., Any]) -> Task:

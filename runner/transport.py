@@ -251,6 +251,8 @@ class RouterLink:
 
     def _drain(self) -> None:
         for _ in range(DRAIN_LIMIT):
+            if self.loop.timer_due():  # a job's due time, say: the rest waits for the next turn
+                return
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -264,6 +266,8 @@ class RouterLink:
         """As ``_drain``, with the key the CURVE handshake proved (only a zmq Frame carries it)."""
         assert self._on_keyed_frame is not None
         for _ in range(DRAIN_LIMIT):
+            if self.loop.timer_due():
+                return
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

@@ -51,7 +51,7 @@ class Broker:
         """A turn; the (job id, attempt) leased to each worker in it."""
         return {worker: [(job.id, job.attempt) for job in jobs] for worker, jobs in self.turn().leases}
 
-    def restart(self, crashed: bool = False) -> None:
+    def restart(self, crashed: bool = False, now: float = 2.0) -> None:
         """Start again on the same journal: after a commit, or killed with the turn uncommitted."""
         if crashed:
             self.journal._db.close()  # what was not committed never happened
@@ -59,7 +59,7 @@ class Broker:
             self.journal.close()
         self.journal = Journal(self.path)
         self.book = JobBook(self.journal, rng=random.Random(3), limits=self.limits)
-        self.book.restore()
+        self.book.restore(now)
 
     def run_to_the_end(self, job_id: str, status: str = protocol.OK, payload: bytes = OK, now: float = 2.0) -> None:
         """A worker joins, is leased ``job_id`` (alone) and reports it; then it leaves."""

@@ -35,7 +35,7 @@ from runner.broker.retry import (
     may_run_again_after_worker_loss,
     should_retry,
 )
-from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, UnknownWorker
+from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, SCHEDULED, UnknownWorker
 
 QUEUES = ("default", "batch")
 POOLS = ("thread", "process")
@@ -49,6 +49,8 @@ OPTIONS = st.one_of(
     st.fixed_dictionaries({"retries": st.integers(1, 2), "backoff": st.sampled_from([0.5, 2.0])}),
     st.fixed_dictionaries({"max_attempts": st.integers(1, 2)}),
     st.fixed_dictionaries({"retries": st.integers(1, 2), "backoff": st.just(1.0), "max_attempts": st.just(1)}),
+    st.fixed_dictionaries({"delay": st.sampled_from([0.0, 0.5, 5.0])}),  # delayed jobs (issue 13)
+    st.fixed_dictionaries({"retries": st.just(1), "backoff": st.just(0.5), "delay": st.just(2.0)}),
 )
 JOB_SPECS = st.lists(
     st.tuples(st.sampled_from(QUEUES), st.sampled_from(POOLS), st.integers(-1, 1), OPTIONS), min_size=1, max_size=4
@@ -115,11 +117,11 @@ def book_places(book: JobBook) -> dict[str, list[str]]:
         for job_id, job in slot.leased.items():
             assert job.state == RUNNING and job.worker == slot.id and book.scheduler.jobs.get(job_id) is job, job
             found[job_id].append(f"leased to {slot.id!r}")
-    for _, _, job in book._deferred:
-        if job.state == DEFERRED:
-            assert book.scheduler.jobs.get(job.id) is job, f"a stale copy of {job} waits for its retry"
-            if "deferred" not in found[job.id]:
-                found[job.id].append("deferred")
+    for entry in book.timers._heap:
+        job = book.timers._live(entry)
+        if job is not None:  # else a cancelled job's entry stayed behind, stale
+            assert job.state in (DEFERRED, SCHEDULED), job
+            found[job.id].append(job.state)
     return found
 
 
@@ -166,7 +168,8 @@ class JobBookMachine(RuleBasedStateMachine):
         job_id = "never-submitted" if unknown else pick(sorted(self.jobs), index)
         place = self._place(job_id)
         answer = self.book.cancel(job_id, force, self.now)
-        expected = {"waiting": "cancelled", "deferred": "cancelled", "final": "finished", None: "unknown",
+        expected = {"waiting": "cancelled", "deferred": "cancelled", "scheduled": "cancelled", "final": "finished",
+                    None: "unknown",
                     "leased": "cancelled" if force else "running"}[place]
         assert answer == expected, (job_id, place, force)
         if answer == "cancelled":
@@ -329,7 +332,7 @@ class JobBookMachine(RuleBasedStateMachine):
     def _start_again(self, data) -> None:
         self.journal = Journal(self.path)
         self.book = JobBook(self.journal, rng=random.Random(len(self.jobs)))
-        restored = self.book.restore()
+        restored = self.book.restore(self.now)
         unfinished = {job_id for job_id, job in self.jobs.items() if not job.outcomes}
         assert set(self.book.scheduler.jobs) == unfinished, "nothing acknowledged is lost, nothing final returns"
         assert restored == len(unfinished)
@@ -429,7 +432,7 @@ class JobBookMachine(RuleBasedStateMachine):
     def _place(self, job_id: str) -> str | None:
         job = self.book.scheduler.jobs.get(job_id)
         if job is not None:
-            return {PENDING: "waiting", RUNNING: "leased", DEFERRED: "deferred"}[job.state]
+            return {PENDING: "waiting", RUNNING: "leased", DEFERRED: "deferred", SCHEDULED: "scheduled"}[job.state]
         return None if self.journal.get(job_id) is None else "final"
 
     def _join(self, worker: SimWorker) -> None:
@@ -601,7 +604,7 @@ def test_a_claim_after_a_plain_restart_keeps_the_attempt_it_runs(tmp_path):
     journal.close()
     journal = Journal(journal.path)
     book = JobBook(journal)
-    book.restore()
+    book.restore(2.0)
     _claim_and_finish(book)
     journal.close()
 
@@ -621,7 +624,7 @@ def test_a_claim_after_being_declared_dead_and_a_restart_keeps_the_attempt_it_ru
     journal.close()
     journal = Journal(journal.path)
     book = JobBook(journal)
-    book.restore()
+    book.restore(2.0)
     try:
         _claim_and_finish(book)
     finally:
@@ -741,7 +744,7 @@ def test_a_result_sent_after_being_declared_dead_is_ignored_once_the_job_moved_o
         journal.close()
         journal = Journal(journal.path)
         book = JobBook(journal)
-        book.restore()
+        book.restore(2.0)
     held = book.scheduler.jobs["x"]
     before = (held.state, held.worker, held.attempt)
     try:

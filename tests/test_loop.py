@@ -615,3 +615,38 @@ def test_router_link_holds_a_bounded_outbox_for_a_peer_that_reads_nothing(loop, 
             break
     assert unreachable == peers and len(router._outboxes.get(peers[0], ())) <= 50
     silent.close()
+
+
+def test_a_router_drain_yields_to_a_timer_that_came_due(loop, context):
+    """A busy ROUTER socket does not hold back a due timer (a delayed job's, say) until it is drained."""
+    router_socket = context.socket(zmq.ROUTER)
+    router_socket.setsockopt(zmq.LINGER, 0)
+    router_socket.bind("tcp://127.0.0.1:*")
+    dealer_socket = context.socket(zmq.DEALER)
+    dealer_socket.setsockopt(zmq.LINGER, 0)
+    dealer_socket.connect(router_socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    order: list = []
+    done = threading.Event()
+
+    def on_frame(peer: bytes, frame: bytes) -> None:
+        order.append(protocol.decode(frame).body["seq"])
+        if order == [0]:
+            loop.call_later(0.0, lambda: order.append("timer"))
+        if len(order) == 51:
+            done.set()
+
+    RouterLink(loop, router_socket, on_frame, on_unreachable=lambda peer: None)
+    for seq in range(50):
+        dealer_socket.send(protocol.encode(protocol.HEARTBEAT, {"seq": seq}))
+    with running(loop):
+        wait(done, lambda: f"50 messages and the timer (got {order})")
+    assert order[:2] == [0, "timer"] and order[2:] == list(range(1, 50))
+    dealer_socket.close()
+
+
+def test_timer_due_says_whether_a_timer_came_due(loop):
+    assert not loop.timer_due()
+    loop.call_later(3600.0, lambda: None)
+    assert not loop.timer_due()
+    loop.call_later(0.0, lambda: None)
+    assert loop.timer_due()

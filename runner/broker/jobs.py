@@ -16,8 +16,6 @@ until it acknowledges it.
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 import random
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +31,8 @@ from runner.broker.counters import Counters
 from runner.broker.events import EventHub
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
-from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
+from runner.broker.scheduler import DEFERRED, PENDING, SCHEDULED, Job, Scheduler
+from runner.broker.timers import DueTimes, due_time
 
 log = logger.bind(component="jobs")
 
@@ -69,8 +68,7 @@ class JobBook:
         self.rng = rng or random.Random()
         self.outbox = Outbox()
         self.counters = Counters()
-        self._deferred: list[tuple[float, int, Job]] = []  # retries waiting for their time
-        self._deferred_order = itertools.count()
+        self.timers = DueTimes(self.scheduler.jobs)  # delayed jobs not yet due, retries waiting out their backoff
         self._draining: set[bytes] = set()
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
@@ -78,16 +76,24 @@ class JobBook:
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def restore(self) -> int:
-        """Queue again every journaled job without a final outcome (after a restart)."""
+    def restore(self, now: float) -> int:
+        """Queue again every journaled job without a final outcome (after a restart); a delayed job,
+        or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
+        queued now."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
-        for job_id, client, task, pool, queue, priority, payload, options, attempts in self.journal.unfinished():
+        for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
             rules = DEFAULT_RULES if options == EMPTY_OPTIONS else RetryRules.from_wire(protocol.unpack(options))
             job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
-            self.scheduler.submit(job)
+            if due is None or due <= now:
+                self.scheduler.submit(job)
+            elif attempts:  # a retry waiting out its backoff
+                self.scheduler.defer(job)
+                self.timers.add(job, due)
+            else:
+                self._hold_until(job, due)
             self.quota.add(job.client)
             count += 1
         return count
@@ -100,7 +106,7 @@ class JobBook:
         A job beyond the client's ``max_pending``, or with too large a payload, is answered
         at once with a LimitError outcome and not accepted.
         """
-        fresh = []
+        fresh, delayed = [], []
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
@@ -120,7 +126,13 @@ class JobBook:
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
                 job.accepted = now
-                self.scheduler.submit(job)
+                due = due_time(options, now) if options else None
+                if due is None or due <= now:
+                    self.scheduler.submit(job)
+                else:
+                    self._hold_until(job, due)
+                if due is not None:
+                    delayed.append((due, job_id))
                 self.counters.submitted(job.queue, job.task)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 if self.events.wanted:
@@ -130,6 +142,8 @@ class JobBook:
             self.quota.add(client, len(fresh))
             if self.journal.add_jobs(fresh) < len(fresh):
                 self._answer_reused_ids(client, [row[0] for row in fresh])
+            if delayed:
+                self.journal.set_due(delayed)
 
     def _may_take(self, client: bytes, owner: bytes) -> bool:
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
@@ -161,7 +175,7 @@ class JobBook:
         answer those with their stored outcome rather than run them again over it."""
         for job_id in job_ids:
             stored = self.journal.get(job_id)
-            if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
+            if stored is not None and stored.state in states.FINAL_STATES and self._withdraw(job_id):
                 self.quota.remove(client)
                 if not self._may_take(client, stored.client):
                     self._refuse_taken(client, job_id)
@@ -199,9 +213,8 @@ class JobBook:
             return "finished" if self.journal.get(job_id) is not None else "unknown"
         if job.state == PENDING:
             self.scheduler.cancel(job_id)
-        elif job.state == DEFERRED:
-            self._deferred = [entry for entry in self._deferred if entry[2] is not job]
-            heapq.heapify(self._deferred)
+        elif job.state in (DEFERRED, SCHEDULED):
+            self.timers.remove(job)
         elif not force:
             return "running"
         else:
@@ -333,10 +346,10 @@ class JobBook:
             log.bind(job=job.id).info("attempt {} failed; retrying in {:.2f}s", job.attempt, delay)
             if self.events.wanted:
                 self.events.emit("retried", job, now)
-            self.journal.set_attempts(job.id, job.attempt)
+            self.journal.set_attempts(job.id, job.attempt, now + delay)
             self.counters.retried(job.queue, job.task)
             self.scheduler.defer(job)
-            heapq.heappush(self._deferred, (now + delay, next(self._deferred_order), job))
+            self.timers.add(job, now + delay)
             return
         state = states.DEAD if job.rules.retries else states.FAILED
         self._finish(job, state, protocol.FAILED, _with_attempts(error, job.attempt), now)
@@ -354,14 +367,36 @@ class JobBook:
     # --- time -----------------------------------------------------------------------------------
 
     def release_due(self, now: float) -> None:
-        """Retries whose backoff has passed go back to their queues."""
-        # Every entry is a job still deferred: cancel takes its job out of the heap, and nothing
-        # else moves a deferred job (it is neither waiting nor leased).
-        while self._deferred and self._deferred[0][0] <= now:
-            self.scheduler.requeue(heapq.heappop(self._deferred)[2])
+        """Jobs whose time has come go to their queues: a retry whose backoff passed at the back,
+        a delayed job now due at the front of its priority (it has waited since it was accepted,
+        and was promised a time the jobs queued there were not)."""
+        # Only a cancel takes a held job out early (timers.remove); nothing else moves one.
+        released = self.timers.pop_due(now)
+        for job in released:
+            if job.state == DEFERRED:
+                self.scheduler.requeue(job)
+        for job in reversed(released):  # front pushes: the latest first keeps them in due order
+            if job.state == SCHEDULED:
+                self.scheduler.requeue(job, front=True)
 
     def next_due(self) -> float | None:
-        return self._deferred[0][0] if self._deferred else None
+        """When the earliest held job is due (epoch seconds); None when none is held."""
+        return self.timers.next_due()
+
+    def _withdraw(self, job_id: str) -> bool:
+        """Take a job that has not started out of its queue, or of the timers if it is scheduled;
+        False if it runs or is unknown."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is not None and job.state == SCHEDULED:
+            self.timers.remove(job)
+            del self.scheduler.jobs[job_id]
+            return True
+        return self.scheduler.cancel(job_id)
+
+    def _hold_until(self, job: Job, due: float) -> None:
+        """A delayed job not yet due: out of its queue, in the timers, state ``scheduled``."""
+        self.scheduler.defer(job, SCHEDULED)
+        self.timers.add(job, due)
 
     # --- the turn's decisions -----------------------------------------------------------------
 

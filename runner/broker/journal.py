@@ -10,7 +10,8 @@ power cut may lose the last commits. ``:memory:`` turns durability off.
 
 States: ``pending`` (waiting or running: a restart queues it again), ``done``,
 ``failed`` and ``dead`` (final outcomes, kept until delivered plus a TTL),
-``cancelled`` (never runs).
+``cancelled`` (never runs). A delayed job's due time is kept in its ``due`` column
+(epoch seconds; NULL for a job that may run at once), so a restart holds it until then.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ CREATE TABLE IF NOT EXISTS fencing (
 """
 #: Added after the first journals were written: opening an older file adds it (NULL in old rows).
 _WORKER_COLUMN = "ALTER TABLE jobs ADD COLUMN worker TEXT"
+_DUE_COLUMN = "ALTER TABLE jobs ADD COLUMN due REAL"  # a delayed job's due time (NULL: not delayed)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_column("worker", _WORKER_COLUMN)
+        self._add_column("due", _DUE_COLUMN)
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
         self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
@@ -125,6 +128,11 @@ class Journal:
         self.counts[PENDING] = self.counts.get(PENDING, 0) + cursor.rowcount
         return cursor.rowcount
 
+    def set_due(self, dues: list[tuple[float, str]]) -> None:
+        """Record when delayed jobs just added are due: (due time, job id) pairs."""
+        self._begin()
+        self._db.executemany("UPDATE jobs SET due=? WHERE id=?", dues)
+
     def finish(self, job_id: str, state: str, status: str, outcome: bytes, attempts: int, now: float,
                worker: str | None = None) -> None:
         """Record a job's final outcome, and the name of the worker that gave it (written with the
@@ -134,10 +142,14 @@ class Journal:
         self.counts[state] = self.counts.get(state, 0) + 1
         self.counts[PENDING] -= 1
 
-    def set_attempts(self, job_id: str, attempts: int) -> None:
-        """Record attempts spent (on a requeue or retry, not on every dispatch)."""
+    def set_attempts(self, job_id: str, attempts: int, due: float | None = None) -> None:
+        """Record attempts spent (on a requeue or retry, not on every dispatch); ``due``: when a
+        retry waiting out its backoff may run (a restart holds it until then)."""
         self._begin()
-        self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
+        if due is None:
+            self._db.execute("UPDATE jobs SET attempts=? WHERE id=?", (attempts, job_id))
+        else:
+            self._db.execute("UPDATE jobs SET attempts=?, due=? WHERE id=?", (attempts, due, job_id))
 
     def cancel(self, job_id: str, now: float) -> None:
         self.finish(job_id, CANCELLED, CANCELLED, b"", 0, now)
@@ -251,11 +263,11 @@ class Journal:
     def unfinished(self) -> Iterator[tuple]:
         """Every job without a final outcome, in the order they were accepted.
 
-        Rows of (id, client, task, pool, queue, priority, payload, options blob, attempts):
+        Rows of (id, client, task, pool, queue, priority, payload, options blob, attempts, due):
         a restart reads a million of them, so they stay plain tuples.
         """
         return self._db.execute(
-            "SELECT id, client, task, pool, queue, priority, payload, options, attempts "
+            "SELECT id, client, task, pool, queue, priority, payload, options, attempts, due "
             "FROM jobs WHERE state=? ORDER BY rowid",
             (PENDING,),
         )
@@ -305,7 +317,8 @@ class Journal:
             self._finished.clear()
 
     def _add_column(self, name: str, statement: str) -> None:
-        """Run ``statement`` (an ALTER TABLE adding column ``name`` to jobs) unless the file has it."""
+        """Run ``statement`` (an ALTER TABLE adding column ``name`` to jobs) unless the file has it:
+        journals written before the column existed open (NULL in it)."""
         if name not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
             self._db.execute(statement)
 

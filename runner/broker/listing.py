@@ -3,7 +3,7 @@
 A listing is an on-demand request that runs in the broker's loop, so it is bounded twice:
 it returns at most ``protocol.LIST_MAX`` jobs and looks through at most the newest ``SCAN_WINDOW``
 held jobs and the newest ``SCAN_WINDOW`` journaled ones. Held jobs (pending, running,
-waiting out a retry's backoff) come from the scheduler's memory, finished ones from the
+scheduled, waiting out a retry's backoff) come from the scheduler's memory, finished ones from the
 journal, newest first by rowid (no index is added: writes stay as cheap as they were).
 A job's age comes from its id, which starts with the time it was made (runner/ids.py).
 """
@@ -15,10 +15,10 @@ from typing import Callable
 
 from runner.broker import journal as states
 from runner.broker.journal import Journal, StoredJob
-from runner.broker.scheduler import RUNNING, Job
+from runner.broker.scheduler import RUNNING, SCHEDULED, Job
 
 SCAN_WINDOW = 50_000  # newest held jobs, and newest journaled ones, a listing looks through at most
-HELD_STATES = ("pending", "running")
+HELD_STATES = ("pending", "running", "scheduled")
 
 MaySee = Callable[[bytes], bool]  # may the asking peer see a job of this owner?
 WorkerName = Callable[["bytes | None"], str]
@@ -52,8 +52,9 @@ def created_at(job_id: str) -> float | None:
 
 
 def held_state(job: Job) -> str:
-    """A held job's state as users see it: a job waiting out a retry's backoff is pending."""
-    return "running" if job.state == RUNNING else "pending"
+    """A held job's state as users see it: a job waiting out a retry's backoff is pending;
+    a delayed one not yet due is scheduled."""
+    return "running" if job.state == RUNNING else "scheduled" if job.state == SCHEDULED else "pending"
 
 
 def list_jobs(held: dict[str, Job], journal: Journal, chosen: JobFilter, may_see: MaySee,
@@ -75,7 +76,7 @@ def _from_memory(held: dict[str, Job], chosen: JobFilter, may_see: MaySee, worke
             break
         state = held_state(job)
         if chosen.keeps(state, job.queue, job.task) and may_see(job.client):
-            rows.append(_row(job.id, job.task, job.queue, state, job.attempt, worker_name(job.worker)))
+            rows.append(_row(job.id, job.task, job.queue, state, job.attempt, worker_name(job.worker), _due(job)))
     return rows
 
 
@@ -91,14 +92,20 @@ def _from_journal(journal: Journal, chosen: JobFilter, may_see: MaySee) -> list[
     return rows
 
 
-def _row(job_id: str, task: str, queue: str, state: str, attempts: int, worker: str) -> dict:
+def _row(job_id: str, task: str, queue: str, state: str, attempts: int, worker: str,
+         due: float | None = None) -> dict:
     return {"id": job_id, "task": task, "queue": queue, "state": state, "attempts": attempts, "worker": worker,
-            "created": created_at(job_id)}
+            "created": created_at(job_id), "due": due}
+
+
+def _due(job: Job) -> float | None:
+    """A scheduled job's due time (epoch seconds); None for any other."""
+    return job.due if job.state == SCHEDULED else None
 
 
 def describe_held(job: Job, worker_name: WorkerName) -> dict:
     """Every field of a held job (its arguments as the packed payload the client decodes)."""
-    return {**_row(job.id, job.task, job.queue, held_state(job), job.attempt, worker_name(job.worker)),
+    return {**_row(job.id, job.task, job.queue, held_state(job), job.attempt, worker_name(job.worker), _due(job)),
             "pool": job.pool, "priority": job.priority, "options": asdict(job.rules), "payload": job.payload,
             "status": None, "outcome": None}
 

@@ -13,7 +13,7 @@ import time
 from runner import protocol
 from runner.broker import listing, sync_ops
 from runner.broker.events import Batch
-from runner.broker.scheduler import RUNNING
+from runner.broker.scheduler import SCHEDULED
 from runner.broker.status import status_snapshot
 from runner.broker.sync import EPOCH, PUT, Reply
 
@@ -50,7 +50,9 @@ class Requests:
         held = self.jobs.scheduler.jobs.get(job_id)
         stored = None if held else self.journal.get(job_id)
         if held is not None:
-            answer = {"state": "running" if held.state == RUNNING else "pending"}
+            answer = {"state": listing.held_state(held)}
+            if held.state == SCHEDULED:
+                answer["due"] = held.due
         elif stored is None:
             answer = {"state": "unknown"}
         else:

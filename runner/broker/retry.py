@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 DEFAULT_MAX_ATTEMPTS = 3  # attempts a job may lose to dying workers before it is dead
 MAX_BACKOFF = 3600.0  # no retry waits longer than an hour
+RULE_OPTIONS = frozenset(("retries", "backoff", "timeout", "max_attempts"))  # the wire options that make rules
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class RetryRules:
     @classmethod
     def from_wire(cls, options: dict) -> "RetryRules":
         """Rules from a submit row's options map (already validated by the protocol)."""
-        if not options:
+        if not options or RULE_OPTIONS.isdisjoint(options):  # e.g. only a delay: the shared defaults
             return DEFAULT_RULES
         return cls(
             retries=options.get("retries", 0),

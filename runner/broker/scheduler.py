@@ -27,13 +27,14 @@ from runner.broker.retry import DEFAULT_RULES, RetryRules
 PENDING = "pending"  # waiting in a queue
 RUNNING = "running"  # leased to a worker
 DEFERRED = "deferred"  # held back until a retry's backoff passes
+SCHEDULED = "scheduled"  # a delayed job held back until it is due (runner/broker/timers.py)
 
 
 class Job:
     """One accepted job. ``payload`` stays an opaque msgpack blob in the broker."""
 
     __slots__ = ("id", "task", "pool", "queue", "priority", "payload", "client", "rules", "attempt", "state", "worker",
-                 "accepted", "leased")
+                 "accepted", "leased", "due")
 
     def __init__(
         self, id: str, task: str, pool: str, queue: str, priority: int, payload: bytes, client: bytes,
@@ -52,6 +53,7 @@ class Job:
         self.worker: bytes | None = None
         self.accepted: float | None = None  # when the broker accepted it (None: restored after a restart)
         self.leased: float | None = None  # when its latest lease was sent
+        self.due: float | None = None  # while held back (SCHEDULED or DEFERRED): when it may run, epoch seconds
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.task!r}, {self.state}, attempt={self.attempt})"
@@ -170,10 +172,11 @@ class Scheduler:
         job.worker = None
         self._enqueue(job, front=front)
 
-    def defer(self, job: Job) -> None:
-        """Hold a job out of its queue until ``requeue`` (a retry waiting for its backoff)."""
+    def defer(self, job: Job, state: str = DEFERRED) -> None:
+        """Hold a job out of its queue until ``requeue``: a retry waiting for its backoff (DEFERRED),
+        or a delayed job not yet due (SCHEDULED)."""
         self.jobs[job.id] = job
-        job.state = DEFERRED
+        job.state = state
         job.worker = None
 
     def adopt(self, worker_id: bytes, job: Job, attempt: int) -> bool:

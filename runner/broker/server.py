@@ -42,6 +42,8 @@ DEFAULT_RESULT_TTL = 3600.0  # seconds an outcome is kept after its client has i
 UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever claimed
 LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small fields, beside its payload
 OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
+DUE_SPACING = 0.001  # seconds between two wakes for due jobs at least: jobs due closer are released together
+DUE_WAIT_MAX = 3600.0  # seconds the due timer waits at most (a select cannot wait years); it then looks again
 
 
 @dataclass
@@ -87,11 +89,14 @@ class Broker(Requests):
         same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
         self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
         self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
-        restored = self.jobs.restore()
+        restored = self.jobs.restore(time.time())
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
         self._sync_timer: Timer | None = None
+        self._due_timer: Timer | None = None  # fires when the JobBook's earliest held job is due
+        self._due_timer_at = 0.0  # the due time it was armed for (epoch seconds)
+        self._due_wake_after = 0.0  # monotonic time before which it is not armed again (DUE_SPACING)
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -319,6 +324,24 @@ class Broker(Requests):
             self._reply_events(self.events.expired(time.monotonic()))
         self._schedule_flush()
 
+    def _arm_due_timer(self) -> None:
+        """Wake the loop when the earliest held job (delayed, or a retry) is due; re-armed only when an
+        earlier one arrives (or after it fired), so a flush costs a look at the top of a heap."""
+        due = self.jobs.next_due()
+        if due is None or self._due_timer is not None and self._due_timer_at <= due:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_timer_at = due
+        delay = min(DUE_WAIT_MAX, max(0.0, due - time.time(), self._due_wake_after - time.monotonic()))
+        self._due_timer = self.loop.call_later(delay, self._on_due)
+
+    def _on_due(self) -> None:
+        self._due_timer = None
+        self._due_wake_after = time.monotonic() + DUE_SPACING
+        self.jobs.release_due(time.time())
+        self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
+
     def _expire_results(self) -> None:
         removed = self.journal.expire(time.time(), self.result_ttl)
         if removed:
@@ -379,6 +402,7 @@ class Broker(Requests):
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
         for worker, ids in outbox.stop_jobs.items():
             self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
+        self._arm_due_timer()
 
     def _send_leases(self, leases: list) -> None:
         for worker, jobs in leases:

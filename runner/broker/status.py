@@ -12,6 +12,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from runner.broker.scheduler import DEFERRED, SCHEDULED
+
 if TYPE_CHECKING:
     from runner.broker.server import Broker
 
@@ -35,7 +37,7 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
         "queues": pending,
         "queue_details": _queues(waiting, running_by_queue, now),
         "jobs": {"pending": waiting_total, "running": running_total,
-                 "retrying": len(scheduler.jobs) - waiting_total - running_total,
+                 "retrying": broker.jobs.timers.counts[DEFERRED], "scheduled": broker.jobs.timers.counts[SCHEDULED],
                  "done": final.get("done", 0), "failed": final.get("failed", 0),
                  "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         "rates": {"window": rates.completed.window, "completed": rates.completed.per_second(now),
