@@ -33,6 +33,7 @@ from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
 from runner.client_requests import fetch_view
+from runner.client_schedules import AsyncClientSchedules
 from runner.connection import BrokerConnection
 from runner.errors import AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError
 from runner.ids import JobIds
@@ -47,7 +48,7 @@ log = logger.bind(component="aio")
 RESOLVE_BATCH = 32
 
 
-class AsyncClient:
+class AsyncClient(AsyncClientSchedules):
     """A connection to a broker for asyncio code; with no address, to a new embedded local cluster.
 
     The options are ``Client``'s: ``timeout`` for reaching the broker and its replies;

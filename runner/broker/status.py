@@ -40,6 +40,8 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
                  "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         "rates": {"window": rates.completed.window, "completed": rates.completed.per_second(now),
                   "failed": rates.failed.per_second(now)},
+        "schedules": [{key: view[key] for key in ("name", "spec", "tz", "next", "fired", "skipped", "running")}
+                      for view in broker.schedules.views()],
     }
 
 
