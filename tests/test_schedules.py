@@ -122,3 +122,20 @@ def test_the_cli_adds_lists_and_removes_schedules_and_refuses_bad_ones(broker_ad
     assert gone.returncode == 2 and "no schedule 'nightly'" in gone.stderr
     assert [view["name"] for view in json.loads(cli("schedule", "list", "--json", address=broker_address).stdout)] == [
         "beat"]
+
+
+def test_the_async_client_schedules_lists_and_unschedules(broker_address):
+    import asyncio
+
+    async def use() -> tuple:
+        async with runner.AsyncClient(broker_address) as client:
+            added = await client.schedule("nightly", "@daily", "tasks:add", 1, 2, tz="Europe/Paris", priority=3)
+            listed = await client.schedules()
+            with pytest.raises(ValueError, match="bad cron expression"):
+                await client.schedule("bad", "0 0 0", "tasks:add")
+            return added, listed, await client.unschedule("nightly"), await client.unschedule("nightly")
+
+    added, listed, removed, again = asyncio.run(use())
+    assert added["next"].strftime("%H:%M") == "00:00" and str(added["next"].tzinfo) == "Europe/Paris"
+    assert [(view["name"], view["priority"]) for view in listed] == [("nightly", 3)]
+    assert (removed, again) == (True, False)
