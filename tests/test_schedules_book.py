@@ -189,8 +189,12 @@ def test_replacing_with_the_same_timing_keeps_place_and_counts_a_new_timing_star
 def test_remove_forgets_the_schedule_and_says_whether_it_existed():
     book = ScheduleBook()
     book.add(make(), 100.0)
+    [first] = fired(book.due(101.0))
     assert book.remove("beat") == [Delete("beat")]
     assert book.remove("beat") == [] and book.due(200.0) == [] and book.next_due() is None
+    assert book.finished(tick_job_id("beat", first)) == [], "a removed schedule's run finishing changes nothing"
+    book.add(make(), 300.0)
+    assert book.views()[0]["running"] == 0 and fired(book.due(301.0)) == [301.0]
 
 
 def test_more_ticks_due_at_once_than_the_bound_are_skipped_and_counted():
@@ -271,6 +275,13 @@ def test_catch_up_of_a_cron_schedule_counts_missed_days():
     assert book.views()[0]["skipped"] == 9
 
 
+def test_missed_cron_ticks_beyond_the_policy_are_counted():
+    every_minute = make(spec="* * * * *", catch_up="none")
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    book, _ = restored(every_minute, start + 60, start + 60 + 300 * 60, added=start)
+    assert book.views()[0]["skipped"] == 300 and book.views()[0]["fired"] == 1
+
+
 def test_a_journal_row_that_is_no_longer_valid_is_reported_and_left_out():
     row = ("old", protocol.pack({**make().record(), "name": "old", "tz": "Gone/Zone"}), 0.0, None, 0, 0, "[]")
     book = ScheduleBook()
@@ -287,3 +298,9 @@ def test_views_say_next_run_spec_zone_task_policies_and_counts():
                                        "skipped", "source")} == {
         "name": "nightly", "spec": "0 2 * * *", "tz": "Europe/Paris", "task": "tasks:add", "queue": "reports",
         "catch_up": "one", "overlap": "skip", "fired": 0, "skipped": 0, "source": "api"}
+
+
+def test_ticks_show_as_iso_8601_in_utc():
+    from runner.broker.ticks import utc_text
+
+    assert utc_text(paris(2026, 7, 1, 2, 0)) == "2026-07-01T00:00:00+00:00"

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Union
 
 from runner import protocol
-from runner.broker.ticks import Ticks, ticks_of
+from runner.broker.ticks import IntervalTicks, Ticks, ticks_of
 
 #: The client that owns the jobs the broker creates: their outcomes are journaled, never sent.
 SCHEDULER_CLIENT = b"runner:scheduler"
@@ -291,7 +291,7 @@ class ScheduleBook:
     def _uncounted(self, entry: Entry, oldest_listed: float) -> int:
         """Missed ticks older than those listed, counted without listing them (bounded for cron)."""
         ticks, count, tick = entry.ticks, 0, oldest_listed
-        if not hasattr(ticks, "expression"):  # an interval: counted by arithmetic
+        if isinstance(ticks, IntervalTicks):  # counted by arithmetic
             return max(0, round((oldest_listed - ticks.next_after(entry.done_until)) / ticks.seconds))
         while count < MAX_CATCH_UP:
             tick = ticks.latest_at_or_before(tick - 1e-6)
