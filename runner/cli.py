@@ -97,7 +97,8 @@ def cli() -> None:
 @click.option("--metrics-bind", default="127.0.0.1", show_default=True, envvar="RUNNER_METRICS_BIND",
               help="Address the metrics port listens on; 0.0.0.0 for every interface (env RUNNER_METRICS_BIND).")
 @click.option("--schedules", "schedules_file", type=click.Path(dir_okay=False), envvar="RUNNER_SCHEDULES",
-              help="TOML file of periodic schedules ([[schedule]] tables), read again on SIGHUP (env RUNNER_SCHEDULES).")
+              help="TOML file of periodic schedules ([[schedule]] tables), read again on SIGHUP "
+                   "(env RUNNER_SCHEDULES).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -106,8 +107,9 @@ def cli() -> None:
 @exit_with_option
 @logging_options
 def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int,
-           metrics_port: int, metrics_bind: str, schedules_file: str | None, insecure: bool, curve_keys: str | None, heartbeat: float,
-           liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool, **limits: int) -> None:
+           metrics_port: int, metrics_bind: str, schedules_file: str | None, insecure: bool, curve_keys: str | None,
+           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
+           **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
     With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes);

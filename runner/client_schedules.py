@@ -92,7 +92,8 @@ class ClientSchedules:
 
     def unschedule(self, name: str) -> bool:
         """Remove schedule ``name`` (its unfinished runs go on); True if it existed."""
-        return answer_of(self.address, self._request(protocol.SCHEDULE, {"op": "remove", "name": name}, None))["removed"]
+        answer = self._request(protocol.SCHEDULE, {"op": "remove", "name": name}, None)
+        return answer_of(self.address, answer)["removed"]
 
 
 class AsyncClientSchedules:
