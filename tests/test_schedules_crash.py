@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
 from cluster import wait_until
 
 from runner.broker.access import Access, Keyring
@@ -85,3 +86,19 @@ def test_client_and_admin_keys_may_schedule_worker_keys_may_not():
     assert access.may_schedule(peer_identity(b"c-", admin, "2"))
     assert not access.may_schedule(peer_identity(b"w-", worker, "3"))
     assert Access(None).may_schedule(b"anyone")
+
+
+def test_the_broker_refuses_a_schedule_beyond_its_limits(monkeypatch):
+    from runner.broker import schedule_shell
+
+    broker = Broker("tcp://127.0.0.1:*", journal=":memory:", limits=Limits(max_payload_bytes=64))
+    try:
+        with pytest.raises(ValueError, match="more than the broker's limit of 64 .*--max-payload-bytes"):
+            broker._acceptable(define("big", 1.0, "tasks:add", ("x" * 100,)))
+        monkeypatch.setattr(schedule_shell, "MAX_SCHEDULES", 1)
+        broker._carry_out(broker.schedules.add(define("one", 1.0, "tasks:add"), time.time()))
+        assert broker._acceptable(define("one", 2.0, "tasks:add")).spec == 2.0, "replacing is no new schedule"
+        with pytest.raises(ValueError, match="limit of 1 schedules"):
+            broker._acceptable(define("two", 1.0, "tasks:add"))
+    finally:
+        crash(broker, commit=True)

@@ -21,6 +21,9 @@ from runner.loop import Timer
 
 log = logger.bind(component="schedules")
 
+#: Schedules one broker keeps at most (each costs a look at every tick's turn).
+MAX_SCHEDULES = 10_000
+
 
 class ScheduleShell:
     """Schedules in the broker: the book, its timer, its requests and its file."""
@@ -135,6 +138,16 @@ class ScheduleShell:
 
     # --- requests -----------------------------------------------------------------------------
 
+    def _acceptable(self, schedule: Schedule) -> Schedule:
+        """``schedule``, unless it breaks one of the broker's limits (ValueError)."""
+        if len(schedule.payload) > self.limits.max_payload_bytes:
+            raise ValueError(f"the schedule's arguments take {len(schedule.payload)} bytes, more than the broker's "
+                             f"limit of {self.limits.max_payload_bytes} (runner broker --max-payload-bytes)")
+        if schedule.name not in self.schedules.entries and len(self.schedules.entries) >= MAX_SCHEDULES:
+            raise ValueError(f"the broker has its limit of {MAX_SCHEDULES} schedules; remove some first "
+                             "(runner schedule remove NAME)")
+        return schedule
+
     def _on_schedule(self, peer_id: bytes, message: protocol.Message) -> None:
         body = message.body
         if not self.access.may_schedule(peer_id):
@@ -148,7 +161,7 @@ class ScheduleShell:
             answer = {"removed": bool(actions)}
         else:
             try:
-                schedule = Schedule(**body["schedule"])
+                schedule = self._acceptable(Schedule(**body["schedule"]))
             except (ValueError, TypeError) as exc:
                 self._reply(peer_id, message, {"error": str(exc)})
                 return
