@@ -139,3 +139,26 @@ def test_the_async_client_schedules_lists_and_unschedules(broker_address):
     assert added["next"].strftime("%H:%M") == "00:00" and str(added["next"].tzinfo) == "Europe/Paris"
     assert [(view["name"], view["priority"]) for view in listed] == [("nightly", 3)]
     assert (removed, again) == (True, False)
+
+
+def test_with_curve_client_and_admin_keys_schedule_worker_keys_may_not_and_only_admins_see_the_jobs(
+        processes, client_factory, tmp_path):
+    from runner import keys
+
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    keys.add(folder, "worker", "w2")
+    keys.add(folder, "admin", "root")
+    _, address = processes.broker("--curve-keys", str(folder), "--heartbeat", HEARTBEAT)
+    alice, root, worker_key = (client_factory(address, curve_keys=str(path), timeout=20)
+                               for path in (folder, folder / "root", folder / "w2"))
+    alice.schedule("beat", 1.0, "tasks:add", 1, 2, queue="nobody")
+    with pytest.raises(PermissionError, match="client or admin key"):
+        worker_key.schedule("mine", 1.0, "tasks:add", 1, 2)
+    with pytest.raises(PermissionError):
+        worker_key.unschedule("beat")
+    wait_until(lambda: schedule_view(root, "beat")["fired"] >= 1, timeout=30, message="a tick fired")
+    [job] = root.jobs(queue="nobody")[:1]
+    assert root.fetch(job["id"])["state"] == "pending"
+    assert alice.fetch(job["id"])["state"] == "unknown", "the scheduler's jobs are the broker's: admins see them"
+    assert root.unschedule("beat")
