@@ -146,9 +146,11 @@ class Entry:
     skipped: int = 0
     unfinished: set[str] = field(default_factory=set)  # its jobs not finished yet
     next_tick: float = 0.0
+    definition: bytes = b""  # the schedule packed once, not at every tick's journal write
 
     def __post_init__(self) -> None:
         self.next_tick = self.ticks.next_after(self.done_until)
+        self.definition = protocol.pack(self.schedule.record())
 
     @property
     def ticks(self) -> Ticks:
@@ -156,7 +158,7 @@ class Entry:
 
     def row(self) -> tuple:
         """(name, definition, done_until, last_tick, fired, skipped, unfinished ids as JSON)."""
-        return (self.schedule.name, protocol.pack(self.schedule.record()), self.done_until, self.last_tick,
+        return (self.schedule.name, self.definition, self.done_until, self.last_tick,
                 self.fired, self.skipped, json.dumps(sorted(self.unfinished)))
 
     def view(self) -> dict[str, Any]:
