@@ -41,9 +41,11 @@ class ScheduleShell:
         self._schedule_timer_due = None
         now = time.time()
         actions, problems = self.schedules.restore(self.journal.schedules(), now, self.jobs.scheduler.jobs.__contains__)
-        for name, problem in problems:
-            log.error("dropped the journaled schedule {!r}, no longer valid: {}", name, problem)
-            self.journal.delete_schedule(name)
+        for name, problem in problems:  # kept in the journal: adding its name again replaces it
+            log.error("left out the journaled schedule {!r}, no longer valid here: {}", name, problem)
+        caught_up = sum(isinstance(action, Fire) for action in actions)
+        if caught_up:
+            log.info("made {} jobs for ticks missed while the broker was down (each schedule's catch_up)", caught_up)
         self._carry_out(actions)
         if path is not None:
             self._apply_schedule_file(from_file)
