@@ -304,3 +304,66 @@ def test_ticks_show_as_iso_8601_in_utc():
     from runner.broker.ticks import utc_text
 
     assert utc_text(paris(2026, 7, 1, 2, 0)) == "2026-07-01T00:00:00+00:00"
+
+
+# --- properties ---------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EXPRESSIONS = ["* * * * *", "*/15 * * * *", "0 * * * *", "30 2 * * *", "0 0 * * 0", "0 9-17 * * 1-5", "@monthly"]
+# Moments from 2025 to 2027, DST changes of Europe/Paris and America/New_York included.
+MOMENTS = st.floats(min_value=1_735_689_600.0, max_value=1_798_761_600.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expression=st.sampled_from(EXPRESSIONS), tz=st.sampled_from(["UTC", "Europe/Paris", "America/New_York"]),
+       moment=MOMENTS)
+def test_cron_ticks_move_forward_and_no_tick_hides_between_a_moment_and_the_next(expression, tz, moment):
+    ticks = CronTicks(expression, tz)
+    following = ticks.next_after(moment)
+    assert following > moment
+    assert ticks.latest_at_or_before(following) == following
+    assert ticks.latest_at_or_before(following - 0.5) <= moment, "a tick was skipped over"
+    assert ticks.latest_at_or_before(moment) <= moment
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=4.0), st.booleans(), st.booleans()),
+                      min_size=1, max_size=40),
+       overlap=st.sampled_from(["skip", "allow"]), catch_up=st.sampled_from(["one", "none", "all"]))
+def test_no_tick_fires_twice_through_any_run_of_events_and_restarts(steps, overlap, catch_up):
+    """Time moves on; runs finish; the broker restarts on its journal (the last saved rows)."""
+    schedule = make(overlap=overlap, catch_up=catch_up, max_catch_up=3)
+    book, rows, now, fired_ticks = ScheduleBook(), {}, 100.0, []
+
+    def apply(actions):
+        for action in actions:
+            if isinstance(action, Save):
+                rows[action.row[0]] = action.row
+            elif isinstance(action, Fire):
+                fired_ticks.append(action.tick)
+
+    apply(book.add(schedule, now))
+    for pause, finish, restart in steps:
+        now += pause
+        if restart:
+            book = ScheduleBook()
+            actions, _ = book.restore(rows.values(), now, lambda job_id: True)
+            apply(actions)
+        apply(book.due(now))
+        if finish:
+            for job_id in list(book.entries["beat"].unfinished):
+                apply(book.finished(job_id))
+        entry = book.entries["beat"]
+        assert entry.fired == len(fired_ticks) and entry.next_tick > now
+    assert fired_ticks == sorted(set(fired_ticks)), "a tick fired twice or out of order"
+    decided = sum(1 for tick in range(101, int(now) + 1))
+    assert book.entries["beat"].fired + book.entries["beat"].skipped == decided, "every tick fired or counted"
+
+
+def test_a_moment_a_hair_before_a_tick_still_finds_that_tick():
+    """A datetime rounds 599.9999998 up to 600: the search must not start there and skip the tick at 600."""
+    every_minute = CronTicks("* * * * *")
+    assert every_minute.next_after(1798761599.9999998) == 1798761600.0
+    assert every_minute.latest_at_or_before(1798761599.9999998) == 1798761540.0

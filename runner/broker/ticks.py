@@ -65,17 +65,20 @@ class CronTicks:
 
     def latest_at_or_before(self, moment: float) -> float:
         """The last tick at or before ``moment``."""
-        return self._search(math.floor(moment) + 1.0, forward=False, limit=moment)
+        return self._search(moment, forward=False)
 
-    def _search(self, start: float, forward: bool, limit: float | None = None) -> float:
+    def _search(self, moment: float, forward: bool) -> float:
+        # croniter starts from a whole second (a datetime would round a moment just before a tick up
+        # to it, and the search would skip that tick); ticks are whole minutes, then checked against moment.
+        start = math.floor(moment) + (0 if forward else 1)
         steps = croniter(self._fields, datetime.fromtimestamp(start, self.zone))
         for _ in range(SEARCH_STEPS):
             wall = steps.get_next(datetime) if forward else steps.get_prev(datetime)
             tick = wall.timestamp()
-            if self._repeated_wall_time(wall) or (tick <= start if forward else tick > limit):
+            if self._repeated_wall_time(wall) or (tick <= moment if forward else tick > moment):
                 continue
             return tick
-        raise ValueError(f"cron expression {self.expression!r} has no tick near {start}")  # pragma: no cover
+        raise ValueError(f"cron expression {self.expression!r} has no tick near {moment}")  # pragma: no cover
 
     def _repeated_wall_time(self, wall: datetime) -> bool:
         """A tick at the second occurrence of a wall time (fall back) that already fired at the first."""
