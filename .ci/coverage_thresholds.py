@@ -19,7 +19,8 @@ from coverage.exceptions import NoDataError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The broker's decision modules (sans-IO): each at least this much.
-DECISION_MODULES = [f"runner/broker/{name}.py" for name in ("jobs", "scheduler", "sync", "retry", "liveness")]
+DECISION_MODULES = [f"runner/broker/{name}.py"
+                    for name in ("jobs", "scheduler", "sync", "retry", "liveness", "schedules", "ticks")]
 DECISION_MINIMUM = 95.0
 #: runner/ and workers/ as a whole.
 OVERALL = ["runner/*", "workers/*"]

@@ -35,6 +35,7 @@ from runner.aio_sync import AsyncEvent, AsyncLock, AsyncQueue, AsyncSemaphore
 from runner.asyncio_loop import AsyncioLoop, in_own_thread
 from runner.client import DEFAULT_TIMEOUT, MAP_WINDOW, Client
 from runner.client_requests import not_requeued
+from runner.client_schedules import AsyncClientSchedules
 from runner.connection import BrokerConnection
 from runner.errors import AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, PayloadTooLargeError
 from runner.ids import JobIds
@@ -54,7 +55,7 @@ RESOLVE_BATCH = 16
 SEND_EVERY_BATCHES = 16
 
 
-class AsyncClient(AsyncClientRequests):
+class AsyncClient(AsyncClientRequests, AsyncClientSchedules):
     """A connection to a broker for asyncio code; with no address, to a new embedded local cluster.
 
     The options are ``Client``'s: ``timeout`` for reaching the broker and its replies;

@@ -96,6 +96,9 @@ def cli() -> None:
               help="Serve Prometheus metrics on this port (0: off) (env RUNNER_METRICS_PORT).")
 @click.option("--metrics-bind", default="127.0.0.1", show_default=True, envvar="RUNNER_METRICS_BIND",
               help="Address the metrics port listens on; 0.0.0.0 for every interface (env RUNNER_METRICS_BIND).")
+@click.option("--schedules", "schedules_file", type=click.Path(dir_okay=False), envvar="RUNNER_SCHEDULES",
+              help="TOML file of periodic schedules ([[schedule]] tables), read again on SIGHUP "
+                   "(env RUNNER_SCHEDULES).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -104,11 +107,13 @@ def cli() -> None:
 @exit_with_option
 @logging_options
 def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int,
-           metrics_port: int, metrics_bind: str, insecure: bool, curve_keys: str | None, heartbeat: float,
-           liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool, **limits: int) -> None:
+           metrics_port: int, metrics_bind: str, schedules_file: str | None, insecure: bool, curve_keys: str | None,
+           heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
+           **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
 
-    With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes).
+    With --curve-keys, SIGHUP reads DIR/authorized/ again (it is also re-read when it changes);
+    with --schedules, SIGHUP reads FILE again (a bad file is logged and changes nothing).
     """
     import sqlite3
 
@@ -125,7 +130,8 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
         raise click.UsageError(str(exc).replace("max_", "--max-").replace("_", "-")) from None
     try:
         server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
-                        limits=settings, curve_keys=curve_keys, insecure=insecure, events_buffer=events_buffer)
+                        limits=settings, curve_keys=curve_keys, insecure=insecure, events_buffer=events_buffer,
+                        schedules=schedules_file)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
@@ -137,7 +143,7 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
             raise click.ClickException(f"cannot serve metrics on {metrics_bind}:{metrics_port}: {exc}; "
                                        "choose another --metrics-port or --metrics-bind") from None
     _stop_on_signals(server.stop, interrupts=not exit_with)
-    signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
+    signal.signal(signal.SIGHUP, lambda *_: (server.reload_keys(), server.reload_schedules()))
     click.echo(server.address)
     sys.stdout.flush()
     try:
@@ -395,8 +401,9 @@ def _leave(scratch: str | None) -> None:
 
 from runner.cli_jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - they use the helpers above
 from runner.cli_watch import COMMANDS as _WATCH_COMMANDS  # noqa: E402 - they use the helpers above
+from runner.cli_schedule import COMMANDS as _SCHEDULE_COMMANDS  # noqa: E402 - they use the helpers above
 
-for _command in (*_WATCH_COMMANDS, keys_group, *_JOB_COMMANDS):
+for _command in (*_WATCH_COMMANDS, keys_group, *_JOB_COMMANDS, *_SCHEDULE_COMMANDS):
     cli.add_command(_command)
 
 

@@ -24,6 +24,7 @@ from loguru import logger
 from runner import current, protocol, sync
 from runner import progress as progress_bar
 from runner.client_requests import ClientRequests, not_requeued
+from runner.client_schedules import ClientSchedules
 from runner.connection import BrokerConnection
 from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone,
                            PayloadTooLargeError)
@@ -65,7 +66,7 @@ class JobFuture(Future):
         return f"<JobFuture {self.job_id} {self._state.lower()}>"
 
 
-class Client(ClientRequests):
+class Client(ClientRequests, ClientSchedules):
     """A connection to a broker; with no address, to a new embedded local cluster.
 
     ``block`` decides what ``submit`` does when this client already has the broker's

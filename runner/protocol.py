@@ -59,6 +59,7 @@ EVENTS = "events"  # client: subscribe to job events, and take those buffered (w
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
 CREDIT = "credit"  # worker: how many jobs per pool it can hold now (slots plus prefetch)
+SCHEDULE = "schedule"  # client: add (or replace), remove or list periodic schedules ("op")
 BYE = "bye"  # peer: leaving on purpose
 # Broker -> peers:
 WELCOME = "welcome"  # answer to hello
@@ -428,6 +429,34 @@ def _check_sync(body: dict) -> None:
     _session(body)
 
 
+SCHEDULE_OPS = ("add", "remove", "list")
+#: The fields of a schedule in a schedule "add" (runner/broker/schedules.py checks their values).
+SCHEDULE_FIELDS = ("name", "spec", "task", "payload", "pool", "queue", "priority", "options", "tz", "catch_up",
+                   "max_catch_up", "overlap")
+
+
+def _check_schedule(body: dict) -> None:
+    _request_id(body)
+    op = _need(body, "op", str, "a schedule operation")
+    if op not in SCHEDULE_OPS:
+        raise ProtocolError(f"unknown schedule operation {_show(op)}; known: {SCHEDULE_OPS}")
+    if op == "remove":
+        _name(_need(body, "name", str, "a schedule name"), "schedule name")
+    if op != "add":
+        return
+    schedule = _need(body, "schedule", dict, "a map of schedule fields")
+    unknown = set(schedule) - set(SCHEDULE_FIELDS)
+    if unknown:
+        raise ProtocolError(f"unknown schedule fields {sorted(map(_show, unknown))}; known: {SCHEDULE_FIELDS}")
+    for required in ("name", "spec", "task"):
+        _need(schedule, required, (str, int, float) if required == "spec" else str, f"the schedule's {required}")
+    if isinstance(schedule["spec"], str):
+        _name(schedule["spec"], "schedule spec")
+    for text in ("tz", "catch_up", "overlap"):
+        if text in schedule:
+            _name(schedule[text], text)
+
+
 def _check_reply(body: dict) -> None:
     _request_id(body)
 
@@ -458,6 +487,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     DRAIN: _nothing,
     SYNC: _check_sync,
     CREDIT: _check_slots,
+    SCHEDULE: _check_schedule,
     BYE: _nothing,
     WELCOME: _check_welcome,
     ACCEPTED: _job_ids,

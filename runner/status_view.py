@@ -7,6 +7,7 @@ prints the same tables as plain text without escape codes.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Group
@@ -15,8 +16,11 @@ from rich.text import Text
 
 
 def render(snapshot: dict[str, Any]) -> Group:
-    """The workers table, the queues table and a line of totals."""
-    return Group(_header(snapshot), _workers(snapshot["workers"]), _queues(snapshot), _totals(snapshot))
+    """The workers table, the queues table, the schedules table (if any) and a line of totals."""
+    parts = [_header(snapshot), _workers(snapshot["workers"]), _queues(snapshot)]
+    if snapshot.get("schedules"):
+        parts.append(_schedules(snapshot["schedules"]))
+    return Group(*parts, _totals(snapshot))
 
 
 def _header(snapshot: dict[str, Any]) -> Text:
@@ -53,6 +57,20 @@ def _queues(snapshot: dict[str, Any]) -> Table:
         table.add_row(queue, str(entry["pending"]),
                       " ".join(f"p{priority}:{count}" for priority, count in by_priority.items()) or "-",
                       str(entry.get("running", "?")), _age(entry.get("oldest_age")))
+    return table
+
+
+def _schedules(schedules: list[dict[str, Any]]) -> Table:
+    """Each schedule's next run (UTC) and its runs fired and ticks skipped so far."""
+    table = Table(title="schedules", title_justify="left")
+    for column in ("schedule", "spec", "next run (UTC)", "fired", "skipped", "running"):
+        table.add_column(column, justify="right" if column in ("fired", "skipped", "running") else "left")
+    for entry in schedules:
+        spec = entry["spec"] if isinstance(entry["spec"], str) else f"every {entry['spec']:g}s"
+        if isinstance(entry["spec"], str) and entry["tz"] != "UTC":
+            spec += f" ({entry['tz']})"
+        table.add_row(entry["name"], spec, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["next"])),
+                      str(entry["fired"]), str(entry["skipped"]), str(entry["running"]))
     return table
 
 

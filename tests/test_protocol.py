@@ -47,6 +47,8 @@ VALID_BODIES: dict[str, dict] = {
     protocol.DRAIN: {},
     protocol.CREDIT: {"slots": {"process": 66, "thread": 40}},
     protocol.SYNC: {"request": 12, "op": "acquire", "name": "lock-a", "limit": 1, "owner": "o", "timeout": None},
+    protocol.SCHEDULE: {"request": 16, "op": "add", "schedule": {"name": "nightly", "spec": "0 2 * * *",
+                                                                 "task": "tasks:add", "tz": "Europe/Paris"}},
     protocol.BYE: {},
     protocol.WELCOME: {"heartbeat": 0.5, "liveness": 3, "broker": "broker-1"},
     protocol.ACCEPTED: {"ids": ["job-1", "job-2"]},
@@ -73,7 +75,8 @@ REQUIRED_FIELDS = [
     (protocol.SHOW_JOB, "request"), (protocol.SHOW_JOB, "id"), (protocol.EVENTS, "request"),
     (protocol.WELCOME, "heartbeat"), (protocol.WELCOME, "liveness"), (protocol.ACCEPTED, "ids"),
     (protocol.JOBS, "jobs"), (protocol.OUTCOMES, "outcomes"), (protocol.REPLY, "request"),
-    (protocol.ERROR, "message"),
+    (protocol.ERROR, "message"), (protocol.SCHEDULE, "request"), (protocol.SCHEDULE, "op"),
+    (protocol.SCHEDULE, "schedule"),
 ]
 
 
@@ -563,3 +566,17 @@ def test_arrays_nested_deeper_than_repr_can_go_are_a_protocol_error():
 ])
 def test_sync_requests_are_checked(body, complaint):
     rejected(protocol.encode(protocol.SYNC, body), complaint)
+
+
+@pytest.mark.parametrize("body, wanted", [
+    ({"request": 1, "op": "pause"}, "unknown schedule operation"),
+    ({"request": 1, "op": "remove"}, "missing field 'name'"),
+    ({"request": 1, "op": "add", "schedule": {"name": "n", "spec": "@daily", "task": "t:f", "colour": 1}},
+     "unknown schedule fields"),
+    ({"request": 1, "op": "add", "schedule": {"name": "n", "spec": [1], "task": "t:f"}}, "spec"),
+    ({"request": 1, "op": "add", "schedule": {"name": "n", "spec": "x" * 300, "task": "t:f"}}, "schedule spec"),
+    ({"request": 1, "op": "add", "schedule": {"name": "n", "spec": 5, "task": "t:f", "tz": 3}}, "tz"),
+])
+def test_a_malformed_schedule_request_is_a_protocol_error(body, wanted):
+    with pytest.raises(ProtocolError, match=wanted):
+        protocol.decode(protocol.encode(protocol.SCHEDULE, body))

@@ -74,6 +74,10 @@ class Access:
         """Does this peer hold an admin key (or are keys off, making everyone one)?"""
         return not self.enabled or key_of(peer_id) in self.keyring.admins
 
+    def may_schedule(self, peer_id: bytes) -> bool:
+        """May this peer add, remove or list periodic schedules? Client and admin keys, not worker keys."""
+        return not self.enabled or key_of(peer_id) in self.keyring.clients | self.keyring.admins
+
     def same_owner(self, peer_id: bytes, owner_id: bytes) -> bool:
         """May ``peer_id`` take over a job id ``owner_id`` submitted (a resend)? Only under the same key."""
         return not self.enabled or key_of(peer_id) == key_of(owner_id)

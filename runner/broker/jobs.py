@@ -145,6 +145,25 @@ class JobBook:
             if delayed:
                 self.journal.set_due(delayed)
 
+    def create(self, client: bytes, row: list, now: float) -> bool:
+        """A job the broker makes itself (a schedule's tick), owned by ``client``; False if its id exists.
+
+        ``row`` is a submit row (see protocol.JOB_FIELDS). No quota refuses it (it is counted,
+        so its finish balances), and its outcome is journaled for fetch and listings; the
+        server sends it nowhere."""
+        job_id, task, pool, queue, priority, payload, options = row
+        if job_id in self.scheduler.jobs or self.journal.get(job_id) is not None:
+            return False
+        job = Job(job_id, task, pool, queue, priority, payload, client, RetryRules.from_wire(options))
+        job.accepted = now
+        self.scheduler.submit(job)
+        self.counters.submitted(queue, task)
+        self.quota.add(client)
+        self.journal.add_jobs([(job_id, client, task, pool, queue, priority, payload, options)])
+        if self.events.wanted:
+            self.events.emit("accepted", job, now)
+        return True
+
     def _may_take(self, client: bytes, owner: bytes) -> bool:
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
 

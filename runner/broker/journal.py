@@ -66,6 +66,15 @@ CREATE TABLE IF NOT EXISTS fencing (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     epoch INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    definition BLOB NOT NULL,
+    done_until REAL NOT NULL,
+    last_tick REAL,
+    fired INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    unfinished TEXT NOT NULL
+);
 """
 #: Added after the first journals were written: opening an older file adds it (NULL in old rows).
 _WORKER_COLUMN = "ALTER TABLE jobs ADD COLUMN worker TEXT"
@@ -257,6 +266,23 @@ class Journal:
         """This run moved on to ``epoch`` (rare: a name used up its epoch's tokens); at commit."""
         self._begin()
         self._db.execute("UPDATE fencing SET epoch = MAX(epoch, ?) WHERE id = 1", (epoch,))
+
+    # --- periodic schedules (runner/broker/schedules.py) -------------------------------------
+
+    def save_schedule(self, row: tuple) -> None:
+        """Write a schedule and where it stands (``Entry.row``); at commit, with the turn's job rows."""
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO schedules (name, definition, done_until, last_tick, fired, skipped, "
+                         "unfinished) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+    def delete_schedule(self, name: str) -> None:
+        self._begin()
+        self._db.execute("DELETE FROM schedules WHERE name=?", (name,))
+
+    def schedules(self) -> list[tuple]:
+        """Every journaled schedule row, as ``save_schedule`` took it."""
+        return self._db.execute("SELECT name, definition, done_until, last_tick, fired, skipped, unfinished "
+                                "FROM schedules ORDER BY name").fetchall()
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -24,9 +24,12 @@ from runner.broker.events import EVENT_BUFFER, EventHub
 from runner.broker.jobs import JobBook
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
 from runner.broker.limits import Limits, Offenders, SyncQuota
+from runner.broker import schedule_file
 from runner.broker.liveness import Liveness
 from runner.broker.access import Access, Keyring, check_bind, key_of
 from runner.broker.requests import Requests
+from runner.broker.schedule_shell import ScheduleShell
+from runner.broker.schedules import SCHEDULER_CLIENT
 from runner.broker.scheduler import UnknownWorker
 from runner.broker.sync import SyncState
 from runner.loop import EventLoop, Timer
@@ -63,7 +66,7 @@ class Peer:
     children_rss: int | None = None
 
 
-class Broker(Requests):
+class Broker(Requests, ScheduleShell):
     """Accepts jobs from clients, leases them to workers, routes outcomes back."""
 
     def __init__(
@@ -78,11 +81,15 @@ class Broker(Requests):
         curve_keys: str | None = None,
         insecure: bool = False,
         events_buffer: int = EVENT_BUFFER,
+        schedules: str | None = None,
     ) -> None:
         """``curve_keys``: a key folder (runner/keys.py); CURVE on, only its authorized keys get in.
         Without it, binding anything but a loopback or ipc address needs ``insecure``.
-        ``events_buffer``: job events kept per ``runner events`` subscriber; beyond, they are lost."""
+        ``events_buffer``: job events kept per ``runner events`` subscriber; beyond, they are lost.
+        ``schedules``: a TOML file of periodic schedules (runner/broker/schedule_file.py), read again
+        by ``reload_schedules``; a bad one raises ValueError here."""
         warning = check_bind(bind, curve_keys is not None, insecure)
+        from_file = schedule_file.load(schedules) if schedules is not None else []
         self.id = uuid.uuid4().hex
         self.limits = limits or Limits()
         self.journal = Journal(journal)
@@ -140,11 +147,13 @@ class Broker(Requests):
             protocol.DRAIN: self._on_drain,
             protocol.SYNC: self._on_sync,
             protocol.CREDIT: self._on_credit,
+            protocol.SCHEDULE: self._on_schedule,
             protocol.BYE: self._on_bye,
         }
         self.loop.call_every(heartbeat, self._on_heartbeat_tick)
         self.loop.call_every(max(0.2, min(5.0, result_ttl / 4)), self._expire_results)
         self.loop.call_every(UNCLAIMED_SWEEP, self._expire_unclaimed)
+        self._start_schedules(schedules, from_file)
         if restored:
             log.info("restored {} unfinished jobs from the journal {}", restored, journal)
             self._schedule_flush()
@@ -318,6 +327,7 @@ class Broker(Requests):
         for peer_id in list(self.peers):
             self.link.send(peer_id, protocol.HEARTBEAT)
         self.jobs.release_due(time.time())
+        self._run_due_ticks()  # the schedules' own timer is the precise one; this catches a jumped clock
         if self.metrics is not None:
             self.metrics.publish(self)
         if self.events.subscribers:
@@ -388,6 +398,8 @@ class Broker(Requests):
         self._flush_scheduled = False
         self._flushing = True
         outbox = self.jobs.take_outbox(time.time())
+        if SCHEDULER_CLIENT in outbox.outcomes:  # journaled for fetch and listings, sent to nobody
+            self._schedule_jobs_finished(outbox.outcomes.pop(SCHEDULER_CLIENT))
         self._send_leases(outbox.leases)
         self._send_outcomes(outbox.outcomes, final=False)
         self.journal.commit()

@@ -45,6 +45,8 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
                   # Per whole second up to ``second`` (epoch), oldest first: the dashboard's chart.
                   "second": int(now), "completed_by_second": rates.completed.recent(now),
                   "failed_by_second": rates.failed.recent(now)},
+        "schedules": [{key: view[key] for key in ("name", "spec", "tz", "next", "fired", "skipped", "running")}
+                      for view in broker.schedules.views()],
     }
 
 
