@@ -64,7 +64,7 @@ def result(job_id: str, wait: bool, timeout: float, connect: str, curve_keys: st
     state = view["state"]
     if state == "unknown":
         raise unknown(job_id)
-    if state in ("pending", "running"):
+    if state in ("pending", "running", "waiting"):
         raise JobError(f"job {job_id} is {state}" + (f" after {timeout:g}s" if wait else "; --wait waits for it"),
                        UNFINISHED_EXIT)
     if state == "cancelled":

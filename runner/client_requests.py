@@ -47,7 +47,7 @@ class ClientRequests:
     def fetch(self, job_id: str, timeout: float | None = None, *, wait: float = 0.0) -> dict:
         """What the broker knows of a job by id: ``state`` and, when final, its outcome.
 
-        ``state`` is pending, running, done, failed, dead, cancelled or unknown; a
+        ``state`` is pending, running, waiting (for other jobs), done, failed, dead, cancelled or unknown; a
         final state comes with ``result`` (done) or ``error`` (the exception).
         ``wait``: seconds to keep asking while the job is pending or running (for a job
         another client submitted, whose outcome is not sent here).
@@ -55,7 +55,7 @@ class ClientRequests:
         deadline = time.monotonic() + wait
         pause = FETCH_PAUSE
         view = self._fetch_once(job_id, timeout)
-        while view["state"] in ("pending", "running") and time.monotonic() + pause < deadline:
+        while view["state"] in ("pending", "running", "waiting") and time.monotonic() + pause < deadline:
             time.sleep(pause)
             pause = min(pause * 2, FETCH_PAUSE_MAX)
             view = self._fetch_once(job_id, timeout)
@@ -75,7 +75,7 @@ class ClientRequests:
              timeout: float | None = None) -> list[dict]:
         """Jobs newest first: id, task, queue, state, attempts, worker (running jobs) and ``created`` (epoch s).
 
-        ``state`` is pending, running, done, failed, dead or cancelled; ``limit`` at most
+        ``state`` is pending, running, waiting, done, failed, dead or cancelled; ``limit`` at most
         1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
         at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
         """

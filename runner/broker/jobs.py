@@ -31,6 +31,8 @@ from runner.errors import BackpressureError, PayloadTooLargeError, WorkerLostErr
 from runner.broker.limits import ClientQuota, Limits
 from runner.broker.counters import Counters
 from runner.broker.events import EventHub
+from runner.broker.dependencies import WAITING
+from runner.broker.jobs_after import AfterJobs
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, Job, Scheduler
@@ -52,7 +54,7 @@ class Outbox:
     leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
 
 
-class JobBook:
+class JobBook(AfterJobs):
     """Every job the broker holds, and every decision about it."""
 
     def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None,
@@ -75,21 +77,29 @@ class JobBook:
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
         self._lost_runs: dict[bytes, dict[str, int]] = {}
+        self._init_after()
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def restore(self) -> int:
-        """Queue again every journaled job without a final outcome (after a restart)."""
+    def restore(self, now: float = 0.0) -> int:
+        """Queue again every journaled job without a final outcome (after a restart), at time ``now``."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
+        waiting = []
         for job_id, client, task, pool, queue, priority, payload, options, attempts in self.journal.unfinished():
-            rules = DEFAULT_RULES if options == EMPTY_OPTIONS else RetryRules.from_wire(protocol.unpack(options))
+            wire = None if options == EMPTY_OPTIONS else protocol.unpack(options)
+            rules = DEFAULT_RULES if wire is None else RetryRules.from_wire(wire)
             job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
-            self.scheduler.submit(job)
+            if wire is not None and "after" in wire:
+                waiting.append((self._hold(job), wire))
+            else:
+                self.scheduler.submit(job)
             self.quota.add(job.client)
             count += 1
+        for job, wire in waiting:  # once every held job is back: their dependencies are among them
+            self._start_waiting(job, wire, now)
         return count
 
     # --- clients ------------------------------------------------------------------------------
@@ -100,7 +110,7 @@ class JobBook:
         A job beyond the client's ``max_pending``, or with too large a payload, is answered
         at once with a LimitError outcome and not accepted.
         """
-        fresh = []
+        fresh, waiting = [], []
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
@@ -115,12 +125,18 @@ class JobBook:
                 self._refuse(client, job_id, room, len(payload))
                 continue
             else:
+                after = options.get("after")
+                if after is not None and self._refuse_dependencies(client, job_id, after, payload):
+                    continue
                 room -= 1
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
                 job.accepted = now
-                self.scheduler.submit(job)
+                if after is None:
+                    self.scheduler.submit(job)
+                else:  # starts waiting once journaled, below
+                    waiting.append((self._hold(job), options))
                 self.counters.submitted(job.queue, job.task)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 if self.events.wanted:
@@ -130,6 +146,8 @@ class JobBook:
             self.quota.add(client, len(fresh))
             if self.journal.add_jobs(fresh) < len(fresh):
                 self._answer_reused_ids(client, [row[0] for row in fresh])
+        for job, options in waiting:
+            self._start_waiting(job, options, now)
 
     def _may_take(self, client: bytes, owner: bytes) -> bool:
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
@@ -202,6 +220,8 @@ class JobBook:
         elif job.state == DEFERRED:
             self._deferred = [entry for entry in self._deferred if entry[2] is not job]
             heapq.heapify(self._deferred)
+        elif job.state == WAITING:
+            self.dependencies.forget(job_id)
         elif not force:
             return "running"
         else:
@@ -210,7 +230,7 @@ class JobBook:
         self._finish(job, states.CANCELLED, protocol.CANCELLED, b"", now)
         return "cancelled"
 
-    def requeue(self, job_id: str, client: bytes) -> bool:
+    def requeue(self, job_id: str, client: bytes, now: float = 0.0) -> bool:
         """Run a failed or dead job again, with fresh attempts, for ``client``; False if not final."""
         stored = self.journal.get(job_id)
         if stored is None or stored.state not in (states.FAILED, states.DEAD):
@@ -218,9 +238,12 @@ class JobBook:
         self.journal.requeue(job_id, client)
         job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
                   client, RetryRules.from_wire(stored.options))
-        self.scheduler.submit(job)
-        self.counters.submitted(job.queue, job.task)
         self.quota.add(client)
+        if "after" in stored.options:  # waits again for what it still waited for (it may fail again at once)
+            self._start_waiting(self._hold(job), stored.options, now)
+        else:
+            self.scheduler.submit(job)
+        self.counters.submitted(job.queue, job.task)
         if self.events.wanted:
             self.events.emit("requeued", job)
         return True
@@ -348,6 +371,8 @@ class JobBook:
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
         if self.events.wanted:
             self.events.emit(EVENT_OF_STATE[state], job, now)
+        if job.id in self.dependencies.dependants:
+            self._dependency_ended(job.id, state, outcome, now)
 
     # --- time -----------------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ from typing import Callable
 
 from runner.broker import journal as states
 from runner.broker.journal import Journal, StoredJob
+from runner.broker.dependencies import WAITING
 from runner.broker.scheduler import RUNNING, Job
 
 SCAN_WINDOW = 50_000  # newest held jobs, and newest journaled ones, a listing looks through at most
-HELD_STATES = ("pending", "running")
+HELD_STATES = ("pending", "running", "waiting")
 
 MaySee = Callable[[bytes], bool]  # may the asking peer see a job of this owner?
 WorkerName = Callable[["bytes | None"], str]
@@ -53,6 +54,8 @@ def created_at(job_id: str) -> float | None:
 
 def held_state(job: Job) -> str:
     """A held job's state as users see it: a job waiting out a retry's backoff is pending."""
+    if job.state == WAITING:
+        return "waiting"
     return "running" if job.state == RUNNING else "pending"
 
 

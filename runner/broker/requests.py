@@ -13,7 +13,6 @@ import time
 from runner import protocol
 from runner.broker import listing, sync_ops
 from runner.broker.events import Batch
-from runner.broker.scheduler import RUNNING
 from runner.broker.status import status_snapshot
 from runner.broker.sync import EPOCH, PUT, Reply
 
@@ -50,7 +49,7 @@ class Requests:
         held = self.jobs.scheduler.jobs.get(job_id)
         stored = None if held else self.journal.get(job_id)
         if held is not None:
-            answer = {"state": "running" if held.state == RUNNING else "pending"}
+            answer = {"state": listing.held_state(held)}
         elif stored is None:
             answer = {"state": "unknown"}
         else:
@@ -88,7 +87,7 @@ class Requests:
     def _on_requeue(self, client: bytes, message: protocol.Message) -> None:
         job_id = message.body["id"]
         allowed = not self.access.enabled or self.access.may_touch(client, self.jobs.owner(job_id))
-        self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client)})
+        self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client, time.time())})
 
     def _on_events(self, client: bytes, message: protocol.Message) -> None:
         if not self.access.is_admin(client):  # events name every client's jobs

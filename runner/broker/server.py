@@ -87,7 +87,7 @@ class Broker(Requests):
         same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
         self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
         self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
-        restored = self.jobs.restore()
+        restored = self.jobs.restore(time.time())
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
