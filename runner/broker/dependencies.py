@@ -165,30 +165,32 @@ def dependency_error(job_id: str, dependency: str, ended: Ended) -> bytes:
     so every job downstream names the root and its error.
     """
     details = _error_details(ended.outcome) if ended.state in (states.FAILED, states.DEAD) else None
-    failed_job, error, traceback = dependency, ended.outcome, ""
+    failed_job, failed_state, error, traceback = dependency, ended.state, ended.outcome, ""
     if details is not None:
         traceback = details.get("traceback", "")
         if details.get("type") == "DependencyError" and details.get("module") == DependencyError.__module__:
             failed_job, error = str(details.get("failed_job", dependency)), details.get("error", b"")
+            failed_state = str(details.get("failed_state", failed_state))
     message = f"job {job_id} did not run: job {failed_job}"
     if failed_job != dependency:
         message += f" (which it waits for through job {dependency})"
-    message += f" {_how(ended, error)}"
+    message += f" {_how(failed_state, error)}"
     blob = protocol.unpack(error_blob(DependencyError.raised_here(message),
                                       traceback if isinstance(traceback, str) else ""))
-    blob.update(failed_job=failed_job, dependency=dependency, error=error if isinstance(error, bytes) else b"")
+    blob.update(failed_job=failed_job, failed_state=failed_state, dependency=dependency,
+                error=error if isinstance(error, bytes) else b"")
     return protocol.pack(blob)
 
 
-def _how(ended: Ended, error: Any) -> str:
-    if ended.state == UNKNOWN:
+def _how(state: str, error: Any) -> str:
+    if state == UNKNOWN:
         return "is not known to the broker (its outcome expired, or it was never accepted)"
-    if ended.state == states.CANCELLED or error == b"":
+    if state == states.CANCELLED or error == b"":
         return "was cancelled"
     details = _error_details(error) if isinstance(error, bytes) else None
     if details is None:
-        return f"ended {ended.state} with an unreadable error"
-    return f"{ended.state}: {details.get('type', '?')}: {details.get('message', '')}"
+        return f"ended {state} with an unreadable error"
+    return f"{state}: {details.get('type', '?')}: {details.get('message', '')}"
 
 
 def _error_details(blob: bytes) -> dict | None:
