@@ -9,12 +9,14 @@ nothing run twice (each run leaves a marker made with O_EXCL).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
 import pytest
 from cluster import Processes, wait_until
 from test_chaos import free_address
+from test_cli import run
 
 import dependency_tasks as tasks
 import runner
@@ -71,6 +73,9 @@ def test_a_waiting_job_shows_as_waiting_then_runs_after_its_dependency(cluster, 
     assert cluster.status()["jobs"]["waiting"] >= 2
     listed = {job["id"] for job in cluster.jobs(state="waiting")}
     assert {after.job_id, passed.job_id} <= listed
+    command = run("jobs", "--state", "waiting", "--json", "--connect", cluster.address)
+    assert command.returncode == 0, command.stderr
+    assert {after.job_id, passed.job_id} <= {job["id"] for job in json.loads(command.stdout)}
     assert not after.done()
     open_gate(gate)
     assert (after.result(timeout=30), passed.result(timeout=30), first.result()) == (3, 6, 5)
