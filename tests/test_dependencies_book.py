@@ -274,3 +274,12 @@ def test_a_requeued_dependant_waits_again_and_fails_again_while_its_dependency_i
     broker.run_to_the_end("a", payload=protocol.pack(5))
     broker.turn()
     assert broker.book.scheduler.jobs["b"].state == PENDING and arguments(stored(broker, "b").payload)[0] == [5]
+
+
+def test_a_result_that_would_make_the_arguments_too_large_fails_the_dependant():
+    book = Dependencies(max_payload=100)
+    waiting = job("b", payload_of(JobResult("a")))
+    book.wait(waiting, {"after": ["a"]}, {"a": None})
+    [fail] = book.ended("a", states.DONE, protocol.pack("x" * 200))
+    assert "more than the broker's limit of 100 (runner broker --max-payload-bytes)" in str(
+        exception_from_blob(fail.error))

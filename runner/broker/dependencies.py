@@ -75,7 +75,9 @@ class Waiter:
 class Dependencies:
     """Every job waiting for others, by its id, and who waits for each dependency."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int = protocol.MAX_MESSAGE_BYTES // 2) -> None:
+        """``max_payload``: the largest arguments a job may have (the broker's --max-payload-bytes)."""
+        self.max_payload = max_payload
         self.waiting: dict[str, Waiter] = {}
         self.dependants: dict[str, list[str]] = {}  # dependency id -> ids of the jobs waiting for it
 
@@ -134,7 +136,11 @@ class Dependencies:
                 result = decode_result(ended.outcome, dependency)
             if isinstance(result, SubstitutionError):
                 raise result
-            job.payload = substitute(job.payload, dependency, result)
+            payload = substitute(job.payload, dependency, result)
+            if len(payload) > self.max_payload:
+                raise SubstitutionError(f"with it the job's arguments would take {len(payload)} bytes, more than "
+                                        f"the broker's limit of {self.max_payload} (runner broker --max-payload-bytes)")
+            job.payload = payload
         except SubstitutionError as exc:
             error = DependencyError.raised_here(f"job {job.id} did not run: the result of job {dependency}, "
                                                 f"which it waits for, cannot be passed to it: {exc}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from runner import protocol
 from runner.broker import journal as states
 from runner.broker.dependencies import UNKNOWN, Action, Dependencies, Ended, Fail, Release, Rewrite
-from runner.broker.scheduler import DEFERRED, Job
+from runner.broker.scheduler import Job
 from runner.broker.substitution import SubstitutionError, placeholders
 from runner.errors import error_blob
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 class AfterJobs:
     """Jobs waiting for others: held in the scheduler's ``jobs`` (state ``waiting``) and in ``dependencies``."""
 
-    def _init_after(self) -> None:
-        self.dependencies = Dependencies()
+    def _init_after(self: "JobBook") -> None:
+        self.dependencies = Dependencies(self.limits.max_payload_bytes)
         self._ended: collections.deque[tuple[str, str, bytes]] = collections.deque()
         self._settling = False
 
@@ -90,7 +90,6 @@ class AfterJobs:
             if isinstance(action, Rewrite):
                 self.journal.rewrite(job.id, job.payload, action.options)
             elif isinstance(action, Release):
-                job.state = DEFERRED  # held, ready for its queue
                 self._release(job)
             elif isinstance(action, Fail):
                 self._finish(job, states.FAILED, protocol.FAILED, action.error, now)
