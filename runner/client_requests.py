@@ -11,6 +11,7 @@ import time
 from typing import Iterator
 
 from runner import protocol
+from runner.tasks import decode_arguments
 from runner.errors import exception_from_blob
 
 FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
@@ -92,7 +93,7 @@ class ClientRequests:
         job = self._request(protocol.SHOW_JOB, {"id": job_id}, timeout)["job"]
         if job is None:
             return None
-        job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
+        job["args"], job["kwargs"] = decode_arguments(job.pop("payload"))  # a waiting job's placeholders too
         status, outcome = job.pop("status"), job.pop("outcome")
         if status == protocol.OK:
             job["result"] = protocol.unpack(outcome)

@@ -179,6 +179,12 @@ class JobResult:
     def __repr__(self) -> str:
         return f"runner.JobResult({self.job_id!r})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobResult) and other.job_id == self.job_id
+
+    def __hash__(self) -> int:
+        return hash(self.job_id)
+
 
 #: What a non-msgpack argument stands for: a JobResult (a Future of the client), a value to send
 #: instead, or a TypeError (not sendable) or ValueError (a Future of another client).
@@ -205,6 +211,14 @@ def encode_arguments(args: tuple, kwargs: dict[str, Any], refer: Referrer | None
             "limit; pass a path or key to the data instead"
         )
     return payload, waits
+
+
+def decode_arguments(payload: bytes) -> list:
+    """A job's packed ``[args, kwargs]`` as a user reads them: a placeholder shows as its JobResult."""
+    def placeholder(code: int, data: bytes) -> Any:
+        return JobResult(data.decode()) if code == protocol.RESULT_OF_EXT else msgpack.ExtType(code, data)
+
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, ext_hook=placeholder)
 
 
 class _Refused(Exception):

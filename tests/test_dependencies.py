@@ -77,6 +77,7 @@ def test_a_waiting_job_shows_as_waiting_then_runs_after_its_dependency(cluster, 
     assert command.returncode == 0, command.stderr
     assert {after.job_id, passed.job_id} <= {job["id"] for job in json.loads(command.stdout)}
     assert not after.done()
+    assert cluster.job(passed.job_id)["args"] == [runner.JobResult(first.job_id), 1]  # as `runner jobs show` shows it
     open_gate(gate)
     assert (after.result(timeout=30), passed.result(timeout=30), first.result()) == (3, 6, 5)
     assert cluster.fetch(after.job_id)["state"] == "done"
