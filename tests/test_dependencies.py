@@ -17,6 +17,7 @@ import pytest
 from cluster import Processes, wait_until
 from test_chaos import free_address
 from test_cli import run
+from test_security import key_folder, keyed_client, secure_cluster  # noqa: F401 - fixtures
 
 import dependency_tasks as tasks
 import runner
@@ -190,3 +191,17 @@ def test_a_broker_killed_in_the_middle_of_a_diamond_loses_nothing_and_runs_nothi
         assert e.result(timeout=60) == (1 + 10 + 1000) + (1 + 100)
         assert (a.result(), b.result(), c.result(), d.result()) == (1, 11, 101, 1011)
     assert sorted(os.listdir(markers)) == ["a", "b", "c", "d"]  # each ran once: a second run would have failed
+
+
+def test_with_curve_a_job_waits_only_for_jobs_of_its_own_key(secure_cluster, client_factory, key_folder):
+    _, address = secure_cluster
+    alice = keyed_client(client_factory, address, key_folder)
+    alice_again = keyed_client(client_factory, address, key_folder)  # another client, the same key
+    bob = keyed_client(client_factory, address, key_folder / "bob")
+    alice.wait_for_workers(1, timeout=30)
+    first = alice.submit("tasks:add", 1, 2)
+    assert alice_again.submit("tasks:add", runner.JobResult(first.job_id), 1).result(timeout=30) == 4
+    with pytest.raises(ValueError, match="which the broker does not know"):
+        bob.submit("tasks:add", runner.JobResult(first.job_id), 1).result(timeout=30)
+    with pytest.raises(ValueError, match="which the broker does not know"):
+        bob.submit("tasks:add", 1, 1, after=[first.job_id]).result(timeout=30)
