@@ -283,3 +283,17 @@ def test_a_result_that_would_make_the_arguments_too_large_fails_the_dependant():
     [fail] = book.ended("a", states.DONE, protocol.pack("x" * 200))
     assert "more than the broker's limit of 100 (runner broker --max-payload-bytes)" in str(
         exception_from_blob(fail.error))
+
+
+def test_a_finished_id_reused_by_a_waiting_job_is_answered_with_its_stored_outcome(broker):
+    broker = broker()
+    submit(broker, "a", 1)
+    submit(broker, "b", 2)
+    broker.turn()
+    broker.run_to_the_end("a", payload=protocol.pack("first run"))
+    broker.turn()
+    submit(broker, "a", JobResult("b"))  # the id again, without resend: it must not run over its outcome
+    [[job_id, status, blob]] = broker.turn().outcomes[A]
+    assert (job_id, status, protocol.unpack(blob)) == ("a", protocol.OK, "first run")
+    assert "a" not in broker.book.scheduler.jobs and len(broker.book.dependencies) == 0
+    assert stored(broker, "a").state == states.DONE

@@ -147,7 +147,8 @@ class JobBook(AfterJobs):
             if self.journal.add_jobs(fresh) < len(fresh):
                 self._answer_reused_ids(client, [row[0] for row in fresh])
         for job, options in waiting:
-            self._start_waiting(job, options, now)
+            if self.scheduler.jobs.get(job.id) is job:  # not answered from the journal just above
+                self._start_waiting(job, options, now)
 
     def _may_take(self, client: bytes, owner: bytes) -> bool:
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
@@ -179,7 +180,8 @@ class JobBook(AfterJobs):
         answer those with their stored outcome rather than run them again over it."""
         for job_id in job_ids:
             stored = self.journal.get(job_id)
-            if stored is not None and stored.state in states.FINAL_STATES and self.scheduler.cancel(job_id):
+            if stored is not None and stored.state in states.FINAL_STATES and (
+                    self.scheduler.cancel(job_id) or self._unhold(job_id)):
                 self.quota.remove(client)
                 if not self._may_take(client, stored.client):
                     self._refuse_taken(client, job_id)

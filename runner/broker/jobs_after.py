@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from runner import protocol
 from runner.broker import journal as states
 from runner.broker.dependencies import UNKNOWN, Action, Dependencies, Ended, Fail, Release, Rewrite
-from runner.broker.scheduler import Job
+from runner.broker.scheduler import DEFERRED, Job
 from runner.broker.substitution import SubstitutionError, placeholders
 from runner.errors import error_blob
 
@@ -58,6 +58,14 @@ class AfterJobs:
         """Hold ``job`` out of the queues (as ``scheduler.jobs`` holds it) until ``_start_waiting``."""
         self.scheduler.defer(job)
         return job
+
+    def _unhold(self: "JobBook", job_id: str) -> bool:
+        """Drop a job held by ``_hold`` that has not started waiting (its id was reused); False if none."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is None or job.state != DEFERRED or job_id in self.dependencies.waiting:
+            return False
+        del self.scheduler.jobs[job_id]
+        return True
 
     def _start_waiting(self: "JobBook", job: Job, options: dict, now: float) -> None:
         """``job`` (held) waits for ``options["after"]``, as each of them stands now."""
