@@ -85,21 +85,16 @@ class JobBook(AfterJobs):
         """Queue again every journaled job without a final outcome (after a restart), at time ``now``."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
-        waiting = []
         for job_id, client, task, pool, queue, priority, payload, options, attempts in self.journal.unfinished():
             wire = None if options == EMPTY_OPTIONS else protocol.unpack(options)
             rules = DEFAULT_RULES if wire is None else RetryRules.from_wire(wire)
             job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
-            if wire is not None and "after" in wire:
-                waiting.append((self._hold(job), wire))
-            else:
-                self.scheduler.submit(job)
+            self._queue_or_hold(job, wire)
             self.quota.add(job.client)
             count += 1
-        for job, wire in waiting:  # once every held job is back: their dependencies are among them
-            self._start_waiting(job, wire, now)
+        self._start_held(now)  # once every held job is back: their dependencies are among them
         return count
 
     # --- clients ------------------------------------------------------------------------------
@@ -110,7 +105,7 @@ class JobBook(AfterJobs):
         A job beyond the client's ``max_pending``, or with too large a payload, is answered
         at once with a LimitError outcome and not accepted.
         """
-        fresh, waiting = [], []
+        fresh = []
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
         for job_id, task, pool, queue, priority, payload, options in rows:
             if job_id in self.scheduler.jobs:
@@ -136,7 +131,7 @@ class JobBook(AfterJobs):
                 if after is None:
                     self.scheduler.submit(job)
                 else:  # starts waiting once journaled, below
-                    waiting.append((self._hold(job), options))
+                    self._queue_or_hold(job, options)
                 self.counters.submitted(job.queue, job.task)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 if self.events.wanted:
@@ -146,9 +141,7 @@ class JobBook(AfterJobs):
             self.quota.add(client, len(fresh))
             if self.journal.add_jobs(fresh) < len(fresh):
                 self._answer_reused_ids(client, [row[0] for row in fresh])
-        for job, options in waiting:
-            if self.scheduler.jobs.get(job.id) is job:  # not answered from the journal just above
-                self._start_waiting(job, options, now)
+        self._start_held(now)
 
     def _may_take(self, client: bytes, owner: bytes) -> bool:
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
@@ -241,10 +234,8 @@ class JobBook(AfterJobs):
         job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
                   client, RetryRules.from_wire(stored.options))
         self.quota.add(client)
-        if "after" in stored.options:  # waits again for what it still waited for (it may fail again at once)
-            self._start_waiting(self._hold(job), stored.options, now)
-        else:
-            self.scheduler.submit(job)
+        self._queue_or_hold(job, stored.options)  # waits again for what it still waited for, if anything
+        self._start_held(now)
         self.counters.submitted(job.queue, job.task)
         if self.events.wanted:
             self.events.emit("requeued", job)

@@ -29,6 +29,7 @@ class AfterJobs:
         self.dependencies = Dependencies(self.limits.max_payload_bytes)
         self._ended: collections.deque[tuple[str, str, bytes]] = collections.deque()
         self._settling = False
+        self._held: list[tuple[Job, dict]] = []  # held this turn, to start waiting once journaled
 
     def _refuse_dependencies(self: "JobBook", client: bytes, job_id: str, after: list[str], payload: bytes) -> bool:
         """Answer with a failed outcome, and return True, when the job's dependencies cannot be waited for."""
@@ -54,13 +55,26 @@ class AfterJobs:
         self.outbox.outcomes[client].append([job_id, protocol.FAILED, error_blob(ValueError(reason))])
         return True
 
-    def _hold(self, job: Job) -> Job:
-        """Hold ``job`` out of the queues (as ``scheduler.jobs`` holds it) until ``_start_waiting``."""
-        self.scheduler.defer(job)
-        return job
+    def _queue_or_hold(self: "JobBook", job: Job, options: dict | None) -> None:
+        """Queue ``job``, or, when it waits for other jobs, hold it (as ``scheduler.jobs`` holds
+        it, so later jobs may name it) until ``_start_held``: it must be journaled first."""
+        if options and "after" in options:
+            self.scheduler.defer(job)
+            self._held.append((job, options))
+        else:
+            self.scheduler.submit(job)
+
+    def _start_held(self: "JobBook", now: float) -> None:
+        """The jobs held since the last call start waiting, each as its dependencies stand now."""
+        if not self._held:  # most turns: every submit batch calls this
+            return
+        held, self._held = self._held, []
+        for job, options in held:
+            if self.scheduler.jobs.get(job.id) is job:  # not answered from the journal as a reused id
+                self._start_waiting(job, options, now)
 
     def _unhold(self: "JobBook", job_id: str) -> bool:
-        """Drop a job held by ``_hold`` that has not started waiting (its id was reused); False if none."""
+        """Drop a job held by ``_queue_or_hold`` that has not started waiting (its id was reused); False if none."""
         job = self.scheduler.jobs.get(job_id)
         if job is None or job.state != DEFERRED or job_id in self.dependencies.waiting:
             return False
