@@ -63,7 +63,7 @@ def test_a_malformed_payload_is_a_clear_substitution_error(payload, words):
     with pytest.raises(SubstitutionError, match=words.replace("[", r"\[").replace("]", r"\]")):
         placeholders(payload)
     with pytest.raises(SubstitutionError):
-        substitute(payload, "a", 1)
+        substitute(payload + b"a", "a", 1)  # "a" occurs in it: it is read
 
 
 def test_deep_but_valid_nesting_is_walked_without_recursion():
@@ -297,3 +297,8 @@ def test_a_finished_id_reused_by_a_waiting_job_is_answered_with_its_stored_outco
     assert (job_id, status, protocol.unpack(blob)) == ("a", protocol.OK, "first run")
     assert "a" not in broker.book.scheduler.jobs and len(broker.book.dependencies) == 0
     assert stored(broker, "a").state == states.DONE
+
+
+def test_a_payload_without_the_id_is_left_as_it_is():
+    payload = payload_of(1.5, {"k": JobResult("other")})
+    assert substitute(payload, "absent", 99) is payload

@@ -82,7 +82,13 @@ def decode_result(outcome: bytes, job_id: str) -> Any:
 
 
 def substitute(payload: bytes, job_id: str, value: Any) -> bytes:
-    """``payload`` with ``value`` wherever a placeholder names ``job_id``; SubstitutionError if it cannot be."""
+    """``payload`` with ``value`` wherever a placeholder names ``job_id``; SubstitutionError if it cannot be.
+
+    A payload in which the id's bytes do not occur holds no placeholder of it (a job waiting
+    through ``after=`` only): it is returned as it is, unread.
+    """
+    if job_id.encode() not in payload:
+        return payload
     arguments = _read_payload(payload)
 
     def replace(container: Any, key: Any, placeholder: Placeholder) -> None:
