@@ -39,15 +39,15 @@ def job(job_id: str, payload: bytes) -> Job:
 def test_placeholders_are_found_at_any_depth_and_replaced_by_the_value():
     payload = payload_of(JobResult("a"), [1, {"x": JobResult("b")}], key=[JobResult("a")])
     assert placeholders(payload) == {"a", "b"}
-    once = substitute(payload, "a", {"sum": 3})
+    once = substitute(payload, {"a": {"sum": 3}})
     assert placeholders(once) == {"b"}
-    assert arguments(substitute(once, "b", [1, 2])) == [[{"sum": 3}, [1, {"x": [1, 2]}]], {"key": [{"sum": 3}]}]
+    assert arguments(substitute(once, {"b": [1, 2]})) == [[{"sum": 3}, [1, {"x": [1, 2]}]], {"key": [{"sum": 3}]}]
 
 
 def test_other_extension_values_go_through_unchanged():
     payload = msgpack.packb([[msgpack.ExtType(7, b"raw"), msgpack.ExtType(protocol.RESULT_OF_EXT, b"a")], {}],
                             use_bin_type=True)
-    assert protocol.unpack(substitute(payload, "a", None)) == [[msgpack.ExtType(7, b"raw"), None], {}]
+    assert protocol.unpack(substitute(payload, {"a": None})) == [[msgpack.ExtType(7, b"raw"), None], {}]
 
 
 @pytest.mark.parametrize("payload, words", [
@@ -63,7 +63,7 @@ def test_a_malformed_payload_is_a_clear_substitution_error(payload, words):
     with pytest.raises(SubstitutionError, match=words.replace("[", r"\[").replace("]", r"\]")):
         placeholders(payload)
     with pytest.raises(SubstitutionError):
-        substitute(payload + b"a", "a", 1)  # "a" occurs in it: it is read
+        substitute(payload + b"a", {"a": 1})  # "a" occurs in it: it is read
 
 
 def test_deep_but_valid_nesting_is_walked_without_recursion():
@@ -72,7 +72,7 @@ def test_deep_but_valid_nesting_is_walked_without_recursion():
         value = [value]
     payload = payload_of(value)
     assert placeholders(payload) == {"a"}
-    result = arguments(substitute(payload, "a", "found"))[0][0]
+    result = arguments(substitute(payload, {"a": "found"}))[0][0]
     for _ in range(500):
         result = result[0]
     assert result == ["found"]
@@ -85,10 +85,12 @@ def test_a_job_waits_for_every_dependency_then_is_released_with_their_results():
     waiting = job("d", payload_of(JobResult("b"), JobResult("c")))
     assert book.wait(waiting, {"after": ["b", "c"], "retries": 2}, {"b": None, "c": None}) == []
     assert waiting.state == WAITING and len(book) == 1
-    [rewrite] = book.ended("b", states.DONE, protocol.pack(10))
+    assert book.ended("b", states.DONE, protocol.pack(10)) == []  # put in at the turn's flush
+    [rewrite] = book.flush()
     assert rewrite == Rewrite(waiting, {"retries": 2, "after": ["c"]})
     assert arguments(waiting.payload)[0][0] == 10
-    rewrite, release = book.ended("c", states.DONE, protocol.pack(20))
+    book.ended("c", states.DONE, protocol.pack(20))
+    rewrite, release = book.flush()
     assert rewrite == Rewrite(waiting, {"retries": 2}) and release == Release(waiting)
     assert arguments(waiting.payload) == [[10, 20], {}] and len(book) == 0
 
@@ -113,7 +115,7 @@ def test_a_failed_dependency_fails_its_dependants_with_a_dependency_error_naming
     assert (error.failed_job, error.dependency) == ("a", "a")
     assert "job b did not run: job a failed: ValueError: boom" in str(error)
     assert isinstance(error.error, ValueError) and str(error.error) == "boom"
-    assert book.ended("z", states.DONE, protocol.pack(1)) == []  # c failed already
+    assert book.ended("z", states.DONE, protocol.pack(1)) == [] and book.flush() == []  # c failed already
 
 
 def test_a_failure_passed_on_names_the_job_that_failed_first():
@@ -140,16 +142,17 @@ def test_a_result_that_cannot_be_read_fails_the_dependant_not_the_book():
     book = Dependencies()
     waiting = job("b", payload_of(JobResult("a")))
     book.wait(waiting, {"after": ["a"]}, {"a": None})
-    [fail] = book.ended("a", states.DONE, b"\xc1")
+    book.ended("a", states.DONE, b"\xc1")
+    [fail] = book.flush()
     assert fail.job is waiting
-    assert "the result of job a, which it waits for, cannot be passed to it" in str(exception_from_blob(fail.error))
+    assert "job b did not run: the result of job a, which it waits for, cannot be read" in str(exception_from_blob(fail.error))
 
 
 def test_a_cancelled_waiting_job_is_forgotten():
     book = Dependencies()
     book.wait(job("b", payload_of(JobResult("a"))), {"after": ["a"]}, {"a": None})
     book.forget("b")
-    assert book.ended("a", states.DONE, protocol.pack(1)) == [] and len(book) == 0
+    assert book.ended("a", states.DONE, protocol.pack(1)) == [] and book.flush() == [] and len(book) == 0
 
 
 # --- the JobBook's hooks, on a journal file ------------------------------------------------------
@@ -171,8 +174,9 @@ def test_a_dependant_waits_then_runs_with_the_result_journaled(broker):
     assert broker.book.scheduler.jobs["b"].state == WAITING
     assert broker.turn().accepted == {A: ["a", "b"]}
     broker.run_to_the_end("a", payload=protocol.pack(3))
-    assert broker.book.scheduler.jobs["b"].state == PENDING
+    assert broker.book.scheduler.jobs["b"].state == WAITING  # until the turn's end
     broker.turn()
+    assert broker.book.scheduler.jobs["b"].state == PENDING
     assert arguments(stored(broker, "b").payload) == [[3, 10], {}] and stored(broker, "b").options == {}
     broker.run_to_the_end("b")
     assert stored(broker, "b").state == states.DONE
@@ -280,7 +284,8 @@ def test_a_result_that_would_make_the_arguments_too_large_fails_the_dependant():
     book = Dependencies(max_payload=100)
     waiting = job("b", payload_of(JobResult("a")))
     book.wait(waiting, {"after": ["a"]}, {"a": None})
-    [fail] = book.ended("a", states.DONE, protocol.pack("x" * 200))
+    book.ended("a", states.DONE, protocol.pack("x" * 200))
+    [fail] = book.flush()
     assert "more than the broker's limit of 100 (runner broker --max-payload-bytes)" in str(
         exception_from_blob(fail.error))
 
@@ -301,4 +306,15 @@ def test_a_finished_id_reused_by_a_waiting_job_is_answered_with_its_stored_outco
 
 def test_a_payload_without_the_id_is_left_as_it_is():
     payload = payload_of(1.5, {"k": JobResult("other")})
-    assert substitute(payload, "absent", 99) is payload
+    assert substitute(payload, {"absent": 99}) is payload
+
+
+def test_results_of_one_turn_go_into_a_dependant_in_one_rewrite():
+    book = Dependencies()
+    ids = [f"g{n}" for n in range(50)]
+    waiting = job("chord", payload_of([JobResult(job_id) for job_id in ids]))
+    book.wait(waiting, {"after": ids}, dict.fromkeys(ids))
+    for number, job_id in enumerate(ids):
+        assert book.ended(job_id, states.DONE, protocol.pack(number)) == []
+    assert book.flush() == [Rewrite(waiting, {}), Release(waiting)]
+    assert arguments(waiting.payload) == [[list(range(50))], {}]

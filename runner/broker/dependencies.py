@@ -1,8 +1,9 @@
 """Jobs that wait for other jobs: which job waits for which, and what each ending decides.
 
 A plain object (sans-IO, no clock): the JobBook tells it that a job starts waiting (with
-what it knows of each dependency then) and that a job ended; it answers with actions the
-JobBook carries out:
+what it knows of each dependency then), that a job ended, and, once a turn, to put the
+results of the turn into their dependants (``flush``); it answers with actions the JobBook
+carries out:
 
 - ``Rewrite(job, options)``: the job's payload (a result substituted into it) and its
   options (the ids still awaited, in ``after``) changed: journal both, in this turn's
@@ -73,13 +74,19 @@ class Waiter:
 
 
 class Dependencies:
-    """Every job waiting for others, by its id, and who waits for each dependency."""
+    """Every job waiting for others, by its id, and who waits for each dependency.
+
+    Results of dependencies that end done are put into their dependants at ``flush`` (once a
+    turn, before the journal commits): a job waiting for many jobs that end in the same turn
+    (a group's results) has its arguments read and packed once, not once per result.
+    """
 
     def __init__(self, max_payload: int = protocol.MAX_MESSAGE_BYTES // 2) -> None:
         """``max_payload``: the largest arguments a job may have (the broker's --max-payload-bytes)."""
         self.max_payload = max_payload
         self.waiting: dict[str, Waiter] = {}
         self.dependants: dict[str, list[str]] = {}  # dependency id -> ids of the jobs waiting for it
+        self.due: dict[str, dict[str, Any]] = {}  # dependant id -> {dependency id: its result} to put in
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -90,78 +97,88 @@ class Dependencies:
         waiter = self.waiting[job.id] = Waiter(job, options, remaining)
         job.state = WAITING
         actions: list[Action] = []
+        results = {}
         for dependency in remaining:
-            if known.get(dependency) is None:
-                self.dependants.setdefault(dependency, []).append(job.id)
-        resolved = False
-        for dependency in list(remaining):
             ended = known.get(dependency)
-            if ended is not None:
-                if self._resolve(waiter, dependency, ended, actions) is None:
-                    return actions
-                resolved = True
-        if resolved:
-            self._progress(waiter, actions)
+            if ended is None:
+                self.dependants.setdefault(dependency, []).append(job.id)
+            elif ended.state != states.DONE:
+                return self._fail(waiter, dependency_error(job.id, dependency, ended), actions)
+            else:
+                results[dependency] = _read(ended.outcome, dependency)
+        if results:
+            self._apply(waiter, results, actions)
         return actions
 
     def ended(self, job_id: str, state: str, outcome: bytes) -> list[Action]:
-        """Job ``job_id`` reached a final state: what its dependants do now."""
+        """Job ``job_id`` reached a final state: its dependants fail now, or get its result at ``flush``."""
         actions: list[Action] = []
-        ended, result = Ended(state, outcome), _UNREAD
+        result = _UNREAD
         for dependant in self.dependants.pop(job_id, ()):
             waiter = self.waiting.get(dependant)
-            if waiter is None or job_id not in waiter.remaining:
+            if waiter is None:
                 continue  # failed or cancelled meanwhile
-            if state == states.DONE and result is _UNREAD:  # read once for all its dependants
-                try:
-                    result = decode_result(outcome, job_id)
-                except SubstitutionError as exc:
-                    result = exc
-            if self._resolve(waiter, job_id, ended, actions, result) is not None:
-                self._progress(waiter, actions)
+            if state != states.DONE:
+                self._fail(waiter, dependency_error(dependant, job_id, Ended(state, outcome)), actions)
+                continue
+            if result is _UNREAD:  # read once for all its dependants
+                result = _read(outcome, job_id)
+            self.due.setdefault(dependant, {})[job_id] = result
+        return actions
+
+    def flush(self) -> list[Action]:
+        """Put the results of this turn's done dependencies into their dependants."""
+        actions: list[Action] = []
+        due, self.due = self.due, {}
+        for dependant, results in due.items():
+            waiter = self.waiting.get(dependant)
+            if waiter is not None:
+                self._apply(waiter, results, actions)
         return actions
 
     def forget(self, job_id: str) -> None:
         """A waiting job was cancelled: it waits no more (its dependants hear of it through ``ended``)."""
         self.waiting.pop(job_id, None)
 
-    def _resolve(self, waiter: Waiter, dependency: str, ended: Ended, actions: list[Action],
-                 result: Any = _UNREAD) -> "Waiter | None":
-        """Take one ended dependency into ``waiter``; None when that failed the job (a Fail is in ``actions``)."""
+    def _apply(self, waiter: Waiter, results: dict[str, Any], actions: list[Action]) -> None:
+        """Put ``results`` (dependency id -> value) into the job's arguments; release it when none remain."""
         job = waiter.job
-        if ended.state != states.DONE:
-            return self._fail(waiter, dependency_error(job.id, dependency, ended), actions)
         try:
-            if result is _UNREAD:
-                result = decode_result(ended.outcome, dependency)
-            if isinstance(result, SubstitutionError):
-                raise result
-            payload = substitute(job.payload, dependency, result)
+            for result in results.values():
+                if isinstance(result, SubstitutionError):
+                    raise result
+            payload = substitute(job.payload, results)
             if len(payload) > self.max_payload:
-                raise SubstitutionError(f"with it the job's arguments would take {len(payload)} bytes, more than "
-                                        f"the broker's limit of {self.max_payload} (runner broker --max-payload-bytes)")
-            job.payload = payload
+                raise SubstitutionError(f"with the results of jobs {sorted(results)} its arguments would take "
+                                        f"{len(payload)} bytes, more than the broker's limit of {self.max_payload} "
+                                        "(runner broker --max-payload-bytes)")
         except SubstitutionError as exc:
-            error = DependencyError.raised_here(f"job {job.id} did not run: the result of job {dependency}, "
-                                                f"which it waits for, cannot be passed to it: {exc}")
-            return self._fail(waiter, error_blob(error), actions)
-        waiter.remaining.remove(dependency)
-        return waiter
-
-    def _progress(self, waiter: Waiter, actions: list[Action]) -> None:
-        """Some dependencies were resolved: journal that, and release the job once none remain."""
+            error = DependencyError.raised_here(f"job {job.id} did not run: {exc}")
+            self._fail(waiter, error_blob(error), actions)
+            return
+        job.payload = payload
+        waiter.remaining = [dependency for dependency in waiter.remaining if dependency not in results]
         options = {key: value for key, value in waiter.options.items() if key != "after"}
         if waiter.remaining:
             options["after"] = list(waiter.remaining)
-        actions.append(Rewrite(waiter.job, options))
+        actions.append(Rewrite(job, options))
         if not waiter.remaining:
-            del self.waiting[waiter.job.id]
-            actions.append(Release(waiter.job))
+            del self.waiting[job.id]
+            actions.append(Release(job))
 
-    def _fail(self, waiter: Waiter, error: bytes, actions: list[Action]) -> None:
+    def _fail(self, waiter: Waiter, error: bytes, actions: list[Action]) -> list[Action]:
         del self.waiting[waiter.job.id]
+        self.due.pop(waiter.job.id, None)
         actions.append(Fail(waiter.job, error))
-        return None
+        return actions
+
+
+def _read(outcome: bytes, job_id: str) -> Any:
+    """A done job's result, or the SubstitutionError saying why it cannot be read."""
+    try:
+        return decode_result(outcome, job_id)
+    except SubstitutionError as exc:
+        return exc
 
 
 def dependency_error(job_id: str, dependency: str, ended: Ended) -> bytes:

@@ -385,6 +385,7 @@ class JobBook(AfterJobs):
         """Leases for workers with credit, plus everything decided this turn; resets the outbox.
 
         ``now`` stamps each leased job's lease time (for the run-time and queue-wait metrics)."""
+        self._flush_dependencies(now)
         self.outbox.leases = self.scheduler.dispatch()
         if now is not None:
             for _worker, jobs in self.outbox.leases:

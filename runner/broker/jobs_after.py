@@ -106,6 +106,11 @@ class AfterJobs:
         finally:
             self._settling = False
 
+    def _flush_dependencies(self: "JobBook", now: float | None) -> None:
+        """At the end of a turn, before leases and the commit: this turn's results go into their dependants."""
+        if self.dependencies.due:
+            self._carry_out(self.dependencies.flush(), now or 0.0)
+
     def _carry_out(self: "JobBook", actions: list[Action], now: float) -> None:
         for action in actions:
             job = action.job

@@ -78,29 +78,29 @@ def decode_result(outcome: bytes, job_id: str) -> Any:
     try:
         return protocol.unpack(outcome)
     except Exception as exc:
-        raise SubstitutionError(f"the result of job {job_id} cannot be read: {exc}") from None
+        raise SubstitutionError(f"the result of job {job_id}, which it waits for, cannot be read: {exc}") from None
 
 
-def substitute(payload: bytes, job_id: str, value: Any) -> bytes:
-    """``payload`` with ``value`` wherever a placeholder names ``job_id``; SubstitutionError if it cannot be.
+def substitute(payload: bytes, results: dict[str, Any]) -> bytes:
+    """``payload`` with each value of ``results`` (job id -> value) wherever a placeholder names
+    that job; SubstitutionError if it cannot be.
 
-    A payload in which the id's bytes do not occur holds no placeholder of it (a job waiting
+    A payload in which none of the ids' bytes occur holds no placeholder of them (a job waiting
     through ``after=`` only): it is returned as it is, unread.
     """
-    if job_id.encode() not in payload:
+    if not any(job_id.encode() in payload for job_id in results):
         return payload
     arguments = _read_payload(payload)
 
     def replace(container: Any, key: Any, placeholder: Placeholder) -> None:
-        if placeholder.job_id == job_id:
-            container[key] = value
+        if placeholder.job_id in results:
+            container[key] = results[placeholder.job_id]
 
     _visit(arguments, replace)
     try:
         return msgpack.packb(arguments, use_bin_type=True, default=_pack_placeholder)
     except Exception as exc:
-        raise SubstitutionError(f"the job's arguments cannot be packed again with the result of job {job_id}: "
-                                f"{exc}") from None
+        raise SubstitutionError(f"the job's arguments cannot be packed again with the results: {exc}") from None
 
 
 def _pack_placeholder(value: Any) -> Any:
