@@ -318,3 +318,15 @@ def test_results_of_one_turn_go_into_a_dependant_in_one_rewrite():
         assert book.ended(job_id, states.DONE, protocol.pack(number)) == []
     assert book.flush() == [Rewrite(waiting, {}), Release(waiting)]
     assert arguments(waiting.payload) == [[list(range(50))], {}]
+
+
+def test_a_malformed_payload_of_a_waiting_job_is_refused_at_submit(broker):
+    broker = broker()
+    submit(broker, "a", 1)
+    broker.book.submit(A, [["b", "tasks:add", "thread", "default", 0, b"\xc1", {"after": ["a"]}]], False, 1.0)
+    outbox = broker.turn()
+    assert outbox.accepted == {A: ["a"]}
+    [[_, status, blob]] = outbox.outcomes[A]
+    error = exception_from_blob(blob)
+    assert status == protocol.FAILED and isinstance(error, ValueError)
+    assert "job b waits for other jobs, but the job's arguments are not valid msgpack" in str(error)
