@@ -385,7 +385,7 @@ def _request_for_job(body: dict) -> None:
 
 
 #: States a job listing may ask for, and how many jobs it may ask for at most.
-LISTED_STATES = ("pending", "running", "done", "failed", "dead", "cancelled", "waiting")
+LISTED_STATES = ("pending", "running", "waiting", "done", "failed", "dead", "cancelled")
 LIST_MAX = 1000
 
 
