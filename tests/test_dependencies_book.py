@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from test_jobbook_edges import Broker, broker  # noqa: F401 - the fixture
+from test_jobbook_edges import Broker
 
 from runner import protocol
 from runner.broker import journal as states
@@ -157,6 +157,20 @@ def test_a_cancelled_waiting_job_is_forgotten():
 
 # --- the JobBook's hooks, on a journal file ------------------------------------------------------
 
+@pytest.fixture
+def made(tmp_path):
+    """Make the one JobBook of a test (``same_owner`` as the server passes it), on a journal file."""
+    books = []
+
+    def make(same_owner=None) -> Broker:
+        books.append(Broker(str(tmp_path / "journal.db"), same_owner=same_owner))
+        return books[-1]
+
+    yield make
+    for each in books:
+        each.journal._db.close()
+
+
 def submit(broker: Broker, job_id: str, *args, after=None, client=A, **kwargs) -> None:
     payload, waits = encode_arguments(args, kwargs)
     options = {"after": list(dict.fromkeys([*waits, *(after or [])]))} if waits or after else {}
@@ -167,8 +181,8 @@ def stored(broker: Broker, job_id: str):
     return broker.journal.get(job_id)
 
 
-def test_a_dependant_waits_then_runs_with_the_result_journaled(broker):
-    broker = broker()
+def test_a_dependant_waits_then_runs_with_the_result_journaled(made):
+    broker = made()
     submit(broker, "a", 1, 2)
     submit(broker, "b", JobResult("a"), 10)
     assert broker.book.scheduler.jobs["b"].state == WAITING
@@ -182,8 +196,8 @@ def test_a_dependant_waits_then_runs_with_the_result_journaled(broker):
     assert stored(broker, "b").state == states.DONE
 
 
-def test_unknown_or_foreign_dependencies_are_refused_and_not_accepted(broker):
-    broker = broker(same_owner=lambda peer, owner: False)
+def test_unknown_or_foreign_dependencies_are_refused_and_not_accepted(made):
+    broker = made(same_owner=lambda peer, owner: False)
     submit(broker, "a", 1)
     submit(broker, "b", JobResult("nothing"))
     submit(broker, "c", 1, after=["a"], client=B)  # another key's job
@@ -196,8 +210,8 @@ def test_unknown_or_foreign_dependencies_are_refused_and_not_accepted(broker):
     assert stored(broker, "b") is None and stored(broker, "c") is None
 
 
-def test_a_placeholder_not_named_in_after_is_refused(broker):
-    broker = broker()
+def test_a_placeholder_not_named_in_after_is_refused(made):
+    broker = made()
     submit(broker, "a", 1)
     payload = payload_of(JobResult("a"), JobResult("elsewhere"))
     broker.book.submit(A, [["b", "tasks:add", "thread", "default", 0, payload, {"after": ["a"]}]], False, 1.0)
@@ -205,8 +219,8 @@ def test_a_placeholder_not_named_in_after_is_refused(broker):
     assert "placeholders of jobs ['elsewhere'] that are not in its 'after' option" in str(exception_from_blob(blob))
 
 
-def test_a_finished_dependency_in_the_journal_is_used_at_once(broker):
-    broker = broker()
+def test_a_finished_dependency_in_the_journal_is_used_at_once(made):
+    broker = made()
     submit(broker, "a", 1)
     broker.turn()
     broker.run_to_the_end("a", payload=protocol.pack(7))
@@ -215,8 +229,8 @@ def test_a_finished_dependency_in_the_journal_is_used_at_once(broker):
     assert broker.book.scheduler.jobs["b"].state == PENDING and arguments(stored(broker, "b").payload)[0] == [7]
 
 
-def test_cancelling_a_waiting_job_fails_its_dependants_and_not_others(broker):
-    broker = broker()
+def test_cancelling_a_waiting_job_fails_its_dependants_and_not_others(made):
+    broker = made()
     submit(broker, "a", 1)
     submit(broker, "b", JobResult("a"))
     submit(broker, "c", JobResult("b"))
@@ -228,8 +242,8 @@ def test_cancelling_a_waiting_job_fails_its_dependants_and_not_others(broker):
     assert set(outcomes) == {"b", "c"} and broker.book.scheduler.jobs["other"].state == WAITING
 
 
-def test_a_long_chain_fails_down_to_its_end_without_recursion(broker):
-    broker = broker()
+def test_a_long_chain_fails_down_to_its_end_without_recursion(made):
+    broker = made()
     submit(broker, "j0", 1)
     for index in range(1, 3000):
         submit(broker, f"j{index}", JobResult(f"j{index - 1}"))
@@ -241,8 +255,8 @@ def test_a_long_chain_fails_down_to_its_end_without_recursion(broker):
     assert (last.failed_job, last.dependency) == ("j0", "j2998")
 
 
-def test_a_restart_resumes_waiting_jobs_from_the_journal(broker):
-    broker = broker()
+def test_a_restart_resumes_waiting_jobs_from_the_journal(made):
+    broker = made()
     submit(broker, "a", 1)
     submit(broker, "b", 2)
     submit(broker, "d", JobResult("a"), JobResult("b"))
@@ -264,8 +278,8 @@ def test_a_restart_resumes_waiting_jobs_from_the_journal(broker):
     assert arguments(stored(broker, "d").payload) == [["A", "B"], {}]
 
 
-def test_a_requeued_dependant_waits_again_and_fails_again_while_its_dependency_is_failed(broker):
-    broker = broker()
+def test_a_requeued_dependant_waits_again_and_fails_again_while_its_dependency_is_failed(made):
+    broker = made()
     submit(broker, "a", 1)
     submit(broker, "b", JobResult("a"))
     broker.turn()
@@ -290,8 +304,8 @@ def test_a_result_that_would_make_the_arguments_too_large_fails_the_dependant():
         exception_from_blob(fail.error))
 
 
-def test_a_finished_id_reused_by_a_waiting_job_is_answered_with_its_stored_outcome(broker):
-    broker = broker()
+def test_a_finished_id_reused_by_a_waiting_job_is_answered_with_its_stored_outcome(made):
+    broker = made()
     submit(broker, "a", 1)
     submit(broker, "b", 2)
     broker.turn()
@@ -320,8 +334,8 @@ def test_results_of_one_turn_go_into_a_dependant_in_one_rewrite():
     assert arguments(waiting.payload) == [[list(range(50))], {}]
 
 
-def test_a_malformed_payload_of_a_waiting_job_is_refused_at_submit(broker):
-    broker = broker()
+def test_a_malformed_payload_of_a_waiting_job_is_refused_at_submit(made):
+    broker = made()
     submit(broker, "a", 1)
     broker.book.submit(A, [["b", "tasks:add", "thread", "default", 0, b"\xc1", {"after": ["a"]}]], False, 1.0)
     outbox = broker.turn()
