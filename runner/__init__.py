@@ -9,14 +9,16 @@ from loguru import logger
 
 from runner.aio import AsyncClient, AsyncJobFuture
 from runner.client import Client, JobFuture
+from runner.compose import GroupFuture, chain, group
 from runner.current import get_client
 from runner.executor import ClusterExecutor
-from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, LimitError,
+from runner.errors import (AuthenticationError, BackpressureError, BrokerUnreachable, ClientClosed, ClusterGone, DependencyError,
+                           LimitError,
                            PayloadTooLargeError, RemoteTraceback, TaskError, TaskNotAllowedError, TaskTimeoutError,
                            WorkerLostError, WorkerPoolError)
 from runner.local import LocalCluster
 from runner.sync import Event, Lock, Queue, Semaphore
-from runner.tasks import Task, task
+from runner.tasks import JobResult, Task, task
 
 __all__ = [
     "AsyncClient",
@@ -28,12 +30,17 @@ __all__ = [
     "ClientClosed",
     "ClusterExecutor",
     "ClusterGone",
+    "DependencyError",
     "Event",
+    "GroupFuture",
     "JobFuture",
+    "JobResult",
     "Lock",
     "Queue",
     "Semaphore",
+    "chain",
     "get_client",
+    "group",
     "LimitError",
     "LocalCluster",
     "PayloadTooLargeError",

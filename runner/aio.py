@@ -41,7 +41,8 @@ from runner.errors import AuthenticationError, BackpressureError, BrokerUnreacha
 from runner.ids import JobIds
 from runner.keys import peer_identity
 from runner.outgoing import Acknowledger, JobSender
-from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
+from runner.after import after_ids, referrer, with_after
+from runner.tasks import NO_WAITS, OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 from runner.transport import check_address
 
 log = logger.bind(component="aio")
@@ -84,6 +85,7 @@ class AsyncClient(AsyncClientRequests, AsyncClientSchedules):
             self._curve = load_peer_keys(curve_keys, CLIENT)
         self.identity = peer_identity(b"c-", self._curve and self._curve.public_text, uuid.uuid4().hex)
         self._job_ids = JobIds()
+        self._refer = referrer(self)  # what a Future passed as an argument sends (runner/after.py)
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, asyncio.Future] = {}  # job id -> its future, until its outcome
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
@@ -203,10 +205,12 @@ class AsyncClient(AsyncClientRequests, AsyncClientSchedules):
         choose how the job runs; a bad one raises ValueError, an unsendable argument TypeError.
         """
         overrides = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
+        after = kwargs.pop("after", None)
         reference, defaults = resolve_task(fn)
         options = defaults.merged(overrides)
+        after = NO_WAITS if after is None else after_ids(self._refer, after)
         future = AsyncJobFuture(self, self._job_ids.next())
-        self._enqueue(reference, options, args, kwargs, future, self.block)
+        self._enqueue(reference, options, args, kwargs, future, self.block, after)
         return future
 
     def map(self, fn: Callable[..., Any] | str | Task, *iterables: Iterable[Any], timeout: float | None = None,
@@ -251,7 +255,7 @@ class AsyncClient(AsyncClientRequests, AsyncClientSchedules):
             self._abandon([job_id for _, job_id, _ in window])
 
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
-                 future: asyncio.Future, block: bool) -> str:
+                 future: asyncio.Future, block: bool, after: list[str] = NO_WAITS) -> str:
         """Send one job (in the next batch), or hold it here until the broker's max_pending makes room."""
         if self._refusal is not None:
             raise self._refusal()
@@ -260,13 +264,16 @@ class AsyncClient(AsyncClientRequests, AsyncClientSchedules):
             raise BackpressureError.raised_here(
                 f"this client has {len(self._futures)} unfinished jobs, the broker's limit (runner broker "
                 "--max-pending); await some first, or create the AsyncClient with block=True")
-        payload = encode_arguments(args, kwargs)
+        payload, results_of = encode_arguments(args, kwargs, self._refer)
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLargeError.raised_here(
                 f"the job's arguments take {len(payload)} bytes, more than the broker's limit of "
                 f"{self.max_payload_bytes} (runner broker --max-payload-bytes); pass a path or key to the data instead")
         job_id = getattr(future, "job_id", None) or self._job_ids.next()
-        row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
+        wire = options.wire_options()
+        if results_of or after:  # it waits for other jobs
+            wire = with_after(wire, results_of, after)
+        row = [job_id, reference, options.pool, options.queue, options.priority, payload, wire]
         if waits:
             self._backlog.append((row, future))
         else:

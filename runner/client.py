@@ -34,7 +34,8 @@ from runner.mapping import MapCall, decode_outcome
 from runner.loop import EventLoop
 from runner.outgoing import Acknowledger, JobSender
 from runner.transport import check_address
-from runner.tasks import OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
+from runner.after import after_ids, referrer, with_after
+from runner.tasks import NO_WAITS, OPTION_NAMES, JobOptions, Task, encode_arguments, resolve_task
 
 if TYPE_CHECKING:
     from runner.executor import ClusterExecutor
@@ -97,6 +98,7 @@ class Client(ClientRequests, ClientSchedules):
             curve = load_peer_keys(curve_keys, CLIENT)
         self.identity = peer_identity(b"c-", curve and curve.public_text, uuid.uuid4().hex)
         self._job_ids = JobIds()
+        self._refer = referrer(self)  # what a Future passed as an argument sends (runner/after.py)
         self._request_numbers = itertools.count(1)
         self._futures: dict[str, Future | tuple[MapCall, int]] = {}  # job id -> who waits for it
         self._unresolved: dict[str, list] = {}  # job id -> submit row, resent after re-registration
@@ -151,8 +153,10 @@ class Client(ClientRequests, ClientSchedules):
         (an aware datetime) hold it in the broker until then (runner/due.py).
         """
         overrides = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
+        after = kwargs.pop("after", None)
         reference, defaults = resolve_task(fn)
-        return self._submit(reference, defaults.merged(overrides), args, kwargs)
+        after = NO_WAITS if after is None else after_ids(self._refer, after)
+        return self._submit(reference, defaults.merged(overrides), args, kwargs, after)
 
     def map(self, fn: Callable[..., Any] | str | Task, *iterables: Iterable[Any], timeout: float | None = None,
             progress: bool = False, **options: Any) -> Iterator[Any]:
@@ -212,24 +216,29 @@ class Client(ClientRequests, ClientSchedules):
 
         return ClusterExecutor(self, JobOptions().merged(submit_defaults))
 
-    def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any]) -> Future:
+    def _submit(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
+                after: list[str] = NO_WAITS) -> Future:
         job_id = self._job_ids.next()
         future = JobFuture(self, job_id)
-        self._enqueue(reference, options, args, kwargs, future, job_id)
+        self._enqueue(reference, options, args, kwargs, future, job_id, after=after)
         return future
 
     def _enqueue(self, reference: str, options: JobOptions, args: tuple, kwargs: dict[str, Any],
-                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None, block: bool | None = None) -> str:
+                 waiter: "Future | tuple[MapCall, int]", job_id: str | None = None, block: bool | None = None,
+                 after: list[str] = NO_WAITS) -> str:
         """Queue one job to send: now from this thread (a lone job, a full batch), else by the I/O thread."""
         if len(self._futures) >= self.max_pending:
             self._wait_for_room(self.block if block is None else block)
-        payload = encode_arguments(args, kwargs)
+        payload, waits = encode_arguments(args, kwargs, self._refer)
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLargeError.raised_here(
                 f"the job's arguments take {len(payload)} bytes, more than the broker's limit of "
                 f"{self.max_payload_bytes} (runner broker --max-payload-bytes); pass a path or key to the data instead")
         job_id = job_id or self._job_ids.next()
-        row = [job_id, reference, options.pool, options.queue, options.priority, payload, options.wire_options()]
+        wire = options.wire_options()
+        if waits or after:  # it waits for other jobs
+            wire = with_after(wire, waits, after)
+        row = [job_id, reference, options.pool, options.queue, options.priority, payload, wire]
         self._futures[job_id] = waiter
         if self._refusal is not None:  # checked after the insert, so a concurrent _fail_waiters cannot miss it
             self._futures.pop(job_id, None)

@@ -11,11 +11,12 @@ import time
 from typing import Iterator
 
 from runner import protocol
+from runner.tasks import decode_arguments
 from runner.errors import exception_from_blob
 
 FETCH_PAUSE = 0.05  # first pause of fetch(wait=...) between asks; it doubles up to FETCH_PAUSE_MAX
 FETCH_PAUSE_MAX = 1.0
-UNFINISHED = ("pending", "running", "scheduled")  # states fetch(wait=...) keeps asking about
+UNFINISHED = ("pending", "running", "scheduled", "waiting")  # states fetch(wait=...) keeps asking about
 EVENTS_WAIT = 1.0  # seconds one events poll waits at the broker for events
 
 
@@ -49,9 +50,9 @@ class ClientRequests:
         """What the broker knows of a job by id: ``state`` and, when final, its outcome.
 
         ``state`` is pending, running, scheduled (delayed, not yet due: with ``due``, epoch
-        seconds), done, failed, dead, cancelled or unknown; a final state comes with ``result``
-        (done) or ``error`` (the exception). ``wait``: seconds to keep asking while the job is
-        pending, scheduled or running (for a job another client submitted, whose outcome is not sent here).
+        seconds), waiting (for other jobs), done, failed, dead, cancelled or unknown; a final state
+        comes with ``result`` (done) or ``error`` (the exception). ``wait``: seconds to keep asking
+        while the job is not final (for a job another client submitted, whose outcome is not sent here).
         """
         deadline = time.monotonic() + wait
         pause = FETCH_PAUSE
@@ -73,7 +74,7 @@ class ClientRequests:
              timeout: float | None = None) -> list[dict]:
         """Jobs newest first: id, task, queue, state, attempts, worker and ``created`` (epoch s).
 
-        ``state`` is pending, running, scheduled (with ``due``), done, failed, dead or cancelled; ``limit`` at most
+        ``state`` is pending, running, scheduled (with ``due``), waiting, done, failed, dead or cancelled; ``limit`` at most
         1000. The broker looks through its newest 50,000 held and 50,000 finished jobs
         at most (runner/broker/listing.py). With CURVE on, a key sees its own jobs; an admin all.
         """
@@ -148,7 +149,7 @@ def job_view(answer: dict) -> dict | None:
     job = answer["job"]
     if job is None:
         return None
-    job["args"], job["kwargs"] = protocol.unpack(job.pop("payload"))
+    job["args"], job["kwargs"] = decode_arguments(job.pop("payload"))  # a waiting job's placeholders too
     status, outcome = job.pop("status"), job.pop("outcome")
     if status == protocol.OK:
         job["result"] = protocol.unpack(outcome)

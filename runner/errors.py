@@ -101,9 +101,34 @@ class PayloadTooLargeError(LimitError, ValueError):
     """A job's packed arguments exceed the broker's ``--max-payload-bytes`` (a ValueError, as before)."""
 
 
+class DependencyError(TaskError):
+    """A job this job waited for (an argument Future, ``after=``) failed, died or was cancelled.
+
+    ``failed_job`` is the id of the job that failed (the first one, when the failure came
+    through a chain of dependencies), ``error`` its exception (None if it was cancelled), and
+    ``dependency`` the id of the job this one waited for through which the failure came.
+    The job itself never ran.
+    """
+
+    failed_job: str = ""
+    dependency: str = ""
+    _error_blob: bytes = b""
+
+    @property
+    def error(self) -> BaseException | None:
+        """The failed job's exception, rebuilt as its own future raises it; None if it was cancelled."""
+        return exception_from_blob(self._error_blob) if self._error_blob else None
+
+    def _fill(self, fields: dict) -> None:
+        self.failed_job = str(fields.get("failed_job", ""))
+        self.dependency = str(fields.get("dependency", ""))
+        blob = fields.get("error")
+        self._error_blob = blob if isinstance(blob, bytes) else b""
+
+
 _RUNNER_ERRORS = {kind.__name__: kind for kind in (TaskTimeoutError, WorkerLostError, WorkerPoolError,
                                                     TaskNotAllowedError, LimitError, BackpressureError,
-                                                    PayloadTooLargeError)}
+                                                    PayloadTooLargeError, DependencyError)}
 
 
 class RemoteTraceback(Exception):
@@ -132,6 +157,8 @@ def exception_from_blob(blob: bytes) -> BaseException:
         exception = kind(type_name, module, message, remote_traceback, attempts)
     else:
         exception.attempts = attempts  # type: ignore[attr-defined]
+    if isinstance(exception, DependencyError):
+        exception._fill(error)
     exception.__cause__ = RemoteTraceback(remote_traceback)
     return exception
 

@@ -85,7 +85,13 @@ SYNC_OPS = ("acquire", "release", "locked", "event_set", "event_clear", "event_i
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
 # Per-job options in a submit row; all optional, absent means the default.
-JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts", "delay", "due")
+JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts", "delay", "due", "after")
+
+#: msgpack extension type of a placeholder in a job's arguments: the result of the job whose id
+#: is its data (UTF-8). The broker puts the result there before the job runs (docs/protocol.md).
+RESULT_OF_EXT = 1
+#: Jobs one job may wait for (its "after" option).
+MAX_AFTER = 10_000
 
 ROLES = ("client", "worker")
 
@@ -245,6 +251,8 @@ def check_job_options(options: Any) -> None:
         _integer(options["max_attempts"], "max_attempts", 1, 1000)
     if "delay" in options or "due" in options:
         _check_due(options)
+    if "after" in options:
+        _check_after(options["after"])
 
 
 def _check_due(options: dict) -> None:
@@ -255,6 +263,14 @@ def _check_due(options: dict) -> None:
         _number(options["delay"], "delay", 0, MAX_DELAY)
     else:
         _number(options["due"], "due", 0, MAX_DUE)
+
+
+def _check_after(after: Any) -> None:
+    """The ids of the jobs a job waits for (see runner/broker/dependencies.py)."""
+    if not isinstance(after, list) or not after or len(after) > MAX_AFTER:
+        raise ProtocolError(f"after must be a list of 1 to {MAX_AFTER} job ids, got {_show(after)}")
+    for job_id in after:
+        _name(job_id, "job id in after")
 
 
 # Job rows: [job_id, task, pool, queue, priority, payload, options]
@@ -385,7 +401,7 @@ def _request_for_job(body: dict) -> None:
 
 
 #: States a job listing may ask for, and how many jobs it may ask for at most.
-LISTED_STATES = ("pending", "running", "scheduled", "done", "failed", "dead", "cancelled")
+LISTED_STATES = ("pending", "running", "scheduled", "waiting", "done", "failed", "dead", "cancelled")
 LIST_MAX = 1000
 
 

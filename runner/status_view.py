@@ -79,6 +79,8 @@ def _totals(snapshot: dict[str, Any]) -> Text:
     line = (f"jobs: pending {jobs['pending']}  running {jobs['running']}  retrying {jobs['retrying']}  "
             f"scheduled {jobs.get('scheduled', 0)}  "
             f"done {jobs['done']}  failed {jobs['failed']}  dead {jobs['dead']}  cancelled {jobs['cancelled']}")
+    if "waiting" in jobs:  # waiting for other jobs (absent from older brokers)
+        line += f"  waiting {jobs['waiting']}"
     if rates:
         line += (f"\nlast {rates['window']}s: {rates['completed']:.1f} completed/s  "
                  f"{rates['failed']:.1f} failed/s")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Callable
 
+import msgpack
+
 from runner import protocol
 from runner.broker.retry import DEFAULT_MAX_ATTEMPTS
 from runner.due import check_due, one_due_time
@@ -175,29 +177,102 @@ def _main_module_name(function: Callable[..., Any]) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def encode_arguments(args: tuple, kwargs: dict[str, Any]) -> bytes:
-    """Pack arguments as msgpack; a TypeError names the argument that cannot be sent."""
+class JobResult:
+    """The result of job ``job_id``, as an argument of another job: that job waits for it.
+
+    ``client.submit(fn, runner.JobResult(job_id))`` is what passing the job's Future does, for a
+    job known only by its id (another process's, ``runner jobs``). The broker puts the result
+    in its place when that job is done; a bare string argument stays a string.
+    """
+
+    __slots__ = ("job_id",)
+
+    def __init__(self, job_id: str) -> None:
+        if not isinstance(job_id, str) or not job_id or len(job_id) > protocol.MAX_NAME:
+            raise ValueError(f"JobResult takes a job id (a non-empty string of at most {protocol.MAX_NAME} "
+                             f"characters), got {job_id!r}")
+        self.job_id = job_id
+
+    def __repr__(self) -> str:
+        return f"runner.JobResult({self.job_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobResult) and other.job_id == self.job_id
+
+    def __hash__(self) -> int:
+        return hash(self.job_id)
+
+
+#: What a non-msgpack argument stands for: a JobResult (a Future of the client), a value to send
+#: instead, or a TypeError (not sendable) or ValueError (a Future of another client).
+Referrer = Callable[[Any], Any]
+NO_WAITS: list[str] = []  # shared by every job that waits for none; never changed
+
+
+def encode_arguments(args: tuple, kwargs: dict[str, Any], refer: Referrer | None = None) -> tuple[bytes, list[str]]:
+    """Pack arguments as msgpack; a TypeError names the argument that cannot be sent.
+
+    Returns the payload and the ids of the jobs whose results it holds placeholders for:
+    a ``JobResult``, or anything ``refer`` turns into a job id (a client's Futures), at any
+    depth. Plain arguments never reach that path: msgpack calls it only for what it cannot pack.
+    """
     try:
         payload = protocol.pack([args, kwargs])
+        waits = NO_WAITS
     except (TypeError, ValueError, OverflowError):
-        _raise_for_unsendable(args, kwargs)
-        raise
+        waits = []
+        payload = _pack_with_placeholders(args, kwargs, refer, waits)
     if len(payload) > protocol.MAX_MESSAGE_BYTES // 2:
         raise ValueError(
             f"the job's arguments take {len(payload)} bytes, more than the {protocol.MAX_MESSAGE_BYTES // 2} byte "
             "limit; pass a path or key to the data instead"
         )
-    return payload
+    return payload, waits
 
 
-def _raise_for_unsendable(args: tuple, kwargs: dict[str, Any]) -> None:
+def decode_arguments(payload: bytes) -> list:
+    """A job's packed ``[args, kwargs]`` as a user reads them: a placeholder shows as its JobResult."""
+    def placeholder(code: int, data: bytes) -> Any:
+        return JobResult(data.decode()) if code == protocol.RESULT_OF_EXT else msgpack.ExtType(code, data)
+
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, ext_hook=placeholder)
+
+
+class _Refused(Exception):
+    """Carries an error of ``refer`` (a Future of another client) through msgpack, unchanged."""
+
+
+def _pack_with_placeholders(args: tuple, kwargs: dict[str, Any], refer: Referrer | None, waits: list[str]) -> bytes:
+    def default(value: Any) -> Any:
+        if refer is not None and not isinstance(value, JobResult):
+            try:
+                value = refer(value)
+            except ValueError as exc:
+                raise _Refused(exc) from None
+            if not isinstance(value, JobResult):  # a finished Future's value, or a group's Futures
+                return value
+        if not isinstance(value, JobResult):
+            raise TypeError(f"cannot serialize {type(value).__name__!r} object")
+        waits.append(value.job_id)
+        return msgpack.ExtType(protocol.RESULT_OF_EXT, value.job_id.encode())
+
+    try:
+        return msgpack.packb([args, kwargs], use_bin_type=True, default=default)
+    except _Refused as refused:
+        raise refused.args[0] from None
+    except (TypeError, ValueError, OverflowError):
+        _raise_for_unsendable(args, kwargs, default)
+        raise
+
+
+def _raise_for_unsendable(args: tuple, kwargs: dict[str, Any], default: Callable[[Any], Any]) -> None:
     named = [(f"positional argument {index}", value) for index, value in enumerate(args)]
     named += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
     for label, value in named:
         try:
-            protocol.pack(value)
+            msgpack.packb(value, use_bin_type=True, default=default)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(
                 f"{label} is a {type(value).__name__}, which runner cannot send ({exc}); "
-                f"arguments must be msgpack types: {SENDABLE}"
+                f"arguments must be msgpack types: {SENDABLE} (or a Future of this client)"
             ) from None

@@ -29,6 +29,8 @@ from runner.errors import BackpressureError, PayloadTooLargeError, WorkerLostErr
 from runner.broker.limits import ClientQuota, Limits
 from runner.broker.counters import Counters
 from runner.broker.events import EventHub
+from runner.broker.dependencies import WAITING
+from runner.broker.jobs_after import AfterJobs
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, SCHEDULED, Job, Scheduler
@@ -51,7 +53,7 @@ class Outbox:
     leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
 
 
-class JobBook:
+class JobBook(AfterJobs):
     """Every job the broker holds, and every decision about it."""
 
     def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None,
@@ -73,29 +75,26 @@ class JobBook:
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
         self._lost_runs: dict[bytes, dict[str, int]] = {}
+        self._init_after()
 
     # --- start-up ---------------------------------------------------------------------------
 
     def restore(self, now: float) -> int:
         """Queue again every journaled job without a final outcome (after a restart); a delayed job,
         or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
-        queued now."""
+        queued now; a job waiting for others waits again, as its dependencies stand."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
         for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
-            rules = DEFAULT_RULES if options == EMPTY_OPTIONS else RetryRules.from_wire(protocol.unpack(options))
+            wire = None if options == EMPTY_OPTIONS else protocol.unpack(options)
+            rules = DEFAULT_RULES if wire is None else RetryRules.from_wire(wire)
             job = Job(job_id, shared.setdefault(task, task), shared.setdefault(pool, pool),
                       shared.setdefault(queue, queue), priority, payload, shared.setdefault(client, client), rules)
             job.attempt = attempts
-            if due is None or due <= now:
-                self.scheduler.submit(job)
-            elif attempts:  # a retry waiting out its backoff
-                self.scheduler.defer(job)
-                self.timers.add(job, due)
-            else:
-                self._hold_until(job, due)
+            self._place(job, wire, due, now)
             self.quota.add(job.client)
             count += 1
+        self._start_held(now)  # once every held job is back: their dependencies are among them
         return count
 
     # --- clients ------------------------------------------------------------------------------
@@ -121,18 +120,21 @@ class JobBook:
                 self._refuse(client, job_id, room, len(payload))
                 continue
             else:
+                after = options.get("after")
+                if after is not None and self._refuse_dependencies(client, job_id, after, payload):
+                    continue
                 room -= 1
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
                           RetryRules.from_wire(options))
                 job.accepted = now
-                due = due_time(options, now) if options else None
-                if due is None or due <= now:
+                if not options:
                     self.scheduler.submit(job)
-                else:
-                    self._hold_until(job, due)
-                if due is not None:
-                    delayed.append((due, job_id))
+                else:  # delayed, or waiting for other jobs (starts waiting once journaled, below)
+                    due = due_time(options, now)
+                    self._place(job, options, due, now)
+                    if due is not None:
+                        delayed.append((due, job_id))
                 self.counters.submitted(job.queue, job.task)
                 fresh.append((job_id, client, task, pool, queue, priority, payload, options))
                 if self.events.wanted:
@@ -144,6 +146,22 @@ class JobBook:
                 self._answer_reused_ids(client, [row[0] for row in fresh])
             if delayed:
                 self.journal.set_due(delayed)
+        self._start_held(now)
+
+    def _place(self, job: Job, options: dict | None, due: float | None, now: float) -> None:
+        """Queue a new or restored job, or hold it: for the jobs it waits for (``after``; its due
+        time, if any, counts once they are done), or until its due time (with attempts spent: a
+        retry waiting out its backoff, as a restart finds it)."""
+        if options and "after" in options:
+            job.due = due  # not in the timers while it waits: _release puts it there
+            self._queue_or_hold(job, options)
+        elif due is None or due <= now:
+            self.scheduler.submit(job)
+        elif job.attempt:
+            self.scheduler.defer(job)
+            self.timers.add(job, due)
+        else:
+            self._hold_until(job, due)
 
     def create(self, client: bytes, row: list, now: float) -> bool:
         """A job the broker makes itself (a schedule's tick), owned by ``client``; False if its id exists.
@@ -194,7 +212,8 @@ class JobBook:
         answer those with their stored outcome rather than run them again over it."""
         for job_id in job_ids:
             stored = self.journal.get(job_id)
-            if stored is not None and stored.state in states.FINAL_STATES and self._withdraw(job_id):
+            if stored is not None and stored.state in states.FINAL_STATES and (
+                    self._withdraw(job_id) or self._unhold(job_id)):
                 self.quota.remove(client)
                 if not self._may_take(client, stored.client):
                     self._refuse_taken(client, job_id)
@@ -234,6 +253,8 @@ class JobBook:
             self.scheduler.cancel(job_id)
         elif job.state in (DEFERRED, SCHEDULED):
             self.timers.remove(job)
+        elif job.state == WAITING:
+            self.dependencies.forget(job_id)
         elif not force:
             return "running"
         else:
@@ -242,7 +263,7 @@ class JobBook:
         self._finish(job, states.CANCELLED, protocol.CANCELLED, b"", now)
         return "cancelled"
 
-    def requeue(self, job_id: str, client: bytes) -> bool:
+    def requeue(self, job_id: str, client: bytes, now: float = 0.0) -> bool:
         """Run a failed or dead job again, with fresh attempts, for ``client``; False if not final."""
         stored = self.journal.get(job_id)
         if stored is None or stored.state not in (states.FAILED, states.DEAD):
@@ -250,9 +271,10 @@ class JobBook:
         self.journal.requeue(job_id, client)
         job = Job(stored.id, stored.task, stored.pool, stored.queue, stored.priority, stored.payload,
                   client, RetryRules.from_wire(stored.options))
-        self.scheduler.submit(job)
-        self.counters.submitted(job.queue, job.task)
         self.quota.add(client)
+        self._queue_or_hold(job, stored.options)  # waits again for what it still waited for, if anything
+        self._start_held(now)
+        self.counters.submitted(job.queue, job.task)
         if self.events.wanted:
             self.events.emit("requeued", job)
         return True
@@ -382,6 +404,8 @@ class JobBook:
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
         if self.events.wanted:
             self.events.emit(EVENT_OF_STATE[state], job, now)
+        if job.id in self.dependencies.dependants:
+            self._dependency_ended(job.id, state, outcome, now)
 
     # --- time -----------------------------------------------------------------------------------
 
@@ -423,6 +447,7 @@ class JobBook:
         """Leases for workers with credit, plus everything decided this turn; resets the outbox.
 
         ``now`` stamps each leased job's lease time (for the run-time and queue-wait metrics)."""
+        self._flush_dependencies(now)
         self.outbox.leases = self.scheduler.dispatch()
         if now is not None:
             for _worker, jobs in self.outbox.leases:

@@ -160,6 +160,13 @@ class Journal:
         else:
             self._db.execute("UPDATE jobs SET attempts=?, due=? WHERE id=?", (attempts, due, job_id))
 
+    def rewrite(self, job_id: str, payload: bytes, options: dict) -> None:
+        """A waiting job's arguments got a dependency's result, and its options the ids it still
+        waits for (runner/broker/dependencies.py); in the turn's transaction, with that outcome."""
+        self._begin()
+        self._db.execute("UPDATE jobs SET payload=?, options=? WHERE id=?",
+                         (payload, protocol.pack(options) if options else EMPTY_OPTIONS, job_id))
+
     def cancel(self, job_id: str, now: float) -> None:
         self.finish(job_id, CANCELLED, CANCELLED, b"", 0, now)
 

@@ -15,10 +15,11 @@ from typing import Callable
 
 from runner.broker import journal as states
 from runner.broker.journal import Journal, StoredJob
+from runner.broker.dependencies import WAITING
 from runner.broker.scheduler import RUNNING, SCHEDULED, Job
 
 SCAN_WINDOW = 50_000  # newest held jobs, and newest journaled ones, a listing looks through at most
-HELD_STATES = ("pending", "running", "scheduled")
+HELD_STATES = ("pending", "running", "scheduled", "waiting")
 
 MaySee = Callable[[bytes], bool]  # may the asking peer see a job of this owner?
 WorkerName = Callable[["bytes | None"], str]
@@ -53,7 +54,9 @@ def created_at(job_id: str) -> float | None:
 
 def held_state(job: Job) -> str:
     """A held job's state as users see it: a job waiting out a retry's backoff is pending;
-    a delayed one not yet due is scheduled."""
+    a delayed one not yet due is scheduled; one waiting for other jobs is waiting."""
+    if job.state == WAITING:
+        return "waiting"
     return "running" if job.state == RUNNING else "scheduled" if job.state == SCHEDULED else "pending"
 
 

@@ -90,7 +90,7 @@ class Requests:
     def _on_requeue(self, client: bytes, message: protocol.Message) -> None:
         job_id = message.body["id"]
         allowed = not self.access.enabled or self.access.may_touch(client, self.jobs.owner(job_id))
-        self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client)})
+        self._reply(client, message, {"requeued": allowed and self.jobs.requeue(job_id, client, time.time())})
 
     def _on_events(self, client: bytes, message: protocol.Message) -> None:
         if not self.access.is_admin(client):  # events name every client's jobs

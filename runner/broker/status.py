@@ -26,6 +26,7 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
     pending = {queue: sum(entry["pending"].values()) for queue, entry in waiting.items()}
     waiting_total = sum(pending.values())
     running_total = sum(running_by_queue.values())
+    waiting_for_jobs = len(broker.jobs.dependencies)
     final = broker.journal.counts
     rates = broker.jobs.counters
     now = time.time()
@@ -38,6 +39,7 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
         "queue_details": _queues(waiting, running_by_queue, now),
         "jobs": {"pending": waiting_total, "running": running_total,
                  "retrying": broker.jobs.timers.counts[DEFERRED], "scheduled": broker.jobs.timers.counts[SCHEDULED],
+                 "waiting": waiting_for_jobs,
                  "done": final.get("done", 0), "failed": final.get("failed", 0),
                  "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         "rates": {"window": rates.completed.window, "completed": rates.completed.per_second(now),
