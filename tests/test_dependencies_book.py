@@ -13,7 +13,7 @@ from test_jobbook_edges import Broker
 from runner import protocol
 from runner.broker import journal as states
 from runner.broker.dependencies import WAITING, Dependencies, Ended, Fail, Release, Rewrite
-from runner.broker.scheduler import PENDING, Job
+from runner.broker.scheduler import PENDING, SCHEDULED, Job
 from runner.broker.substitution import SubstitutionError, placeholders, substitute
 from runner.errors import DependencyError, error_blob, exception_from_blob
 from runner.tasks import JobResult, encode_arguments
@@ -344,3 +344,27 @@ def test_a_malformed_payload_of_a_waiting_job_is_refused_at_submit(made):
     error = exception_from_blob(blob)
     assert status == protocol.FAILED and isinstance(error, ValueError)
     assert "job b waits for other jobs, but the job's arguments are not valid msgpack" in str(error)
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_delayed_dependant_waits_for_its_dependency_then_for_its_due_time(made, restarted):
+    broker = made()
+    submit(broker, "a", 1, 2)
+    payload, waits = encode_arguments((JobResult("a"), 10), {})
+    broker.book.submit(A, [["b", "tasks:add", "thread", "default", 0, payload, {"after": waits, "delay": 50.0}]],
+                       False, 1.0)  # due at 51.0, the broker's clock at acceptance plus the delay
+    assert broker.book.scheduler.jobs["b"].state == WAITING
+    broker.turn()
+    if restarted:  # the due time and the wait list are journaled: a restart finds both
+        broker.restart(crashed=True)
+        assert broker.book.scheduler.jobs["b"].state == WAITING
+    broker.run_to_the_end("a", payload=protocol.pack(3))
+    broker.book.take_outbox(10.0)
+    held = broker.book.scheduler.jobs["b"]
+    assert held.state == SCHEDULED and broker.book.next_due() == 51.0  # done waiting; not yet due
+    broker.book.release_due(50.9)
+    assert held.state == SCHEDULED
+    broker.book.release_due(51.0)
+    assert held.state == PENDING
+    broker.run_to_the_end("b")
+    assert stored(broker, "b").state == states.DONE and arguments(stored(broker, "b").payload) == [[3, 10], {}]
