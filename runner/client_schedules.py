@@ -28,9 +28,16 @@ def define(name: str, spec: str | float, fn: Callable[..., Any] | str | Task, ar
     unknown = set(options) - OPTION_NAMES
     if unknown:
         raise TypeError(f"unknown job options {sorted(unknown)}; a schedule takes {sorted(OPTION_NAMES)}")
+    if options.get("at") is not None:
+        raise ValueError(f"a schedule's jobs cannot all run at one moment (at={options['at']!r}); "
+                         "the schedule's spec says when each runs (delay= shifts every tick's job)")
     reference, defaults = resolve_task(fn)
     job = defaults.merged(options)
-    return Schedule(name, spec, reference, encode_arguments(tuple(args), kwargs or {}), job.pool, job.queue,
+    payload, waits = encode_arguments(tuple(args), kwargs or {})
+    if waits:
+        raise ValueError(f"a schedule's arguments cannot wait for other jobs (they hold results of {waits}): "
+                         "each tick runs with the same arguments; pass plain values")
+    return Schedule(name, spec, reference, payload, job.pool, job.queue,
                     job.priority, job.wire_options(), tz, catch_up, max_catch_up, overlap, source)
 
 

@@ -76,7 +76,7 @@ def test_task_names_past_the_cap_share_one_row():
 def test_the_jobbook_feeds_the_counters_once_per_event():
     book = JobBook(Journal(":memory:"))
     book.worker_joined(b"w", ["default"], {"process": 4}, [], now=0.0)
-    rows = [[f"job{n}", "mod:task", "process", "default", 0, b"", b""] for n in range(3)]
+    rows = [[f"job{n}", "mod:task", "process", "default", 0, b"", {}] for n in range(3)]
     book.submit(b"client", rows, False, now=100.0)
     leases = book.take_outbox(now=101.0).leases
     assert [job.id for _worker, jobs in leases for job in jobs] == ["job0", "job1", "job2"]
@@ -89,8 +89,8 @@ def test_the_jobbook_feeds_the_counters_once_per_event():
 
 def test_waiting_by_queue_counts_each_priority_and_finds_the_oldest_head():
     book = JobBook(Journal(":memory:"))
-    book.submit(b"c", [["a", "t", "process", "q", 0, b"", b""], ["b", "t", "process", "q", 5, b"", b""]], False, 50.0)
-    book.submit(b"c", [["c", "t", "thread", "q", 5, b"", b""]], False, 40.0)
+    book.submit(b"c", [["a", "t", "process", "q", 0, b"", {}], ["b", "t", "process", "q", 5, b"", {}]], False, 50.0)
+    book.submit(b"c", [["c", "t", "thread", "q", 5, b"", {}]], False, 40.0)
     assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 1, 5: 2}, "oldest": 40.0}}
 
 
@@ -99,5 +99,5 @@ def test_a_job_restored_from_the_journal_waits_with_an_unknown_age():
     restored = Job("r", "t", "process", "q", 0, b"", b"c")  # accepted stays None, as restore() leaves it
     book.scheduler.submit(restored)
     assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 1}, "oldest": None}}
-    book.submit(b"c", [["a", "t", "process", "q", 0, b"", b""]], False, 50.0)
+    book.submit(b"c", [["a", "t", "process", "q", 0, b"", {}]], False, 50.0)
     assert book.scheduler.waiting_by_queue() == {"q": {"pending": {0: 2}, "oldest": None}}  # the head is the restored one

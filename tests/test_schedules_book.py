@@ -367,3 +367,14 @@ def test_a_moment_a_hair_before_a_tick_still_finds_that_tick():
     every_minute = CronTicks("* * * * *")
     assert every_minute.next_after(1798761599.9999998) == 1798761600.0
     assert every_minute.latest_at_or_before(1798761599.9999998) == 1798761540.0
+
+
+def test_a_schedule_refuses_a_fixed_moment_and_arguments_that_wait_for_jobs():
+    from runner.client_schedules import define
+    from runner.tasks import JobResult
+
+    with pytest.raises(ValueError, match="cannot all run at one moment"):
+        define("x", 1.0, "tasks:add", (1, 2), {}, at=datetime.now(timezone.utc))
+    with pytest.raises(ValueError, match="cannot wait for other jobs"):
+        define("x", 1.0, "tasks:add", (JobResult("a" * 39), 2), {})
+    assert define("x", 1.0, "tasks:add", (1, 2), {}, delay=5).options == {"delay": 5}
