@@ -250,12 +250,7 @@ def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: st
     setup_logging(log_level, log_json)
     if delay is not None and at is not None:
         raise click.UsageError(f"give --delay or --at, not both (got --delay {delay:g} and --at {at.isoformat()})")
-    try:
-        keywords = json.loads(keyword_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
-    if not isinstance(keywords, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    keywords = _keyword_arguments(keyword_json)
     options = {"pool": pool, "queue": queue, "priority": priority, "delay": delay, "at": at}
     with _client(connect, curve_keys) as client:
         try:
@@ -358,6 +353,17 @@ def _due_flag(value: Any, flag: str) -> Any:
         return value
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _keyword_arguments(keyword_json: str) -> dict[str, Any]:
+    """The task's keyword arguments from --kwargs: a JSON object, else a usage error naming it."""
+    try:
+        keywords = json.loads(keyword_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+    if not isinstance(keywords, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    return keywords
 
 
 def _json_or_text(argument: str) -> Any:

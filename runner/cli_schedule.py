@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from runner.broker.schedules import CATCH_UP, DEFAULT_MAX_CATCH_UP, MAX_CATCH_UP, OVERLAP
-from runner.cli import _client, _json_or_text
+from runner.cli import _client, _json_or_text, _keyword_arguments
 from runner.cli_jobs import JobError, connect_options, print_table
 from runner.log import setup_logging
 
@@ -57,12 +57,7 @@ def add(name: str, task: str, arguments: tuple[str, ...], cron: str | None, ever
     setup_logging(log_level, log_json)
     if (cron is None) == (every is None):
         raise click.UsageError("give exactly one of --cron EXPRESSION and --every SECONDS")
-    try:
-        keywords = json.loads(keyword_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
-    if not isinstance(keywords, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    keywords = _keyword_arguments(keyword_json)
     options = {"queue": queue, "pool": pool, "priority": priority, "retries": retries, "timeout": run_timeout}
     with _client(connect, curve_keys) as client:
         try:
