@@ -1,7 +1,8 @@
 """The ``runner`` command: parses arguments and calls the library; no logic of its own.
 
-broker, worker, submit and local are here; the other commands live beside, registered at the end:
-cli_watch.py (status, dashboard), cli_keys.py (keys), cli_jobs.py (result, cancel, jobs, events...).
+broker, worker and local are here; the other commands live beside, registered at the end:
+cli_submit.py (submit), cli_watch.py (status, dashboard), cli_keys.py (keys), cli_jobs.py (result, cancel,
+jobs, events...), cli_schedule.py (schedule).
 """
 
 from __future__ import annotations
@@ -225,56 +226,6 @@ def worker(connect: str, processes: int | None, threads: int, async_tasks: int, 
 
 
 @cli.command()
-@click.argument("task")
-@click.argument("arguments", nargs=-1)
-@click.option("--connect", default=DEFAULT_ADDRESS, envvar="RUNNER_BROKER", show_default=True, help=CONNECT_HELP)
-@click.option("--kwargs", "keyword_json", default="{}", help="Keyword arguments as a JSON object.")
-@click.option("--pool", type=click.Choice(["process", "thread", "async"]),
-              help="Pool to run in [default: process; an async def task needs async].")
-@click.option("--queue", help="Queue to submit to [default: default].")
-@click.option("--priority", type=int, help="Higher runs first [default: 0].")
-@click.option("--delay", type=float, callback=lambda context, param, value: _due_flag(value, "--delay"),
-              metavar="SECONDS", help="Run no earlier than SECONDS after the broker accepts the job.")
-@click.option("--at", "at", callback=lambda context, param, value: _due_flag(value, "--at"), metavar="ISO8601",
-              help="Run no earlier than this time, with its UTC offset: 2026-12-03T02:00:00+01:00 (or ...Z).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait and print the result as JSON; --no-wait prints the job id once the broker has journaled it.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the result.")
-@click.option("--progress", is_flag=True, help="While waiting, show a progress bar on stderr (only on a terminal).")
-@curve_option
-@logging_options
-def submit(task: str, arguments: tuple[str, ...], connect: str, keyword_json: str, pool: str | None,
-           queue: str | None, priority: int | None, delay: float | None, at: Any, wait: bool, timeout: float,
-           progress: bool, curve_keys: str | None, log_level: str, log_json: bool) -> None:
-    """Submit TASK (module:function) with ARGUMENTS, each parsed as JSON (else taken as a string)."""
-    setup_logging(log_level, log_json)
-    if delay is not None and at is not None:
-        raise click.UsageError(f"give --delay or --at, not both (got --delay {delay:g} and --at {at.isoformat()})")
-    keywords = _keyword_arguments(keyword_json)
-    options = {"pool": pool, "queue": queue, "priority": priority, "delay": delay, "at": at}
-    with _client(connect, curve_keys) as client:
-        try:
-            future = client.submit(task, *map(_json_or_text, arguments), **keywords,
-                                   **{key: value for key, value in options.items() if value is not None})
-        except (TypeError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-        if not wait:
-            # The broker answers a request only after committing everything that came before it
-            # on this connection: once this answer is in, the job is in its journal.
-            if client.fetch(future.job_id)["state"] == "unknown":
-                raise click.ClickException(f"the broker at {connect} did not keep job {future.job_id}; submit it again")
-            click.echo(future.job_id)
-            return
-        try:
-            result = _wait_for(future, timeout, progress)
-        except TimeoutError:
-            raise click.ClickException(f"job {future.job_id} did not finish within {timeout}s") from None
-        except Exception as exc:
-            raise click.ClickException(f"job {future.job_id} failed: {type(exc).__name__}: {exc}") from None
-    click.echo(json.dumps(result, default=repr))
-
-
-@cli.command()
 @click.option("--bind", help="Broker address [default: a private ipc:// socket in a 0700 temporary folder].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64), help="Workers to start.")
 @click.option("--processes", type=click.IntRange(0, 1024), help="Process-pool size per worker [default: cores].")
@@ -327,32 +278,6 @@ def _client(address: str, curve_keys: str | None):
         raise click.BadParameter(str(exc), param_hint="--curve-keys") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--connect") from None
-
-
-def _wait_for(future: Any, timeout: float, progress: bool) -> Any:
-    """The job's result; with ``progress``, under a one-job bar (drawn only on a terminal)."""
-    from runner.progress import track
-
-    if not progress:
-        return future.result(timeout)
-    [result] = track((future.result(timeout) for _ in (1,)), 1, future.job_id)  # unpacking ends the bar
-    return result
-
-
-def _due_flag(value: Any, flag: str) -> Any:
-    """--delay (seconds from 0) as given, or --at (ISO 8601 with its offset) as an aware datetime;
-    a bad value is a usage error that names it."""
-    from runner.due import check_delay, parse_at
-
-    if value is None:
-        return None
-    try:
-        if flag == "--at":
-            return parse_at(value)
-        check_delay(value)
-        return value
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _keyword_arguments(keyword_json: str) -> dict[str, Any]:
@@ -408,8 +333,9 @@ def _leave(scratch: str | None) -> None:
 from runner.cli_jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - they use the helpers above
 from runner.cli_watch import COMMANDS as _WATCH_COMMANDS  # noqa: E402 - they use the helpers above
 from runner.cli_schedule import COMMANDS as _SCHEDULE_COMMANDS  # noqa: E402 - they use the helpers above
+from runner.cli_submit import COMMANDS as _SUBMIT_COMMANDS  # noqa: E402 - they use the helpers above
 
-for _command in (*_WATCH_COMMANDS, keys_group, *_JOB_COMMANDS, *_SCHEDULE_COMMANDS):
+for _command in (*_SUBMIT_COMMANDS, *_WATCH_COMMANDS, keys_group, *_JOB_COMMANDS, *_SCHEDULE_COMMANDS):
     cli.add_command(_command)
 
 

@@ -47,7 +47,10 @@ def unknown(job_id: str) -> JobError:
 
 
 def describe_error(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """``Type: message``; a TaskError's text already names the remote type (``module.Type: message``)."""
+    from runner.errors import TaskError
+
+    return str(error) if isinstance(error, TaskError) else f"{type(error).__name__}: {error}"
 
 
 @click.command()

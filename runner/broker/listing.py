@@ -106,11 +106,15 @@ def _due(job: Job) -> float | None:
     return job.due if job.state == SCHEDULED else None
 
 
-def describe_held(job: Job, worker_name: WorkerName) -> dict:
-    """Every field of a held job (its arguments as the packed payload the client decodes)."""
-    return {**_row(job.id, job.task, job.queue, held_state(job), job.attempt, worker_name(job.worker), _due(job)),
-            "pool": job.pool, "priority": job.priority, "options": asdict(job.rules), "payload": job.payload,
-            "status": None, "outcome": None}
+def describe_held(job: Job, worker_name: WorkerName, after: list[str] | None = None) -> dict:
+    """Every field of a held job (its arguments as the packed payload the client decodes);
+    ``after``: the ids a waiting job still waits for."""
+    fields = {**_row(job.id, job.task, job.queue, held_state(job), job.attempt, worker_name(job.worker), _due(job)),
+              "pool": job.pool, "priority": job.priority, "options": asdict(job.rules), "payload": job.payload,
+              "status": None, "outcome": None}
+    if after is not None:
+        fields["after"] = list(after)
+    return fields
 
 
 def describe_stored(job: StoredJob) -> dict:

@@ -72,7 +72,11 @@ class Requests:
         if owner is None or not self.access.may_touch(client, owner):
             self._reply(client, message, {"job": None})
             return
-        job = listing.describe_held(held, self._worker_name) if held else listing.describe_stored(stored)
+        if held:
+            waiter = self.jobs.dependencies.waiting.get(job_id)
+            job = listing.describe_held(held, self._worker_name, waiter.remaining if waiter else None)
+        else:
+            job = listing.describe_stored(stored)
         self._reply(client, message, {"job": job})
 
     def _on_dead_letters(self, client: bytes, message: protocol.Message) -> None:
