@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,9 @@ def test_the_cli_adds_lists_and_removes_schedules_and_refuses_bad_ones(broker_ad
     assert "nightly" in table and "every 60s" in table and "CE" in table  # CET or CEST
     status = cli("status", address=broker_address).stdout
     assert "schedules" in status and "nightly" in status and "30 2 * * * (Europe/Paris)" in status
+    next_run = datetime.fromisoformat(views["nightly"]["next"]).astimezone(timezone.utc)
+    assert next_run.strftime("%Y-%m-%d %H:%M:%S") in status  # its next run, in UTC
+    assert views["nightly"]["next"][:19].replace("T", " ") in table  # in its own zone
     bad = cli("schedule", "add", "x", "tasks:add", "--cron", "0 2 * *", address=broker_address)
     assert bad.returncode == 1 and "runner: error: bad cron expression '0 2 * *'" in bad.stderr
     neither = cli("schedule", "add", "x", "tasks:add", address=broker_address)
