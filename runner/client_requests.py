@@ -82,7 +82,8 @@ class ClientRequests:
 
     def job(self, job_id: str, timeout: float | None = None) -> dict | None:
         """Every field of one job (None: unknown, or not this key's): its ``args`` and ``kwargs``
-        decoded, and when final its ``result`` or ``error`` (with ``error.remote_traceback``)."""
+        decoded, ``after`` (a waiting job: the ids it still waits for), and when final its
+        ``result`` or ``error`` (with ``error.remote_traceback``)."""
         return job_view(self._request(protocol.SHOW_JOB, {"id": job_id}, timeout))
 
     def events(self, *, idle: float | None = None) -> Iterator[dict]:
