@@ -205,7 +205,7 @@ def jobs_show(job_id: str, as_json: bool, connect: str, curve_keys: str | None, 
 @connect_options
 def events(follow: bool, idle: float, as_json: bool, connect: str, curve_keys: str | None, log_level: str,
            log_json: bool) -> None:
-    """Stream job events as the broker sees them: accepted, leased, retried, requeued, finished, failed, dead,
+    """Stream job events as the broker sees them: accepted, leased, started, retried, requeued, finished, failed, dead,
     cancelled. A reader too slow for them loses some, and is told how many."""
     setup_logging(log_level, log_json)
     with _client(connect, curve_keys) as client:

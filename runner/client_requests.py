@@ -89,7 +89,7 @@ class ClientRequests:
     def events(self, *, idle: float | None = None) -> Iterator[dict]:
         """Subscribe to job events now; iterate them as the broker sees them (``runner events``).
 
-        Each is a dict: ``event`` (accepted, leased, retried, requeued, finished, failed, dead,
+        Each is a dict: ``event`` (accepted, leased, started, retried, requeued, finished, failed, dead,
         cancelled), ``job``, ``task``, ``queue``, ``worker``, ``attempt`` and ``at`` (epoch s).
         Events this reader was too slow for come as one ``{"event": "lost", "count": n}``.
         ``idle``: stop once no event came for that many seconds (None: never). With CURVE on,

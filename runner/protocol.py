@@ -59,6 +59,7 @@ EVENTS = "events"  # client: subscribe to job events, and take those buffered (w
 DRAIN = "drain"  # worker: shutting down; lease nothing more to me
 SYNC = "sync"  # any peer: a cluster-wide lock, semaphore, event or queue operation
 CREDIT = "credit"  # worker: how many jobs per pool it can hold now (slots plus prefetch)
+STARTED = "started"  # worker: these leased jobs began to run (only for leases marked "report_start")
 SCHEDULE = "schedule"  # client: add (or replace), remove or list periodic schedules ("op")
 BYE = "bye"  # peer: leaving on purpose
 # Broker -> peers:
@@ -375,8 +376,11 @@ def _session(body: dict) -> None:
         _integer(body["session"], "session", 0, 2**62)
 
 
-# Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]
+# Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]; with
+# "report_start" true (someone watches job events) the worker says when each one starts.
 def _check_jobs(body: dict) -> None:
+    if not isinstance(body.get("report_start", False), bool):
+        raise ProtocolError("field 'report_start' must be a boolean")
     for job_id, attempt, task, pool, payload, timeout, priority in _batch(body, "jobs", 7, "jobs"):
         _integer(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         _name(job_id, "job id")
@@ -386,6 +390,13 @@ def _check_jobs(body: dict) -> None:
         _payload(payload)
         if timeout is not None:
             _number(timeout, "timeout", 0.001, 10**7)
+
+
+# Started rows (worker -> broker): [job_id, attempt]
+def _check_started(body: dict) -> None:
+    for job_id, attempt in _batch(body, "started", 2, "started"):
+        _name(job_id, "job id")
+        _integer(attempt, "attempt", 1, 2**31)
 
 
 def _job_ids(body: dict) -> None:
@@ -503,6 +514,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     DRAIN: _nothing,
     SYNC: _check_sync,
     CREDIT: _check_slots,
+    STARTED: _check_started,
     SCHEDULE: _check_schedule,
     BYE: _nothing,
     WELCOME: _check_welcome,

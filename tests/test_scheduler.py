@@ -261,6 +261,15 @@ def test_a_report_for_an_earlier_attempt_is_ignored_and_frees_no_credit(schedule
     assert scheduler.job_finished(b"a", "j", 2).id == "j"
 
 
+def test_started_reports_name_only_jobs_leased_to_that_worker_at_that_attempt(scheduler):
+    submit_all(scheduler, make_job("j"), make_job("k"))
+    scheduler.worker_joined(b"a", ["default"], {"thread": 2})
+    scheduler.dispatch()
+    rows = [["j", 1], ["k", 2], ["unknown", 1]]  # k's attempt is stale, "unknown" was never leased
+    assert [job.id for job in scheduler.leased_jobs(b"a", rows)] == ["j"]
+    assert scheduler.leased_jobs(b"b", rows) == []  # not a worker (a client, or one declared lost)
+
+
 def test_a_report_from_another_worker_is_ignored(scheduler):
     submit_all(scheduler, make_job("j"), make_job("waiting"))
     scheduler.worker_joined(b"owner", ["default"], {"thread": 1})

@@ -62,6 +62,7 @@ class Running:
     future: Future | None = None
     timer: Timer | None = None
     requeue_if_broken: bool = False  # its pool was killed for another job's sake
+    report_start: bool = False  # the broker asked to hear when it starts (someone watches job events)
 
 
 class Worker:
@@ -187,7 +188,7 @@ class Worker:
 
     def _on_message(self, message: protocol.Message) -> None:
         if message.type == protocol.JOBS:
-            self._start_jobs(message.body["jobs"])
+            self._start_jobs(message.body["jobs"], message.body.get("report_start", False))
         elif message.type == protocol.STOP_JOBS:
             self._stop_jobs(message.body["ids"])
         elif message.type == protocol.ERROR:
@@ -195,7 +196,7 @@ class Worker:
         else:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
-    def _start_jobs(self, rows: list) -> None:
+    def _start_jobs(self, rows: list, report_start: bool = False) -> None:
         """Hold the leased jobs in the backlog and start what the pools have room for."""
         if self._draining.is_set():  # leased before the broker heard we drain: give them back
             self._send_results([[job_id, attempt, protocol.REQUEUE, b""] for job_id, attempt, *_ in rows])
@@ -212,7 +213,7 @@ class Worker:
                 if job_id in self.running:  # leased again: the new attempt supersedes the one held
                     self._release(job_id)
                 self._held[pool] += 1
-                self.running[job_id] = Running(attempt, pool)
+                self.running[job_id] = Running(attempt, pool, report_start=report_start)
                 self.backlog.add(pool, priority, (job_id, attempt, task, payload, timeout))
                 touched.add(pool)
         self._send_results(refused)
@@ -226,14 +227,19 @@ class Worker:
 
     def _feed(self, pool: str) -> None:
         """Submit waiting jobs to ``pool`` while it has free slots."""
+        started = []
         while group := self.backlog.take(pool, self._holds, self.credit.seconds_per_job, self.pools.room(pool)):
             future = self.pools.submit(pool, [row[:4] for row in group], self._on_pool_done)
             for job_id, _, task, _, timeout in group:
                 entry = self.running[job_id]
                 entry.future = future
                 debug_job(log, job_id, "started {} in the {} pool (attempt {})", task, pool, entry.attempt)
+                if entry.report_start:
+                    started.append([job_id, entry.attempt])
                 if timeout is not None:
                     entry.timer = self.loop.call_later(timeout, lambda job_id=job_id, t=timeout: self._timed_out(job_id, t))
+        if started:
+            self.connection.send(protocol.STARTED, {"started": started})
 
     # --- stopping jobs -------------------------------------------------------------------
 

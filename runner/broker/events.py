@@ -1,7 +1,7 @@
 """A job's life as events: log records and subscriptions (``runner events``), without I/O.
 
-Each step the broker sees (accepted, leased, retried, requeued, finished, failed, dead,
-cancelled) is one event: the step, job id, task, queue, worker, attempt and time. The broker
+Each step the broker sees (accepted, leased, started, retried, requeued, finished, failed,
+dead, cancelled) is one event: the step, job id, task, queue, worker, attempt and time. The broker
 asks ``hub.wanted`` once per step, a plain attribute that is False unless someone subscribed
 or job logging is on (``--log-level DEBUG``): with neither, no event is built.
 
@@ -24,7 +24,7 @@ from runner.broker.scheduler import Job
 
 EVENT_BUFFER = 10_000  # events kept per subscriber until it polls; beyond, they are lost (counted)
 BATCH_MAX = 1000  # events one poll answer carries at most
-STEPS = ("accepted", "leased", "retried", "requeued", "finished", "failed", "dead", "cancelled")
+STEPS = ("accepted", "leased", "started", "retried", "requeued", "finished", "failed", "dead", "cancelled")
 
 log = logger.bind(component="events")
 WorkerName = Callable[["bytes | None"], str]

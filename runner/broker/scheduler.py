@@ -234,6 +234,14 @@ class Scheduler:
         self._dirty = True
         return job
 
+    def leased_jobs(self, worker_id: bytes, rows: list[list]) -> list[Job]:
+        """The jobs of ``rows`` ([job_id, attempt]) leased to this worker at that attempt; others are skipped."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return []
+        jobs = (worker.leased.get(job_id) for job_id, _ in rows)
+        return [job for job, (_, attempt) in zip(jobs, rows) if job is not None and job.attempt == attempt]
+
     def cancel(self, job_id: str) -> bool:
         """Remove a job that has not been dispatched; False if it runs or is unknown."""
         job = self.jobs.get(job_id)

@@ -147,6 +147,7 @@ class Broker(Requests, ScheduleShell):
             protocol.DRAIN: self._on_drain,
             protocol.SYNC: self._on_sync,
             protocol.CREDIT: self._on_credit,
+            protocol.STARTED: self._on_started,
             protocol.SCHEDULE: self._on_schedule,
             protocol.BYE: self._on_bye,
         }
@@ -311,6 +312,13 @@ class Broker(Requests, ScheduleShell):
         self.jobs.worker_credit(worker, message.body["slots"])
         self._schedule_flush()
 
+    def _on_started(self, worker: bytes, message: protocol.Message) -> None:
+        """Leases marked ``report_start`` began to run: the ``started`` events (stale reports are ignored)."""
+        if self.events.wanted:
+            now = time.time()
+            for job in self.jobs.scheduler.leased_jobs(worker, message.body["started"]):
+                self.events.emit("started", job, now)
+
     def _on_drain(self, worker: bytes, message: protocol.Message) -> None:
         log.info("worker {} is draining: no new jobs for it", self.peers[worker].name)
         self.jobs.worker_draining(worker)
@@ -420,11 +428,13 @@ class Broker(Requests, ScheduleShell):
         for worker, jobs in leases:
             rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout, job.priority]
                     for job in jobs]
-            if self.events.wanted:
+            body = {}
+            if self.events.wanted:  # someone watches: ask the worker to say when each one starts
+                body["report_start"] = True
                 for job in jobs:
                     self.events.emit("leased", job)
             for batch in protocol.split_by_size(rows, 4, LEASE_ROW_BYTES, self.limits.max_message_bytes):
-                self.link.send(worker, protocol.JOBS, {"jobs": batch})
+                self.link.send(worker, protocol.JOBS, {"jobs": batch, **body})
 
     def _send_outcomes(self, outcomes: dict[bytes, list[list]], final: bool) -> None:
         """Results (``final`` False), or cancellations (``final`` True: after the commit)."""
