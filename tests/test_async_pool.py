@@ -23,7 +23,7 @@ from cluster import Processes, wait_until
 from runner.errors import TaskTimeoutError
 from runner.tasks import JobOptions, default_options, is_coroutine_function, resolve_task
 from test_reliability_rules import lines, wait_for_lines
-from workers.async_pool import StallWatch
+from workers.async_pool import CollectorPace, StallWatch
 
 IMPORTS = ("tasks", "jobs", "async_tasks")
 HEARTBEAT = ("--heartbeat", "0.2")
@@ -247,6 +247,16 @@ def test_stall_watch_needs_the_beat_to_stand_still():
     watch, task = StallWatch(limit=0.1), _Step()
     for step in range(50):  # the same task at every sample, but the loop ran its beat in between
         assert watch.sample(step * 0.01, beat=step * 0.01 - 0.005, current=task) is None
+
+
+def test_collector_pace_raises_the_threshold_for_a_busy_pool_and_gives_it_back_when_empty():
+    pace = CollectorPace(busy=3, raised=1000)
+    assert [pace.tasks(count, 700) for count in (1, 2)] == [None, None], "a few tasks leave the collector alone"
+    assert pace.tasks(3, 700) == 1000
+    assert [pace.tasks(count, 1000) for count in (5, 2, 4, 1)] == [None] * 4, "no flapping near the mark"
+    assert pace.tasks(0, 1000) == 700, "the threshold in force before comes back"
+    assert pace.tasks(0, 700) is None
+    assert CollectorPace(busy=3, raised=1000).tasks(9, 5000) is None, "a threshold set higher already stays"
 
 
 def test_the_pool_runs_coroutines_cancels_them_and_refuses_plain_functions():
