@@ -213,6 +213,15 @@ def test_async_def_functions_default_to_the_async_pool():
     assert is_coroutine_function(wrapped) and is_coroutine_function(runner.task(_coroutine))
 
 
+def test_resolving_a_function_again_gives_the_same_answer_and_a_lambda_is_refused_every_time():
+    first = resolve_task(_coroutine)
+    assert resolve_task(_coroutine) == first == (f"{__name__}:_coroutine", JobOptions(pool="async"))
+    assert resolve_task(_plain) == (f"{__name__}:_plain", JobOptions())
+    for _ in range(2):
+        with pytest.raises(TypeError, match="lambda"):
+            resolve_task(lambda: None)
+
+
 def test_a_bad_pool_names_the_choices():
     with pytest.raises(ValueError, match="'process', 'thread', 'async'"):
         JobOptions(pool="asyncio")
