@@ -197,7 +197,10 @@ class AsyncPool:
                 self._keep_beat()
 
     async def _run_jobs(self, jobs: list[JobRow]) -> list[ResultRow]:
-        return [(job_id, attempt, *await execute.run_async(task, payload)) for job_id, attempt, task, payload in jobs]
+        rows = []  # a loop, not a comprehension: one coroutine object fewer a job
+        for job_id, attempt, task, payload in jobs:
+            rows.append((job_id, attempt, *await execute.run_async(task, payload)))
+        return rows
 
     def _task_done(self, jobs: list[JobRow], future: Future, task: asyncio.Task) -> None:
         del self._tasks[future]
