@@ -296,3 +296,29 @@ def test_the_pool_runs_coroutines_cancels_them_and_refuses_plain_functions():
         execute.configure(Admission())
     assert left.result(timeout=1)[0][2] == protocol.FAILED, "shutdown cancels what still runs"
     assert pool.loop.is_closed()
+
+
+def test_a_busy_pool_raises_the_collectors_threshold_and_gives_it_back_once_empty():
+    """In process: BUSY_TASKS coroutines asleep raise the young threshold; the empty pool restores it."""
+    import gc
+
+    from runner import protocol
+    from workers import execute
+    from workers.admission import Admission
+    from workers.async_pool import BUSY_TASKS, BUSY_THRESHOLD, AsyncPool
+
+    before = gc.get_threshold()
+    assert before[0] < BUSY_THRESHOLD
+    execute.configure(Admission(["async_tasks"]))
+    pool = AsyncPool(BUSY_TASKS + 10)
+    try:
+        naps = [pool.submit([(f"n{n}", 1, "async_tasks:nap", protocol.pack([[1.0, n], {}]))])
+                for n in range(BUSY_TASKS)]
+        wait_until(lambda: gc.get_threshold()[0] == BUSY_THRESHOLD, 10, message="the raised threshold")
+        assert gc.get_threshold()[1:] == before[1:], "only the young generation's threshold changes"
+        assert [protocol.unpack(future.result(timeout=30)[0][3])[0] for future in naps] == list(range(BUSY_TASKS))
+        wait_until(lambda: gc.get_threshold() == before, 10, message="the threshold given back")
+    finally:
+        pool.shutdown(wait=False)
+        execute.configure(Admission())
+        gc.set_threshold(*before)
