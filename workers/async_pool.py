@@ -18,10 +18,10 @@ Beat and watchdog sleep while the pool has no task.
 Thousands of coroutine jobs alive at once (asleep in an ``await``) make Python's
 collector busy: every 700 net allocations it scans the young objects, and the jobs'
 tasks, frames and futures survive into the older generations, which it then scans
-again and again (a third of a worker's CPU in benchmark case 12a, for objects that
-reference counting frees anyway once their job ends). ``CollectorPace`` raises the
-young generation's threshold while the pool holds many tasks and gives the old one
-back once it is empty.
+again and again (a quarter to a third of a worker's CPU in benchmark case 12a, for
+objects that reference counting frees anyway once their job ends). ``CollectorPace``
+raises the young generation's threshold while the pool holds many tasks and gives
+the old one back once it is empty.
 """
 
 from __future__ import annotations
