@@ -3,8 +3,10 @@
 (b) submit+await of no-ops and the sequential round trip, on AsyncClient and on Client
 in the same run and on the same cluster, so the table compares like with like. (c)
 a ticker coroutine measures how late it wakes (benchmarks/lag.py) while a thousand
-no-op jobs are kept in flight from the same loop. Each AsyncClient run is a fresh
-asyncio loop, bounded by the run's budget.
+no-op jobs are kept in flight from the same loop, and the same ticker on an idle
+loop in a process of its own beside it gives the floor: what the OS alone costs a
+loop on this machine under that load. Each AsyncClient run is a fresh asyncio loop,
+bounded by the run's budget.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Awaitable, Callable
 import runner
 from benchmarks import tasks
 from benchmarks.cases import Bench, Sample, attempt, on_runner, runner_roundtrip
-from benchmarks.lag import LagMeter
+from benchmarks.cluster import ROOT, child_environment
+from benchmarks.lag import Beside, LagMeter, summary
 from benchmarks.measure import percentile, throughput
 from benchmarks.settings import REQUEST_TIMEOUT, budget
 
@@ -37,7 +40,7 @@ def case_async_client(bench: Bench) -> Sample:
 
 
 def case_loop_lag(bench: Bench) -> Sample:
-    """Case (c): the loop's lag while IN_FLIGHT no-ops are in flight from it, ``lag_jobs`` in all."""
+    """Case (c): the loop's lag while IN_FLIGHT no-ops are in flight from it, ``lag_jobs`` in all; and the floor."""
     jobs = bench.sizes.lag_jobs
     return {"runner": on_async_client(bench, budget(jobs), lambda client: lag_under_load(client, jobs))}
 
@@ -67,7 +70,11 @@ async def async_round_trips(bench: Bench, client: runner.AsyncClient) -> dict[st
 
 
 async def lag_under_load(client: runner.AsyncClient, jobs: int) -> dict[str, float]:
-    """IN_FLIGHT coroutines each await no-ops one after another until ``jobs`` ran; the ticker's lag."""
+    """IN_FLIGHT coroutines each await no-ops one after another until ``jobs`` ran; the ticker's lag.
+
+    Meanwhile an idle loop's ticker runs in a process of its own (``idle_lag_p99_ms``): the
+    lag the OS alone gives a loop here under this load.
+    """
     per_coroutine = max(1, jobs // IN_FLIGHT)
 
     async def one_after_another() -> int:
@@ -75,14 +82,14 @@ async def lag_under_load(client: runner.AsyncClient, jobs: int) -> dict[str, flo
             await client.submit(tasks.noop)
         return per_coroutine
 
-    started = time.perf_counter()
-    async with LagMeter() as lag:
-        done = sum(await asyncio.gather(*(one_after_another() for _ in range(IN_FLIGHT))))
-    elapsed = time.perf_counter() - started
+    with Beside(child_environment(), str(ROOT)) as beside:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        async with LagMeter() as lag:
+            done = sum(await asyncio.gather(*(one_after_another() for _ in range(IN_FLIGHT))))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {"jobs": done, "in_flight": IN_FLIGHT, "seconds": elapsed, "jobs_per_s": done / elapsed,
-            "ticks": len(lag.lags), "lag_p50_ms": lag.percentile(50) * 1e3, "lag_p99_ms": lag.percentile(99) * 1e3,
-            "lag_max_ms": max(lag.lags, default=0.0) * 1e3, "lag_own_p99_ms": lag.percentile(99, "own") * 1e3,
-            "lag_wait_p99_ms": lag.percentile(99, "waits") * 1e3}
+            "client_cpu_us_per_job": cpu / done * 1e6, **summary(lag),
+            "idle_lag_p99_ms": beside.result["lag_p99_ms"], "idle_ticks": beside.result["ticks"]}
 
 
 def on_async_client(bench: Bench, seconds: float,

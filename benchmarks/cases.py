@@ -234,7 +234,8 @@ def brief(sample: Sample) -> str:
             parts.append(f"{side} late p50 {values['late_p50_ms']:.2f} ms p99 {values['late_p99_ms']:.2f} ms "
                          f"({values['load_jobs']:,} load jobs meanwhile)")
         elif "lag_p99_ms" in values:
-            parts.append(f"{side} loop lag p99 {values['lag_p99_ms']:.2f} ms ({values['jobs_per_s']:,.0f} jobs/s)")
+            parts.append(f"{side} loop lag p99 {values['lag_p99_ms']:.2f} ms, own {values['lag_own_p99_ms']:.2f} ms, "
+                         f"idle loop beside {values.get('idle_lag_p99_ms', 0.0):.2f} ms ({values['jobs_per_s']:,.0f} jobs/s)")
         elif "jobs_per_s" in values:
             parts.append(f"{side} {values['jobs_per_s']:,.0f} jobs/s")
         elif "p50_us" in values:

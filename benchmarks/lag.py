@@ -10,13 +10,22 @@ workers share the cores, they do). On Linux the kernel counts, per thread, the t
 waiting for a CPU (``/proc/thread-self/schedstat``); ``waits`` keeps that time for each
 tick, and ``own`` the rest of its lateness: the loop's own work, what the client code can
 change. Elsewhere ``waits`` stays empty and ``own`` is the whole lateness.
+
+``Beside`` runs the same ticker on an idle loop in a process of its own
+(``python -m benchmarks.lag``), alongside the measured work: how late a loop that does
+nothing wakes on this machine under the same load is the floor of the lag, what the OS
+alone costs; no client code can go below it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -24,6 +33,8 @@ from benchmarks.measure import percentile
 
 TICK = 0.001  # seconds each tick sleeps
 SCHEDSTAT = "/proc/thread-self/schedstat"  # cpu ns, run-queue wait ns, time slices
+READY = "ready"  # what the ticker process prints once it ticks
+STOP_TIMEOUT = 10.0  # seconds the ticker process gets to report and exit once told to stop
 
 
 class LagMeter:
@@ -84,3 +95,63 @@ def _run_queue_clock() -> Any:
         yield reader
     finally:
         os.close(descriptor)
+
+
+def summary(lag: LagMeter) -> dict[str, float]:
+    """Ticks and the p50, p99 and max of the lag, and the p99 of its two parts, in ms."""
+    return {"ticks": len(lag.lags), "lag_p50_ms": lag.percentile(50) * 1e3, "lag_p99_ms": lag.percentile(99) * 1e3,
+            "lag_max_ms": max(lag.lags, default=0.0) * 1e3, "lag_own_p99_ms": lag.percentile(99, "own") * 1e3,
+            "lag_wait_p99_ms": lag.percentile(99, "waits") * 1e3}
+
+
+class Beside:
+    """An idle loop's ticker in a process of its own while the block runs; ``result`` is its ``summary``.
+
+    Entering starts ``python -m benchmarks.lag`` and waits until it ticks; leaving closes
+    its stdin, which ends it, and reads its figures (a stop, unlike a fixed duration,
+    spans exactly the measured work). It blocks the caller's thread for both: keep the
+    measured ticker out of those moments.
+    """
+
+    def __init__(self, environment: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        self.environment = environment
+        self.cwd = cwd
+        self.result: dict[str, float] = {}
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Beside":
+        self._process = subprocess.Popen([sys.executable, "-m", "benchmarks.lag"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True, env=self.environment, cwd=self.cwd)
+        line = self._process.stdout.readline().strip()
+        if line != READY:
+            self._process.kill()
+            self._process.wait(STOP_TIMEOUT)
+            raise RuntimeError(f"the ticker process (pid {self._process.pid}) said {line!r}, not {READY!r}")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        assert self._process is not None
+        try:
+            output, _ = self._process.communicate(timeout=STOP_TIMEOUT)  # closes stdin: the ticker stops
+            if not exc_info[0]:
+                self.result = json.loads(output)
+        finally:
+            if self._process.poll() is None:
+                self._process.kill()
+                self._process.wait(STOP_TIMEOUT)
+
+
+async def tick_until_stdin_closes() -> dict[str, float]:
+    """The ticker process: tick on an otherwise idle loop until stdin closes; its ``summary``."""
+    loop = asyncio.get_running_loop()
+    closed = loop.create_future()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(closed.set_result, None)),
+                     daemon=True).start()
+    async with LagMeter() as lag:
+        print(READY, flush=True)
+        await closed
+    return summary(lag)
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(tick_until_stdin_closes())), flush=True)

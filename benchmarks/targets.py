@@ -106,6 +106,8 @@ def rows(sizes: Sizes) -> list[Row]:
             "runner.lag_p99_ms", "ms", target=Target("< 5 ms", lambda median, reference: median < 5)),
         Row("   the loop's own part (the lag less the OS running others), p99, for information", "loop_lag",
             "runner.lag_own_p99_ms", "ms"),
+        Row("   the floor: the same ticker on an idle loop in a process beside it, p99, for information", "loop_lag",
+            "runner.idle_lag_p99_ms", "ms"),
         Row(f"13. delayed: broker RSS per held job ({s.scale_jobs:,}, delays 1-{s.delay_max:g} s; vs case 6)",
             "delayed_scale", "runner.rss_bytes_per_job", "B", "scale/runner.rss_bytes_per_job", "no delay"),
         Row(f"13. delayed: time to hold {s.scale_jobs:,}", "delayed_scale", "runner.queue_s", "s"),

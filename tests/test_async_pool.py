@@ -23,7 +23,7 @@ from cluster import Processes, wait_until
 from runner.errors import TaskTimeoutError
 from runner.tasks import JobOptions, default_options, is_coroutine_function, resolve_task
 from test_reliability_rules import lines, wait_for_lines
-from workers.async_pool import StallWatch
+from workers.async_pool import CollectorPace, StallWatch
 
 IMPORTS = ("tasks", "jobs", "async_tasks")
 HEARTBEAT = ("--heartbeat", "0.2")
@@ -213,6 +213,15 @@ def test_async_def_functions_default_to_the_async_pool():
     assert is_coroutine_function(wrapped) and is_coroutine_function(runner.task(_coroutine))
 
 
+def test_resolving_a_function_again_gives_the_same_answer_and_a_lambda_is_refused_every_time():
+    first = resolve_task(_coroutine)
+    assert resolve_task(_coroutine) == first == (f"{__name__}:_coroutine", JobOptions(pool="async"))
+    assert resolve_task(_plain) == (f"{__name__}:_plain", JobOptions())
+    for _ in range(2):
+        with pytest.raises(TypeError, match="lambda"):
+            resolve_task(lambda: None)
+
+
 def test_a_bad_pool_names_the_choices():
     with pytest.raises(ValueError, match="'process', 'thread', 'async'"):
         JobOptions(pool="asyncio")
@@ -249,6 +258,16 @@ def test_stall_watch_needs_the_beat_to_stand_still():
         assert watch.sample(step * 0.01, beat=step * 0.01 - 0.005, current=task) is None
 
 
+def test_collector_pace_raises_the_threshold_for_a_busy_pool_and_gives_it_back_when_empty():
+    pace = CollectorPace(busy=3, raised=1000)
+    assert [pace.tasks(count, 700) for count in (1, 2)] == [None, None], "a few tasks leave the collector alone"
+    assert pace.tasks(3, 700) == 1000
+    assert [pace.tasks(count, 1000) for count in (5, 2, 4, 1)] == [None] * 4, "no flapping near the mark"
+    assert pace.tasks(0, 1000) == 700, "the threshold in force before comes back"
+    assert pace.tasks(0, 700) is None
+    assert CollectorPace(busy=3, raised=1000).tasks(9, 5000) is None, "a threshold set higher already stays"
+
+
 def test_the_pool_runs_coroutines_cancels_them_and_refuses_plain_functions():
     """In process: AsyncPool's futures, its cancel, and its shutdown's cancellation."""
     from runner import protocol
@@ -277,3 +296,29 @@ def test_the_pool_runs_coroutines_cancels_them_and_refuses_plain_functions():
         execute.configure(Admission())
     assert left.result(timeout=1)[0][2] == protocol.FAILED, "shutdown cancels what still runs"
     assert pool.loop.is_closed()
+
+
+def test_a_busy_pool_raises_the_collectors_threshold_and_gives_it_back_once_empty():
+    """In process: BUSY_TASKS coroutines asleep raise the young threshold; the empty pool restores it."""
+    import gc
+
+    from runner import protocol
+    from workers import execute
+    from workers.admission import Admission
+    from workers.async_pool import BUSY_TASKS, BUSY_THRESHOLD, AsyncPool
+
+    before = gc.get_threshold()
+    assert before[0] < BUSY_THRESHOLD
+    execute.configure(Admission(["async_tasks"]))
+    pool = AsyncPool(BUSY_TASKS + 10)
+    try:
+        naps = [pool.submit([(f"n{n}", 1, "async_tasks:nap", protocol.pack([[1.0, n], {}]))])
+                for n in range(BUSY_TASKS)]
+        wait_until(lambda: gc.get_threshold()[0] == BUSY_THRESHOLD, 10, message="the raised threshold")
+        assert gc.get_threshold()[1:] == before[1:], "only the young generation's threshold changes"
+        assert [protocol.unpack(future.result(timeout=30)[0][3])[0] for future in naps] == list(range(BUSY_TASKS))
+        wait_until(lambda: gc.get_threshold() == before, 10, message="the threshold given back")
+    finally:
+        pool.shutdown(wait=False)
+        execute.configure(Admission())
+        gc.set_threshold(*before)
