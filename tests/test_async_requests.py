@@ -63,6 +63,9 @@ def test_cancel_job_by_id_answers_as_client(cluster):
     async def body():
         async with runner.AsyncClient(address) as aclient:
             waiting = client.submit("tasks:add", 1, 1, queue="nobody-serves-this")  # another client's job
+            # Answered on the submitting connection, so after the broker took the job: the cancel,
+            # on another connection, cannot overtake the submit.
+            assert client.fetch(waiting.job_id)["state"] == "pending"
             assert await aclient.cancel_job(waiting.job_id) == "cancelled"
             assert await aclient.cancel_job(waiting.job_id) == "finished"
             assert await aclient.cancel_job("no-such-job") == "unknown"
