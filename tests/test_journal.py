@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 
 import pytest
 
 from runner import protocol
 from runner.broker import journal as states
+from runner.broker.checkpoint import BACKSTOP_PAGES
 from runner.broker.journal import UNCLAIMED_KEEP, Journal
+from cluster import wait_until
 
 CLIENT = b"client-1"
 
@@ -381,3 +384,32 @@ def test_uncommitted_queue_writes_are_lost_in_a_crash(journal):
         assert recovered.queue_contents() == {"q": [b"kept"]}
     finally:
         recovered.close()
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_checkpoints_copy_the_wal_from_a_thread_of_their_own(path):
+    """The committing connection checkpoints only as a backstop; the checkpoint thread copies the
+    committed pages into the database file soon after a commit, and stops on close."""
+    journal = Journal(path)
+    try:
+        autocheckpoint = journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert autocheckpoint == BACKSTOP_PAGES
+        empty = os.path.getsize(path)
+        journal.add_jobs([row(f"job-{number}", options={"pad": "x" * 200}) for number in range(2_000)])
+        journal.commit()
+        wait_until(lambda: os.path.getsize(path) > empty + 200_000, timeout=10, interval=0.01,
+                   message="the committed pages copied into the database file")
+        assert journal._checkpointer.checkpoints >= 1
+    finally:
+        journal.close()
+    assert not journal._checkpointer._thread.is_alive()
+    assert not os.path.exists(path + "-wal")  # the last close checkpointed the rest and removed it
+    assert len(unfinished_ids(Journal(path))) == 2_000
+
+
+def test_an_in_memory_journal_has_no_checkpoint_thread():
+    journal = Journal(":memory:")
+    assert journal._checkpointer is None
+    journal.close()

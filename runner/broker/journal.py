@@ -4,6 +4,8 @@ A job is acknowledged to its client only after the row that records it is
 committed, so a broker killed at any moment loses nothing it acknowledged. Writes
 made during a loop turn are grouped into one transaction (``commit`` at the end
 of the turn), so durability costs one fsync-free WAL commit per turn, not per job.
+The checkpoints that copy the WAL into the database file (and fsync) run on a
+thread of their own (runner/broker/checkpoint.py), so a slow disk does not stall the loop.
 
 WAL with ``synchronous=NORMAL`` survives the broker process dying (kill -9); a
 power cut may lose the last commits. ``:memory:`` turns durability off.
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from runner import protocol
+from runner.broker.checkpoint import BACKSTOP_PAGES, Checkpointer
 
 PENDING = "pending"
 DONE = "done"
@@ -109,6 +113,10 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._checkpointer: Checkpointer | None = None
+        if self.durable:  # checkpoints run off the loop's thread; the loop's own is a backstop
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            self._checkpointer = Checkpointer(path)
         self._db.executescript(_SCHEMA)
         self._add_column("worker", _WORKER_COLUMN)
         self._add_column("due", _DUE_COLUMN)
@@ -233,6 +241,8 @@ class Journal:
         self._write_finished()
         self._db.execute("COMMIT")
         self._in_transaction = False
+        if self._checkpointer is not None:
+            self._checkpointer.committed(time.monotonic())
 
     # --- queue items of the cluster-wide queues -----------------------------------------------
 
@@ -361,5 +371,8 @@ class Journal:
         return counts
 
     def close(self) -> None:
+        """Commit, stop the checkpoint thread, close (SQLite's last close checkpoints what is left)."""
         self.commit()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._db.close()
