@@ -24,7 +24,7 @@ from loguru import logger
 
 log = logger.bind(component="journal")
 
-INTERVAL = 0.2  # seconds between two background checkpoints at most (while commits arrive)
+INTERVAL = 0.5  # seconds between two background checkpoints at most (while commits arrive)
 BACKSTOP_PAGES = 10_000  # WAL pages (about 40 MB) at which the committing connection checkpoints itself
 JOIN_TIMEOUT = 10.0  # seconds close() waits for a checkpoint under way
 
