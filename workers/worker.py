@@ -157,11 +157,11 @@ class Worker:
     def _hello(self) -> dict:
         """The hello claims the runs going on and those whose results the broker has not confirmed."""
         self._epoch += 1
-        unconfirmed = self.reports.new_session()
+        running = [[job_id, entry.attempt] for job_id, entry in self.running.items()] + self.reports.new_session()
         return {
             "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
             "queues": self.queues, "slots": self.pools.slots(), "epoch": self._epoch,
-            "running": [[job_id, entry.attempt] for job_id, entry in self.running.items()] + unconfirmed,
+            "running": running[:protocol.MAX_BATCH],  # beyond (never seen): those run again, at least once
             "recycled": self._recycled_told,
         }
 
