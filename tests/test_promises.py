@@ -102,11 +102,13 @@ def test_a_run_that_ends_while_the_broker_is_down_counts_once_after_the_restart(
 
 def test_after_a_restart_a_running_job_stays_with_its_worker_though_another_says_hello_first(
         processes, tmp_path, client_factory):
-    # A slower heartbeat: the restarted broker holds restored jobs one liveness window (6 s) for
-    # their workers' claims, and the running job's worker comes back only after the other one.
-    slow = ("--heartbeat", "2")
+    # A long liveness window (10 s): the restarted broker holds restored jobs that long for their
+    # workers' claims, and the running job's worker comes back only after the other one. Peers
+    # find the restarted broker before they would declare it dead: ZeroMQ reconnects their
+    # sockets, and their heartbeats are answered "say hello first".
+    slow = ("--heartbeat", "1")
     address, journal = free_address(), tmp_path / "journal.db"
-    broker, _ = processes.broker(*slow, bind=address, journal=journal)
+    broker, _ = processes.broker(*slow, "--liveness", "10", bind=address, journal=journal)
     running = processes.worker(address, *slow, *THREADS_ONLY, "--threads", "1", imports=IMPORTS)
     client = client_factory(address)
     client.wait_for_workers(1, timeout=30)
@@ -118,7 +120,7 @@ def test_after_a_restart_a_running_job_stays_with_its_worker_though_another_says
     try:
         broker.kill()
         broker.wait(timeout=10)
-        processes.broker(*slow, bind=address, journal=journal)
+        processes.broker(*slow, "--liveness", "10", bind=address, journal=journal)
         wait_until(lambda: worker_entry(client, other.pid) is not None, timeout=STARTING,
                    message="the other worker registered with the restarted broker")
         assert client.fetch(future.job_id)["state"] == "scheduled", "held for its worker's claim, not leased"
