@@ -60,6 +60,7 @@ class BrokerConnection:
         curve: "CurveKeys | None" = None,
         on_failure: Callable[[str], None] | None = None,
         on_settled: Callable[[], None] | None = None,
+        on_heartbeat: Callable[[dict], None] | None = None,
     ) -> None:
         self.loop = loop
         self.context = context
@@ -80,6 +81,7 @@ class BrokerConnection:
         self._hello = hello
         self._on_message = on_message
         self._on_welcome = on_welcome
+        self._on_heartbeat = on_heartbeat  # the broker's heartbeat bodies (a worker's confirmed results)
         self._link: DealerLink | None = None
         self._timer: Timer | None = None
         self._last_heard = time.monotonic()
@@ -126,6 +128,12 @@ class BrokerConnection:
         self._hello_sent_at = time.monotonic()
         self.send(protocol.HELLO, {**self._hello(), "session": self.session})
 
+    @property
+    def welcomed(self) -> bool:
+        """The broker welcomed the latest hello on the open socket: what is sent now reaches a broker
+        that knows this peer (while a hello waits, a message may go down with its socket)."""
+        return self._hello_sent_at is None and self._link is not None
+
     def _hello_waiting(self) -> bool:
         """A hello is on its way: messages sent before it are refused, and one hello is enough."""
         sent_at = self._hello_sent_at
@@ -134,6 +142,8 @@ class BrokerConnection:
     def _receive(self, message: protocol.Message) -> None:
         self._last_heard = time.monotonic()
         if message.type == protocol.HEARTBEAT:
+            if message.body and self._on_heartbeat is not None:
+                self._on_heartbeat(message.body)
             return
         if message.type == protocol.WELCOME:
             self._welcomed(message.body)

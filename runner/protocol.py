@@ -337,6 +337,15 @@ def _check_recycled(body: dict) -> None:
             _integer(body[name], name, 0, 2**62)
 
 
+def _check_heartbeat(body: dict) -> None:
+    """A worker's memory and recycled count; the broker's to a worker: ``results`` (the worker's
+    results messages journaled in its ``session``)."""
+    _check_recycled(body)
+    _session(body)
+    if "results" in body:
+        _integer(body["results"], "results", 0, 2**62)
+
+
 def _check_submit(body: dict) -> None:
     for row in _batch(body, "jobs", len(JOB_FIELDS), "jobs"):
         check_job_row(row)
@@ -500,7 +509,7 @@ _VALIDATORS: dict[str, Callable[[dict], None]] = {
     HELLO: _check_hello,
     SUBMIT: _check_submit,
     RESULTS: _check_results,
-    HEARTBEAT: _check_recycled,
+    HEARTBEAT: _check_heartbeat,
     STATUS: _request_id,
     WAIT_WORKERS: _check_wait_workers,
     CANCEL: _check_cancel,

@@ -168,9 +168,6 @@ def test_an_async_client_passes_its_futures_too(cluster):
     assert asyncio.run(main()) == 6
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, open in issue 13's note: once in a full CI run job c, running on the worker through the broker's "
-    "kill -9, ran a second time after the restart (at least once holds; exactly once does not yet)"))
 def test_a_broker_killed_in_the_middle_of_a_diamond_loses_nothing_and_runs_nothing_twice(processes, tmp_path):
     address, journal, markers = free_address(), tmp_path / "journal.db", tmp_path / "markers"
     markers.mkdir()

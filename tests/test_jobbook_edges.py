@@ -22,7 +22,7 @@ from runner.broker import journal as states
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
 from runner.broker.limits import Limits
-from runner.broker.scheduler import DEFERRED, PENDING, RUNNING
+from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, SCHEDULED
 
 A, B = b"client-a", b"client-b"
 OK = protocol.pack("ok")
@@ -51,15 +51,16 @@ class Broker:
         """A turn; the (job id, attempt) leased to each worker in it."""
         return {worker: [(job.id, job.attempt) for job in jobs] for worker, jobs in self.turn().leases}
 
-    def restart(self, crashed: bool = False, now: float = 2.0) -> None:
-        """Start again on the same journal: after a commit, or killed with the turn uncommitted."""
+    def restart(self, crashed: bool = False, now: float = 2.0, claim_grace: float = 0.0) -> None:
+        """Start again on the same journal: after a commit, or killed with the turn uncommitted;
+        ``claim_grace``: how long restored jobs wait for their workers' claims (as the server's)."""
         if crashed:
             self.journal._db.close()  # what was not committed never happened
         else:
             self.journal.close()
         self.journal = Journal(self.path)
         self.book = JobBook(self.journal, rng=random.Random(3), limits=self.limits)
-        self.book.restore(now)
+        self.book.restore(now, claim_grace)
 
     def run_to_the_end(self, job_id: str, status: str = protocol.OK, payload: bytes = OK, now: float = 2.0) -> None:
         """A worker joins, is leased ``job_id`` (alone) and reports it; then it leaves."""
@@ -306,6 +307,55 @@ def test_a_run_kept_after_its_worker_was_declared_dead_stays_counted_when_the_wo
     driven.book.worker_lost(b"w", 5.0)  # its second and last attempt is lost too
     [outcome] = driven.turn().outcomes[A]
     assert refusal(outcome)["type"] == "WorkerLostError", "max_attempts=2 allows two runs, not three"
+
+
+def test_after_a_restart_a_running_job_waits_for_its_worker_to_claim_it_and_is_not_leased_to_another(broker):
+    driven = broker()
+    driven.book.submit(A, [row("x"), row("y")], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1)]}
+    driven.restart(crashed=True, now=2.0, claim_grace=0.6)  # x runs on w through the kill -9; its lease was not journaled
+    driven.book.worker_joined(b"v", ["default"], {"thread": 2}, [], 2.1)  # another worker says hello first
+    assert driven.leases() == {}, "restored jobs wait for their workers' claims"
+    assert driven.book.scheduler.jobs["x"].state == SCHEDULED
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [["x", 1]], 2.2)  # w noticed the restart
+    outbox = driven.turn()
+    assert outbox.leases == [] and outbox.stop_jobs == {}, "x stays on w, leased to nobody else"
+    assert driven.book.scheduler.jobs["x"].worker == b"w"
+    driven.book.release_due(2.6)  # the grace is over: y, which nobody claimed, goes to a worker
+    assert driven.leases() == {b"v": [("y", 1)]}
+    driven.book.results(b"w", [["x", 1, protocol.OK, OK]], 2.7)
+    assert driven.turn().outcomes == {A: [["x", protocol.OK, OK]]}
+    assert (driven.journal.get("x").state, driven.journal.get("x").attempts) == (states.DONE, 1)
+
+
+def test_a_run_whose_result_the_broker_lost_is_claimed_again_and_its_result_counts_once(broker):
+    driven = broker()
+    driven.book.submit(A, [row("x")], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1)]}
+    driven.book.results(b"w", [["x", 1, protocol.OK, OK]], 1.5)
+    driven.restart(crashed=True, now=2.0, claim_grace=0.6)  # killed before the commit: the result is lost
+    # The worker kept the result (not confirmed by a heartbeat): its hello claims the run, then sends it.
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [["x", 1]], 2.1)
+    assert driven.leases() == {}, "x is not run again"
+    driven.book.results(b"w", [["x", 1, protocol.OK, OK]], 2.1)
+    assert driven.turn().outcomes == {A: [["x", protocol.OK, OK]]}
+    driven.book.release_due(3.0)
+    assert driven.leases() == {} and "x" not in driven.book.scheduler.jobs
+
+
+def test_a_claim_of_a_restored_job_after_the_grace_finds_it_leased_again(broker):
+    driven = broker()
+    driven.book.submit(A, [row("x")], False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    assert driven.leases() == {b"w": [("x", 1)]}
+    driven.restart(crashed=True, now=2.0, claim_grace=0.6)
+    driven.book.worker_joined(b"v", ["default"], {"thread": 1}, [], 2.1)
+    driven.book.release_due(2.6)
+    assert driven.leases() == {b"v": [("x", 1)]}, "nobody claimed x in time: it runs again (at least once)"
+    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [["x", 1]], 3.0)  # too late
+    assert driven.turn().stop_jobs == {b"w": ["x"]}
 
 
 @pytest.mark.parametrize("error", [b"\xc1", protocol.pack("boom"), protocol.pack([1, 2])],

@@ -22,6 +22,7 @@ import runner
 import tasks
 from cluster import ROOT, die_with_parent, environment, read_line, wait_until
 from runner.errors import TaskTimeoutError
+from test_chaos import free_address
 from test_reliability_rules import lines, process_gone, wait_for_journal, wait_for_lines, worker_entry
 
 HEARTBEAT = ("--heartbeat", "0.2")  # a peer silent for 0.6 s is declared dead
@@ -76,6 +77,61 @@ def test_a_worker_declared_dead_that_comes_back_keeps_the_run_nobody_else_took(p
     assert lines(record) == [str(worker.pid)], "the job ran once: the kept run was not started again"
     wait_for_journal(journal, future.job_id, (1, "done"))
     assert client.status()["jobs"]["done"] == 1
+
+
+# --- the broker is killed (kill -9) while a job runs -------------------------------------------
+
+
+def test_a_run_that_ends_while_the_broker_is_down_counts_once_after_the_restart(processes, tmp_path, client_factory):
+    address, journal = free_address(), tmp_path / "journal.db"
+    broker, _ = processes.broker(*HEARTBEAT, bind=address, journal=journal)
+    worker = start_worker(processes, address, *THREADS_ONLY, "--threads", "2")
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "through", pool="thread")
+    assert wait_for_lines(record, 1) == [str(worker.pid)]
+    broker.kill()
+    broker.wait(timeout=10)
+    gate.touch()  # the run ends with no broker to take its result: the worker must keep it
+    wait_for_lines(record.with_name("through.done"), 1)
+    processes.broker(*HEARTBEAT, bind=address, journal=journal)
+    assert future.result(timeout=STARTING) == {"run": 1, "pid": worker.pid, "value": "through"}
+    assert lines(record) == [str(worker.pid)], "the restarted broker counted the kept result: no second run"
+    wait_for_journal(journal, future.job_id, (1, "done"))
+
+
+def test_after_a_restart_a_running_job_stays_with_its_worker_though_another_says_hello_first(
+        processes, tmp_path, client_factory):
+    # A long liveness window (10 s): the restarted broker holds restored jobs that long for their
+    # workers' claims, and the running job's worker comes back only after the other one. Peers
+    # find the restarted broker before they would declare it dead: ZeroMQ reconnects their
+    # sockets, and their heartbeats are answered "say hello first".
+    slow = ("--heartbeat", "1")
+    address, journal = free_address(), tmp_path / "journal.db"
+    broker, _ = processes.broker(*slow, "--liveness", "10", bind=address, journal=journal)
+    running = processes.worker(address, *slow, *THREADS_ONLY, "--threads", "1", imports=IMPORTS)
+    client = client_factory(address)
+    client.wait_for_workers(1, timeout=30)
+    future, record, gate = gated_job(client, tmp_path, "stays", pool="thread")
+    assert wait_for_lines(record, 1) == [str(running.pid)]
+    other = processes.worker(address, *slow, *THREADS_ONLY, "--threads", "2", imports=IMPORTS)
+    client.wait_for_workers(2, timeout=30)
+    os.kill(running.pid, signal.SIGSTOP)  # it says nothing until the other worker is back
+    try:
+        broker.kill()
+        broker.wait(timeout=10)
+        processes.broker(*slow, "--liveness", "10", bind=address, journal=journal)
+        wait_until(lambda: worker_entry(client, other.pid) is not None, timeout=STARTING,
+                   message="the other worker registered with the restarted broker")
+        assert client.fetch(future.job_id)["state"] == "scheduled", "held for its worker's claim, not leased"
+    finally:
+        os.kill(running.pid, signal.SIGCONT)
+    wait_until(lambda: (worker_entry(client, running.pid) or {}).get("running") == 1, timeout=STARTING,
+               message="the running job's worker registered again holding its run")
+    gate.touch()
+    assert future.result(timeout=STARTING) == {"run": 1, "pid": running.pid, "value": "stays"}
+    assert lines(record) == [str(running.pid)], "the other worker, there first, did not run it again"
+    wait_for_journal(journal, future.job_id, (1, "done"))
 
 
 # --- a client's connection drops while the broker stays up -------------------------------------

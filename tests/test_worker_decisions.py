@@ -1,9 +1,11 @@
-"""The worker's decisions without sockets: its backlog of held jobs and its adaptive credit."""
+"""The worker's decisions without sockets: its backlog of held jobs, its adaptive credit, and its results
+kept until the broker confirms them."""
 
 from __future__ import annotations
 
 from workers.backlog import MAX_GROUP, Backlog
 from workers.credit import MAX_PREFETCH, PREFETCH_WINDOW, CreditGauge
+from workers.reports import Reports
 
 
 def row(job_id: str, timeout: float | None = None) -> tuple:
@@ -140,3 +142,54 @@ def test_jobs_beyond_a_lowered_credit_are_given_back_lowest_priority_first():
     assert backlog.waiting("process") == 2
     gauge = CreditGauge({"process": 1})
     assert gauge.excess("process", held=5) == 3 and gauge.excess("process", held=2) == 0
+
+
+# --- results kept until the broker confirms them (workers/reports.py) -----------------------------
+
+
+def result(job_id: str, attempt: int = 1) -> list:
+    return [job_id, attempt, "ok", b"\xc0"]
+
+
+def test_results_sent_are_kept_until_the_broker_confirms_their_message():
+    reports = Reports()
+    reports.sent([result("a"), result("b")])
+    reports.sent([result("c")])
+    assert len(reports) == 3
+    reports.confirmed(1)
+    assert len(reports) == 1
+    reports.confirmed(1)  # a later heartbeat with the same count changes nothing
+    assert len(reports) == 1
+    reports.confirmed(2)
+    assert len(reports) == 0
+
+
+def test_a_hello_claims_every_result_not_confirmed_and_the_welcome_sends_them_again():
+    reports = Reports()
+    reports.sent([result("a", 1)])
+    reports.sent([result("b", 3)])
+    reports.confirmed(1)  # a was journaled; b went down with the broker, or with the connection
+    assert reports.new_session() == [["b", 3]]  # claimed in the hello as a run the worker still has
+    assert reports.welcomed() == [result("b", 3)]
+    assert len(reports) == 0 and reports.welcomed() == []
+
+
+def test_results_that_finish_while_a_hello_waits_are_held_and_claimed_by_the_next_hello():
+    reports = Reports()
+    assert reports.new_session() == []  # the hello left before the run finished
+    reports.hold([result("c")])  # finished while the hello waits: not sent (it would be lost or ignored)
+    assert len(reports) == 1
+    assert reports.new_session() == [["c", 1]]  # the broker fell silent again: the next hello claims it
+    assert reports.welcomed() == [result("c")]
+
+
+def test_numbering_starts_again_with_each_session():
+    reports = Reports()
+    reports.sent([result("a")])
+    reports.sent([result("b")])
+    reports.new_session()
+    reports.welcomed()
+    reports.sent([result("a")])  # message 1 of the new session
+    reports.sent([result("b")])
+    reports.confirmed(1)  # the new broker (or the same, after the hello) counts from the welcome
+    assert len(reports) == 1

@@ -7,9 +7,11 @@ everything that finished in one message. Credit is announced in hello (the
 pools' slots) and later in ``credit`` messages (slots plus a prefetch, credit.py):
 the broker never leases a worker more jobs per pool than its credit.
 
-The worker remembers each job it runs (``Running``) until it reports it, so it
-can re-announce them after a reconnect, stop them on a timeout or a forced
-cancel, and give them back on shutdown.
+The worker remembers each job it runs (``Running``) until it reports it, and each
+result until the broker confirms it has journaled it (workers/reports.py), so it can
+re-announce them after a reconnect or a broker restart (a run whose result was lost on
+the way is kept, not run again), stop them on a timeout or a forced cancel, and give
+them back on shutdown.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from workers.backlog import Backlog
 from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
 from workers.recycling import Recycler
+from workers.reports import Reports
 
 log = logger.bind(component="worker")
 
@@ -107,9 +110,10 @@ class Worker:
         self.connection = BrokerConnection(
             self.loop, self.context, connect, self.identity, hello=self._hello, on_message=self._on_message,
             on_welcome=self._on_welcome, heartbeat=heartbeat, liveness=liveness, say_waiting=True,
-            curve=curve, on_failure=self._on_auth_failure,
+            curve=curve, on_failure=self._on_auth_failure, on_heartbeat=self._on_broker_heartbeat,
         )
         self.running: dict[str, Running] = {}  # touched by the loop thread only
+        self.reports = Reports()  # results until the broker confirms them (workers/reports.py)
         self.backlog = Backlog(self.pools.slots())  # held jobs not yet started, by priority
         self.credit = CreditGauge(self.pools.slots())  # how many jobs to ask for, per pool
         # Jobs held per pool (waiting or running): the broker never leases more than the credit,
@@ -152,11 +156,13 @@ class Worker:
     # --- broker messages ---------------------------------------------------------------
 
     def _hello(self) -> dict:
+        """The hello claims the runs going on and those whose results the broker has not confirmed."""
         self._epoch += 1
+        running = [[job_id, entry.attempt] for job_id, entry in self.running.items()] + self.reports.new_session()
         return {
             "role": "worker", "name": self.name, "host": socket_module.gethostname(), "pid": os.getpid(),
             "queues": self.queues, "slots": self.pools.slots(), "epoch": self._epoch,
-            "running": [[job_id, entry.attempt] for job_id, entry in self.running.items()],
+            "running": running[:protocol.MAX_BATCH],  # beyond (never seen): those run again, at least once
             "recycled": self._recycled_told,
         }
 
@@ -181,10 +187,16 @@ class Worker:
         self.max_message_bytes = limits.get("max_message_bytes", self.max_message_bytes)
         self.max_payload_bytes = limits.get("max_payload_bytes", self.max_payload_bytes)
         log.info("registered with broker {} at {} (epoch {})", str(body.get("broker", "?"))[:8], self.address, self._epoch)
+        self._deliver(self.reports.welcomed())  # claimed in the hello: they count for the lease it kept
         if self._draining.is_set():
             self.connection.send(protocol.DRAIN)
         elif self.credit.announced != self.credit.slots:  # hello announced the bare slots
             self.connection.send(protocol.CREDIT, {"slots": self.credit.announced})
+
+    def _on_broker_heartbeat(self, body: dict) -> None:
+        """The broker's heartbeat says how many results messages of this session it has journaled."""
+        if body.get("session") == self.connection.session and "results" in body:
+            self.reports.confirmed(body["results"])
 
     def _on_message(self, message: protocol.Message) -> None:
         if message.type == protocol.JOBS:
@@ -347,7 +359,18 @@ class Worker:
                     f"the task's result takes {len(row[3])} bytes, more than the broker's limit of "
                     f"{self.max_payload_bytes} (runner broker --max-payload-bytes); return a path or key to it instead"))
         self.jobs_done += sum(1 for row in results if row[2] != protocol.REQUEUE)
+        self._deliver(results)
+
+    def _deliver(self, results: list[list]) -> None:
+        """Send results to a broker that welcomed this session, kept until it confirms them; hold
+        them while a hello waits for its welcome (workers/reports.py)."""
+        if not results:
+            return
+        if not self.connection.welcomed:
+            self.reports.hold(results)
+            return
         for batch in protocol.split_by_size(results, 3, RESULT_ROW_BYTES, self.max_message_bytes):
+            self.reports.sent(batch)
             self.connection.send(protocol.RESULTS, {"results": batch})
 
     # --- shutdown ----------------------------------------------------------------------

@@ -75,14 +75,24 @@ class JobBook(AfterJobs):
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
         self._lost_runs: dict[bytes, dict[str, int]] = {}
+        # Restored jobs held back after a restart until their workers had time to claim them in
+        # their hellos (restore's ``claim_grace``), and when that time ends.
+        self._claimable: set[str] = set()
+        self._claims_until = 0.0
         self._init_after()
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def restore(self, now: float) -> int:
+    def restore(self, now: float, claim_grace: float = 0.0) -> int:
         """Queue again every journaled job without a final outcome (after a restart); a delayed job,
         or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
-        queued now; a job waiting for others waits again, as its dependencies stand."""
+        queued now; a job waiting for others waits again, as its dependencies stand.
+
+        ``claim_grace``: seconds the jobs that would be queued at once are held back (``scheduled``)
+        first. Leases are not journaled, so any of them may be running on a worker that outlived
+        the broker; that worker claims it in its hello (``worker_joined``) once it notices the
+        restart, and the job stays on it. Leased at once, it could go to another worker (or to
+        the same one, had its result gone down with the broker) and run twice."""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
         for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
@@ -95,7 +105,18 @@ class JobBook(AfterJobs):
             self.quota.add(job.client)
             count += 1
         self._start_held(now)  # once every held job is back: their dependencies are among them
+        if claim_grace > 0:
+            self._hold_for_claims(now + claim_grace)
         return count
+
+    def _hold_for_claims(self, until: float) -> None:
+        """Hold every queued job (all restored) until ``until``, unless a worker claims it first."""
+        queued = [job for job in self.scheduler.jobs.values() if job.state == PENDING]
+        for job in queued:
+            self.scheduler.cancel(job.id)
+            self._hold_until(job, until)
+            self._claimable.add(job.id)
+        self._claims_until = until
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -290,6 +311,10 @@ class JobBook(AfterJobs):
         self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
+            if job is not None and job.state == SCHEDULED and job_id in self._claimable:
+                self._claimable.discard(job_id)  # restored, held for its worker's claim: here it is
+                self.timers.remove(job)
+                self.scheduler.requeue(job, front=True)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)
             else:
@@ -413,7 +438,9 @@ class JobBook(AfterJobs):
         """Jobs whose time has come go to their queues: a retry whose backoff passed at the back,
         a delayed job now due at the front of its priority (it has waited since it was accepted,
         and was promised a time the jobs queued there were not)."""
-        # Only a cancel takes a held job out early (timers.remove); nothing else moves one.
+        # Only a cancel, or a worker claiming a restored job, takes a held job out early (timers.remove).
+        if self._claimable and now >= self._claims_until:
+            self._claimable.clear()  # the restored jobs nobody claimed are released just below
         released = self.timers.pop_due(now)
         for job in released:
             if job.state == DEFERRED:

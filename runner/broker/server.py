@@ -64,6 +64,7 @@ class Peer:
     session: int = 0  # the count of hellos the peer has sent, with this one
     rss: int | None = None  # a worker's resident memory in bytes, and its pool children's (its heartbeats say)
     children_rss: int | None = None
+    results: int = 0  # a worker's results messages taken this session (its heartbeats confirm them)
 
 
 class Broker(Requests, ScheduleShell):
@@ -96,7 +97,9 @@ class Broker(Requests, ScheduleShell):
         same_owner = (lambda peer, owner: self.access.same_owner(peer, owner)) if curve_keys is not None else None
         self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
         self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
-        restored = self.jobs.restore(time.time())
+        self.liveness = Liveness(heartbeat, liveness)
+        # Restored jobs wait one liveness window for the workers still running them to claim them.
+        restored = self.jobs.restore(time.time(), claim_grace=self.liveness.grace)
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
@@ -122,12 +125,12 @@ class Broker(Requests, ScheduleShell):
         self.offenders = Offenders(self.limits.max_invalid_frames)
         if warning:
             log.warning(warning)
-        self.liveness = Liveness(heartbeat, liveness)
         self.peers: dict[bytes, Peer] = {}
         self._worker_waiters: list[tuple[bytes, int, int]] = []  # (client, request, count)
         self._replies: list[tuple[bytes, dict]] = []  # sent after the turn's journal commit
         self._flush_scheduled = False
         self._flushing = False
+        self._beat_due = False  # heartbeats go at the end of the turn, after the commit (they confirm results)
         self.metrics = None  # a runner.broker.metrics.Metrics once serve_metrics is called
         self._handlers: dict[str, Callable[[bytes, protocol.Message], None]] = {
             protocol.HELLO: self._on_hello,
@@ -295,6 +298,7 @@ class Broker(Requests, ScheduleShell):
         self._schedule_flush()
 
     def _on_results(self, worker: bytes, message: protocol.Message) -> None:
+        self.peers[worker].results += 1
         try:
             self.jobs.results(worker, message.body["results"], time.time())
         except UnknownWorker:
@@ -332,8 +336,7 @@ class Broker(Requests, ScheduleShell):
     def _on_heartbeat_tick(self) -> None:
         for peer_id in self.liveness.expired(time.monotonic()):
             self._remove_peer(peer_id, f"missed heartbeats for {self.liveness.grace:.1f}s")
-        for peer_id in list(self.peers):
-            self.link.send(peer_id, protocol.HEARTBEAT)
+        self._beat_due = True  # sent by _flush, after this turn's commit
         self.jobs.release_due(time.time())
         self._run_due_ticks()  # the schedules' own timer is the precise one; this catches a jumped clock
         if self.metrics is not None:
@@ -422,7 +425,22 @@ class Broker(Requests, ScheduleShell):
             self.link.send(client, protocol.ACCEPTED, {"ids": ids})
         for worker, ids in outbox.stop_jobs.items():
             self.link.send(worker, protocol.STOP_JOBS, {"ids": ids})
+        if self._beat_due:
+            self._send_heartbeats()
         self._arm_due_timer()
+
+    def _send_heartbeats(self) -> None:
+        """A heartbeat to every peer, after the commit: a worker's says how many of its results
+        messages this session are journaled, so it may forget them (workers/reports.py)."""
+        self._beat_due = False
+        peers = list(self.peers.items())
+        for peer_id, peer in peers:
+            if peer.role == "worker":
+                self.link.send(peer_id, protocol.HEARTBEAT, {"results": peer.results, "session": peer.session})
+            else:
+                self.link.send(peer_id, protocol.HEARTBEAT)
+        if len(self.peers) != len(peers):  # one was unreachable: its jobs go back, leased next turn
+            self._schedule_flush()
 
     def _send_leases(self, leases: list) -> None:
         for worker, jobs in leases:
