@@ -86,6 +86,7 @@ PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
 # Per-job options in a submit row; all optional, absent means the default.
 JOB_OPTIONS = ("retries", "backoff", "timeout", "max_attempts", "delay", "due", "after")
+_JOB_OPTION_NAMES = frozenset(JOB_OPTIONS)
 
 #: msgpack extension type of a placeholder in a job's arguments: the result of the job whose id
 #: is its data (UTF-8). The broker puts the result there before the job runs (docs/protocol.md).
@@ -238,7 +239,9 @@ def check_job_options(options: Any) -> None:
     """Validate a submit row's options map (retries, backoff, timeout, max_attempts, delay or due)."""
     if not isinstance(options, dict):
         raise ProtocolError(f"job options must be a map, got {type(options).__name__}")
-    unknown = set(options) - set(JOB_OPTIONS)
+    if not options:  # most jobs: the defaults, nothing more to look at
+        return
+    unknown = options.keys() - _JOB_OPTION_NAMES
     if unknown:
         raise ProtocolError(f"unknown job options {sorted(map(repr, unknown))}; known: {JOB_OPTIONS}")
     if "retries" in options:
