@@ -125,7 +125,8 @@ class Counters:
         return self._entry(queue, task)[0]
 
     def submitted(self, queue: str, task: str) -> None:
-        self._row(queue, task)[SUBMITTED] += 1
+        """A job was accepted (once per job: looked up here, as in ``ran``)."""
+        (self._entries.get((queue, task)) or self._entry(queue, task))[0][SUBMITTED] += 1
 
     def retried(self, queue: str, task: str) -> None:
         self._row(queue, task)[RETRIED] += 1
