@@ -110,9 +110,10 @@ class JobBook(AfterJobs):
         """
         fresh, delayed = [], []
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
+        held_jobs = self.scheduler.jobs
         for job_id, task, pool, queue, priority, payload, options in rows:
-            if job_id in self.scheduler.jobs:
-                held = self.scheduler.jobs[job_id]
+            held = held_jobs.get(job_id)
+            if held is not None:
                 if not self._may_take(client, held.client):
                     self._refuse_taken(client, job_id)
                     continue
@@ -129,7 +130,7 @@ class JobBook(AfterJobs):
                 room -= 1
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
-                          RetryRules.from_wire(options))
+                          RetryRules.from_wire(options) if options else DEFAULT_RULES)
                 job.accepted = now
                 if not options:
                     self.scheduler.submit(job)
