@@ -19,6 +19,7 @@ from test_jobbook_model import BOOK_SETTINGS, PICK, JobBookMachine, SimWorker, p
 
 from runner import protocol
 from runner.broker import journal as states
+from runner.broker.events import EventHub
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
 from runner.broker.limits import Limits
@@ -448,3 +449,27 @@ class HelloAgainMachine(JobBookMachine):
 
 TestHelloAgain = HelloAgainMachine.TestCase
 TestHelloAgain.settings = BOOK_SETTINGS
+
+
+def test_each_outcome_is_journaled_with_the_name_its_worker_has_when_it_ends(tmp_path):
+    names = {b"w": "alpha"}  # the server's peers: a worker's name comes with its hello
+    journal = Journal(str(tmp_path / "journal.db"))
+    book = JobBook(journal, events=EventHub(worker_name=lambda worker: names.get(worker, "")))
+    book.submit(A, [row("x"), row("y"), row("z"), row("lost")], False, 1.0)
+    book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
+    for job_id, attempt in [("x", 1), ("y", 1)]:
+        [(_, [leased])] = book.take_outbox().leases
+        assert (leased.id, leased.attempt) == (job_id, attempt)
+        book.results(b"w", [[job_id, attempt, protocol.OK, OK]], 2.0)
+        if job_id == "x":  # the same routing id says hello again under another name
+            names[b"w"] = "beta"
+            book.worker_lost(b"w", 2.0, charged=False)
+            book.worker_joined(b"w", ["default"], {"thread": 1}, [], 2.0)
+    [(_, [leased])] = book.take_outbox().leases
+    del names[b"w"]  # declared dead: gone from the server's peers, then from the book
+    book.worker_lost(b"w", 3.0)
+    book.results_from_lost_worker(b"w", [[leased.id, leased.attempt, protocol.OK, OK]], 3.0)  # its run counts
+    book.cancel("lost", False, 3.0)
+    journal.commit()
+    assert [journal.get(job_id).worker for job_id in ("x", "y", "z", "lost")] == ["alpha", "beta", None, None]
+    journal.close()

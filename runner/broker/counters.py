@@ -60,7 +60,9 @@ class Rate:
         self._second = 0  # the second the newest bucket counts
 
     def add(self, now: float, count: int = 1) -> None:
-        self._advance(int(now))
+        second = int(now)
+        if second > self._second:  # a new second (a call per job: the common case skips the call)
+            self._advance(second)
         self._buckets[self._second % self.window] += count
 
     def per_second(self, now: float) -> float:
@@ -123,7 +125,8 @@ class Counters:
         return self._entry(queue, task)[0]
 
     def submitted(self, queue: str, task: str) -> None:
-        self._row(queue, task)[SUBMITTED] += 1
+        """A job was accepted (once per job: looked up here, as in ``ran``)."""
+        (self._entries.get((queue, task)) or self._entry(queue, task))[0][SUBMITTED] += 1
 
     def retried(self, queue: str, task: str) -> None:
         self._row(queue, task)[RETRIED] += 1
@@ -136,8 +139,9 @@ class Counters:
 
     def ran(self, worker: bytes | None, queue: str, task: str, ok: bool, now: float,
             accepted: float | None, leased: float | None) -> None:
-        """A run the broker counts ended (``ok``: done; else failed, retried or not)."""
-        row, wait, run = self._entry(queue, task)
+        """A run the broker counts ended (``ok``: done; else failed, retried or not). Once per job:
+        the entry is looked up here, and only a new (queue, task) pair goes through ``_entry``."""
+        row, wait, run = self._entries.get((queue, task)) or self._entry(queue, task)
         counts = self.workers.get(worker) if worker is not None else None
         if ok:
             row[COMPLETED] += 1
@@ -151,8 +155,8 @@ class Counters:
                 counts.failed += 1
         if leased is not None:
             if accepted is not None:
-                wait.observe(max(0.0, leased - accepted))
-            run.observe(max(0.0, now - leased))
+                wait.observe(leased - accepted if leased > accepted else 0.0)
+            run.observe(now - leased if now > leased else 0.0)
 
     def snapshot(self) -> "Totals":
         """A copy another thread may read while the loop goes on counting (taken on the loop's thread)."""

@@ -79,6 +79,9 @@ class JobBook(AfterJobs):
         # their hellos (restore's ``claim_grace``), and when that time ends.
         self._claimable: set[str] = set()
         self._claims_until = 0.0
+        # Each connected worker's name, journaled with every outcome it gives: asked of the server once,
+        # not per job. Dropped when the worker joins again or is lost (its name may change with a hello).
+        self._worker_names: dict[bytes, str] = {}
         self._init_after()
 
     # --- start-up ---------------------------------------------------------------------------
@@ -128,9 +131,10 @@ class JobBook(AfterJobs):
         """
         fresh, delayed = [], []
         room, max_payload = self.quota.room(client), self.limits.max_payload_bytes
+        held_jobs = self.scheduler.jobs
         for job_id, task, pool, queue, priority, payload, options in rows:
-            if job_id in self.scheduler.jobs:
-                held = self.scheduler.jobs[job_id]
+            held = held_jobs.get(job_id)
+            if held is not None:
                 if not self._may_take(client, held.client):
                     self._refuse_taken(client, job_id)
                     continue
@@ -141,13 +145,13 @@ class JobBook(AfterJobs):
                 self._refuse(client, job_id, room, len(payload))
                 continue
             else:
-                after = options.get("after")
-                if after is not None and self._refuse_dependencies(client, job_id, after, payload):
+                if options and "after" in options and self._refuse_dependencies(client, job_id, options["after"],
+                                                                                  payload):
                     continue
                 room -= 1
                 # Interned: a million waiting jobs share a few task, pool and queue names.
                 job = Job(job_id, sys.intern(task), sys.intern(pool), sys.intern(queue), priority, payload, client,
-                          RetryRules.from_wire(options))
+                          RetryRules.from_wire(options) if options else DEFAULT_RULES)
                 job.accepted = now
                 if not options:
                     self.scheduler.submit(job)
@@ -306,6 +310,7 @@ class JobBook(AfterJobs):
                       running: list[list], now: float) -> None:
         """A worker (re)registered; it keeps the runs it still has that nobody else holds."""
         self._draining.discard(worker)
+        self._worker_names.pop(worker, None)
         self._lost_runs.pop(worker, None)  # the runs it still has are claimed below
         self.scheduler.worker_joined(worker, queues, slots)
         self.counters.worker_joined(worker)
@@ -338,6 +343,7 @@ class JobBook(AfterJobs):
         less than its lease's: a run kept after a charged loss was leased at the attempt spent.)
         """
         self._draining.discard(worker)
+        self._worker_names.pop(worker, None)
         if charged:  # a worker only registering again keeps its counts
             self.counters.worker_left(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
@@ -424,13 +430,21 @@ class JobBook(AfterJobs):
         self.scheduler.jobs.pop(job.id, None)
         self.quota.remove(job.client)  # every held job finishes exactly once
         # The name of the worker whose run ended it (None: cancelled, or lost with its worker).
-        worker = self.events.worker_name(job.worker) if job.worker else None
+        worker = job.worker and (self._worker_names.get(job.worker) or self._look_up_worker_name(job.worker))
         self.journal.finish(job.id, state, status, outcome, job.attempt, now, worker)
         self.outbox.outcomes[job.client].append([job.id, status, outcome])
         if self.events.wanted:
             self.events.emit(EVENT_OF_STATE[state], job, now)
         if job.id in self.dependencies.dependants:
             self._dependency_ended(job.id, state, outcome, now)
+
+    def _look_up_worker_name(self, worker: bytes) -> str | None:
+        """The worker's name as the server knows it (kept while it is connected); None if it is not."""
+        name = self.events.worker_name(worker)
+        if not name:
+            return None
+        self._worker_names[worker] = name
+        return name
 
     # --- time -----------------------------------------------------------------------------------
 
