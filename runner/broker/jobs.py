@@ -265,7 +265,7 @@ class JobBook(HeldJobs, AfterJobs):
         if job.state == PENDING:
             self.scheduler.cancel(job_id)
         elif job.state in (DEFERRED, SCHEDULED):
-            self.timers.remove(job)
+            self._release_early(job)
         elif job.state == WAITING:
             self.dependencies.forget(job_id)
         elif not force:
@@ -304,7 +304,7 @@ class JobBook(HeldJobs, AfterJobs):
         self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
-            if job is not None and job.state == SCHEDULED:
+            if job is not None and job.state == DEFERRED:
                 self._claim(job)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)

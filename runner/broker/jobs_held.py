@@ -28,21 +28,34 @@ class HeldJobs:
         self._claims_until = 0.0
 
     def _hold_for_claims(self: "JobBook", until: float) -> None:
-        """Hold every queued job (all restored) until ``until``, unless a worker claims it first."""
+        """Hold every queued job (all restored) until ``until``, unless a worker claims it first.
+
+        Held as a retry is (``deferred``), so users see it ``pending``, as it is to them: queued,
+        not delayed (``held_for_claims`` keeps status's counts so)."""
         queued = [job for job in self.scheduler.jobs.values() if job.state == PENDING]
         for job in queued:
             self.scheduler.cancel(job.id)
-            self._hold_until(job, until)
+            self.scheduler.defer(job, DEFERRED)
+            self.timers.add(job, until)
             self._claimable.add(job.id)
         self._claims_until = until
+
+    @property
+    def held_for_claims(self: "JobBook") -> int:
+        """How many restored jobs still wait for their workers' claims (status counts them pending)."""
+        return len(self._claimable)
 
     def _claim(self: "JobBook", job: Job) -> None:
         """A worker's hello names a held job: if it was restored and held for that claim, it goes back
         to its queue now, for the worker to adopt (a delayed job or a retry stays held)."""
         if job.id in self._claimable:
-            self._claimable.discard(job.id)
-            self.timers.remove(job)
+            self._release_early(job)
             self.scheduler.requeue(job, front=True)
+
+    def _release_early(self: "JobBook", job: Job) -> None:
+        """Take a held job (``scheduled`` or ``deferred``) out of the timers before its time."""
+        self.timers.remove(job)
+        self._claimable.discard(job.id)
 
     def release_due(self: "JobBook", now: float) -> None:
         """Jobs whose time has come go to their queues: a retry whose backoff passed at the back,
@@ -68,7 +81,7 @@ class HeldJobs:
         False if it runs or is unknown."""
         job = self.scheduler.jobs.get(job_id)
         if job is not None and job.state == SCHEDULED:
-            self.timers.remove(job)
+            self._release_early(job)
             del self.scheduler.jobs[job_id]
             return True
         return self.scheduler.cancel(job_id)
