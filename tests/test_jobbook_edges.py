@@ -61,7 +61,9 @@ class Broker:
             self.journal.close()
         self.journal = Journal(self.path)
         self.book = JobBook(self.journal, rng=random.Random(3), limits=self.limits)
-        self.book.restore(now, claim_grace)
+        self.book.restore(now)
+        if claim_grace:
+            self.book.hold_for_claims(now + claim_grace)
 
     def run_to_the_end(self, job_id: str, status: str = protocol.OK, payload: bytes = OK, now: float = 2.0) -> None:
         """A worker joins, is leased ``job_id`` (alone) and reports it; then it leaves."""

@@ -83,16 +83,11 @@ class JobBook(HeldJobs, AfterJobs):
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def restore(self, now: float, claim_grace: float = 0.0) -> int:
+    def restore(self, now: float) -> int:
         """Queue again every journaled job without a final outcome (after a restart); a delayed job,
         or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
-        queued now; a job waiting for others waits again, as its dependencies stand.
-
-        ``claim_grace``: seconds the jobs that would be queued at once are held back (``scheduled``)
-        first. Leases are not journaled, so any of them may be running on a worker that outlived
-        the broker; that worker claims it in its hello (``worker_joined``) once it notices the
-        restart, and the job stays on it. Leased at once, it could go to another worker (or to
-        the same one, had its result gone down with the broker) and run twice."""
+        queued now; a job waiting for others waits again, as its dependencies stand. (The server
+        then holds the queued ones for their workers' claims: ``hold_for_claims``.)"""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
         for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
@@ -105,8 +100,6 @@ class JobBook(HeldJobs, AfterJobs):
             self.quota.add(job.client)
             count += 1
         self._start_held(now)  # once every held job is back: their dependencies are among them
-        if claim_grace > 0:
-            self._hold_for_claims(now + claim_grace)
         return count
 
     # --- clients ------------------------------------------------------------------------------

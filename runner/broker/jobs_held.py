@@ -23,12 +23,16 @@ class HeldJobs:
     def _init_held(self: "JobBook") -> None:
         self.timers = DueTimes(self.scheduler.jobs)  # delayed jobs not yet due, retries waiting out their backoff
         # Restored jobs held back after a restart until their workers had time to claim them in
-        # their hellos (restore's ``claim_grace``), and when that time ends.
+        # their hellos (``hold_for_claims``), and when that time ends.
         self._claimable: set[str] = set()
         self._claims_until = 0.0
 
-    def _hold_for_claims(self: "JobBook", until: float) -> None:
-        """Hold every queued job (all restored) until ``until``, unless a worker claims it first.
+    def hold_for_claims(self: "JobBook", until: float) -> None:
+        """Hold every queued job (all restored, just after ``restore``) until ``until``, unless a
+        worker claims it first. Leases are not journaled, so any of them may be running on a worker
+        that outlived the broker; that worker claims it in its hello (``worker_joined``) once it
+        notices the restart, and the job stays on it. Leased at once, it could go to another worker
+        (or to the same one, had its result gone down with the broker) and run twice.
 
         Held as a retry is (``deferred``), so users see it ``pending``, as it is to them: queued,
         not delayed (``held_for_claims`` keeps status's counts so)."""
