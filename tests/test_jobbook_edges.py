@@ -23,7 +23,7 @@ from runner.broker.events import EventHub
 from runner.broker.jobs import JobBook
 from runner.broker.journal import Journal
 from runner.broker.limits import Limits
-from runner.broker.scheduler import DEFERRED, PENDING, RUNNING, SCHEDULED
+from runner.broker.scheduler import DEFERRED, PENDING, RUNNING
 
 A, B = b"client-a", b"client-b"
 OK = protocol.pack("ok")
@@ -61,7 +61,9 @@ class Broker:
             self.journal.close()
         self.journal = Journal(self.path)
         self.book = JobBook(self.journal, rng=random.Random(3), limits=self.limits)
-        self.book.restore(now, claim_grace)
+        self.book.restore(now)
+        if claim_grace:
+            self.book.hold_for_claims(now + claim_grace)
 
     def run_to_the_end(self, job_id: str, status: str = protocol.OK, payload: bytes = OK, now: float = 2.0) -> None:
         """A worker joins, is leased ``job_id`` (alone) and reports it; then it leaves."""
@@ -318,7 +320,7 @@ def test_after_a_restart_a_running_job_waits_for_its_worker_to_claim_it_and_is_n
     driven.restart(crashed=True, now=2.0, claim_grace=0.6)  # x runs on w through the kill -9; its lease was not journaled
     driven.book.worker_joined(b"v", ["default"], {"thread": 2}, [], 2.1)  # another worker says hello first
     assert driven.leases() == {}, "restored jobs wait for their workers' claims"
-    assert driven.book.scheduler.jobs["x"].state == SCHEDULED
+    assert driven.book.scheduler.jobs["x"].state == DEFERRED and driven.book.held_for_claims == 2  # shown pending
     driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [["x", 1]], 2.2)  # w noticed the restart
     outbox = driven.turn()
     assert outbox.leases == [] and outbox.stop_jobs == {}, "x stays on w, leased to nobody else"

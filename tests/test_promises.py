@@ -123,7 +123,7 @@ def test_after_a_restart_a_running_job_stays_with_its_worker_though_another_says
         processes.broker(*slow, "--liveness", "10", bind=address, journal=journal)
         wait_until(lambda: worker_entry(client, other.pid) is not None, timeout=STARTING,
                    message="the other worker registered with the restarted broker")
-        assert client.fetch(future.job_id)["state"] == "scheduled", "held for its worker's claim, not leased"
+        assert client.fetch(future.job_id)["state"] == "pending", "held for its worker's claim, not leased"
     finally:
         os.kill(running.pid, signal.SIGCONT)
     wait_until(lambda: (worker_entry(client, running.pid) or {}).get("running") == 1, timeout=STARTING,

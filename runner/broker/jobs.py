@@ -31,10 +31,11 @@ from runner.broker.counters import Counters
 from runner.broker.events import EventHub
 from runner.broker.dependencies import WAITING
 from runner.broker.jobs_after import AfterJobs
+from runner.broker.jobs_held import HeldJobs
 from runner.broker.journal import EMPTY_OPTIONS, Journal
 from runner.broker.retry import DEFAULT_RULES, RetryRules, may_run_again_after_worker_loss, retry_delay, should_retry
 from runner.broker.scheduler import DEFERRED, PENDING, SCHEDULED, Job, Scheduler
-from runner.broker.timers import DueTimes, due_time
+from runner.broker.timers import due_time
 
 log = logger.bind(component="jobs")
 
@@ -53,7 +54,7 @@ class Outbox:
     leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
 
 
-class JobBook(AfterJobs):
+class JobBook(HeldJobs, AfterJobs):
     """Every job the broker holds, and every decision about it."""
 
     def __init__(self, journal: Journal, *, rng: random.Random | None = None, limits: Limits | None = None,
@@ -70,32 +71,23 @@ class JobBook(AfterJobs):
         self.rng = rng or random.Random()
         self.outbox = Outbox()
         self.counters = Counters()
-        self.timers = DueTimes(self.scheduler.jobs)  # delayed jobs not yet due, retries waiting out their backoff
         self._draining: set[bytes] = set()
         # Runs of workers declared dead, until they register again: a run one of them reports
         # finished before that still counts if nobody else took its job (see results_from_lost_worker).
         self._lost_runs: dict[bytes, dict[str, int]] = {}
-        # Restored jobs held back after a restart until their workers had time to claim them in
-        # their hellos (restore's ``claim_grace``), and when that time ends.
-        self._claimable: set[str] = set()
-        self._claims_until = 0.0
         # Each connected worker's name, journaled with every outcome it gives: asked of the server once,
         # not per job. Dropped when the worker joins again or is lost (its name may change with a hello).
         self._worker_names: dict[bytes, str] = {}
+        self._init_held()
         self._init_after()
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def restore(self, now: float, claim_grace: float = 0.0) -> int:
+    def restore(self, now: float) -> int:
         """Queue again every journaled job without a final outcome (after a restart); a delayed job,
         or a retry, not yet due at ``now`` waits for its time again; one due during the downtime is
-        queued now; a job waiting for others waits again, as its dependencies stand.
-
-        ``claim_grace``: seconds the jobs that would be queued at once are held back (``scheduled``)
-        first. Leases are not journaled, so any of them may be running on a worker that outlived
-        the broker; that worker claims it in its hello (``worker_joined``) once it notices the
-        restart, and the job stays on it. Leased at once, it could go to another worker (or to
-        the same one, had its result gone down with the broker) and run twice."""
+        queued now; a job waiting for others waits again, as its dependencies stand. (The server
+        then holds the queued ones for their workers' claims: ``hold_for_claims``.)"""
         count = 0
         shared: dict = {}  # one object per distinct client, task, pool and queue, not one per job
         for job_id, client, task, pool, queue, priority, payload, options, attempts, due in self.journal.unfinished():
@@ -108,18 +100,7 @@ class JobBook(AfterJobs):
             self.quota.add(job.client)
             count += 1
         self._start_held(now)  # once every held job is back: their dependencies are among them
-        if claim_grace > 0:
-            self._hold_for_claims(now + claim_grace)
         return count
-
-    def _hold_for_claims(self, until: float) -> None:
-        """Hold every queued job (all restored) until ``until``, unless a worker claims it first."""
-        queued = [job for job in self.scheduler.jobs.values() if job.state == PENDING]
-        for job in queued:
-            self.scheduler.cancel(job.id)
-            self._hold_until(job, until)
-            self._claimable.add(job.id)
-        self._claims_until = until
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -277,7 +258,7 @@ class JobBook(AfterJobs):
         if job.state == PENDING:
             self.scheduler.cancel(job_id)
         elif job.state in (DEFERRED, SCHEDULED):
-            self.timers.remove(job)
+            self._release_early(job)
         elif job.state == WAITING:
             self.dependencies.forget(job_id)
         elif not force:
@@ -316,10 +297,8 @@ class JobBook(AfterJobs):
         self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
-            if job is not None and job.state == SCHEDULED and job_id in self._claimable:
-                self._claimable.discard(job_id)  # restored, held for its worker's claim: here it is
-                self.timers.remove(job)
-                self.scheduler.requeue(job, front=True)
+            if job is not None and job.state == DEFERRED:
+                self._claim(job)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)
             else:
@@ -445,42 +424,6 @@ class JobBook(AfterJobs):
             return None
         self._worker_names[worker] = name
         return name
-
-    # --- time -----------------------------------------------------------------------------------
-
-    def release_due(self, now: float) -> None:
-        """Jobs whose time has come go to their queues: a retry whose backoff passed at the back,
-        a delayed job now due at the front of its priority (it has waited since it was accepted,
-        and was promised a time the jobs queued there were not)."""
-        # Only a cancel, or a worker claiming a restored job, takes a held job out early (timers.remove).
-        if self._claimable and now >= self._claims_until:
-            self._claimable.clear()  # the restored jobs nobody claimed are released just below
-        released = self.timers.pop_due(now)
-        for job in released:
-            if job.state == DEFERRED:
-                self.scheduler.requeue(job)
-        for job in reversed(released):  # front pushes: the latest first keeps them in due order
-            if job.state == SCHEDULED:
-                self.scheduler.requeue(job, front=True)
-
-    def next_due(self) -> float | None:
-        """When the earliest held job is due (epoch seconds); None when none is held."""
-        return self.timers.next_due()
-
-    def _withdraw(self, job_id: str) -> bool:
-        """Take a job that has not started out of its queue, or of the timers if it is scheduled;
-        False if it runs or is unknown."""
-        job = self.scheduler.jobs.get(job_id)
-        if job is not None and job.state == SCHEDULED:
-            self.timers.remove(job)
-            del self.scheduler.jobs[job_id]
-            return True
-        return self.scheduler.cancel(job_id)
-
-    def _hold_until(self, job: Job, due: float) -> None:
-        """A delayed job not yet due: out of its queue, in the timers, state ``scheduled``."""
-        self.scheduler.defer(job, SCHEDULED)
-        self.timers.add(job, due)
 
     # --- the turn's decisions -----------------------------------------------------------------
 

@@ -98,8 +98,7 @@ class Broker(Requests, ScheduleShell):
         self.events = EventHub(log_lines=job_lines_on(), buffer=events_buffer, worker_name=self._worker_name)
         self.jobs = JobBook(self.journal, limits=self.limits, same_owner=same_owner, events=self.events)
         self.liveness = Liveness(heartbeat, liveness)
-        # Restored jobs wait one liveness window for the workers still running them to claim them.
-        restored = self.jobs.restore(time.time(), claim_grace=self.liveness.grace)
+        restored = self.jobs.restore(time.time())
         self.sync = SyncState(journal=self.journal.durable, epoch=self.journal.start_epoch())
         for name, items in self.journal.queue_contents().items():
             self.sync.restore_queue(name, items)
@@ -120,6 +119,8 @@ class Broker(Requests, ScheduleShell):
                                            self.guard.secure if self.guard else None)
         self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable, self._on_invalid,
                                self._on_keyed_frame if self.guard else None)
+        if restored:  # one liveness window from now, when workers can reach us, to claim what they still run
+            self.jobs.hold_for_claims(time.time() + self.liveness.grace)
         self._wire_limits = self.limits.wire()
         self.sync_quota = SyncQuota(self.limits.max_sync_objects)
         self.offenders = Offenders(self.limits.max_invalid_frames)
