@@ -113,7 +113,7 @@ def run_everything(scratch: Path, sizes: Sizes, cases: list[str], results: dict,
             record("scale", case_scale(scratch, sizes, run, clusters, observed))
     if "delayed_scale" in cases:
         for _ in range(sizes.runs):
-            record("delayed_scale", case_delayed_scale(scratch, sizes, clusters))
+            record("delayed_scale", case_delayed_scale(scratch, sizes, clusters, observed))
     if "curve" in cases:
         print(f"starting a CURVE broker and 2 workers; then submit, map and round trip, {sizes.runs} run(s)",
               file=sys.stderr, flush=True)

@@ -37,11 +37,12 @@ LOAD_ROUNDS = 100  # map rounds of the load at most, whatever the budget
 SEED = 13
 
 
-def case_delayed_scale(scratch: Path, sizes: Sizes, clusters: list[Cluster]) -> Sample:
-    """One run of ``delayed_scale`` on a broker of its own; the phases that completed, or the error."""
+def case_delayed_scale(scratch: Path, sizes: Sizes, clusters: list[Cluster], observed: bool = False) -> Sample:
+    """One run of ``delayed_scale`` on a broker of its own; the phases that completed, or the error.
+    ``observed``: its broker is watched (benchmarks/observers.py)."""
     jobs, longest = sizes.scale_jobs, sizes.delay_max
     metrics: dict[str, Any] = {"jobs": jobs, "delay_max_s": longest}
-    cluster = Cluster(scratch, f"delayed{len(clusters)}")
+    cluster = Cluster(scratch, f"delayed{len(clusters)}", observed=observed)
     clusters.append(cluster)
     try:
         address = cluster.start_broker()
