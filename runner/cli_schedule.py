@@ -15,9 +15,10 @@ import click
 from runner.broker.schedules import CATCH_UP, DEFAULT_MAX_CATCH_UP, MAX_CATCH_UP, OVERLAP
 from runner.cli import _client, _json_or_text, _keyword_arguments
 from runner.cli_jobs import JobError, connect_options, print_table
+from runner.client_schedules import later_runs_text
 from runner.log import setup_logging
 
-COLUMNS = ("name", "spec", "tz", "task", "queue", "next", "in", "fired", "skipped", "running", "catch_up",
+COLUMNS = ("name", "spec", "tz", "task", "queue", "next", "in", "then", "fired", "skipped", "running", "catch_up",
            "overlap", "source")
 
 
@@ -89,7 +90,7 @@ def remove(name: str, connect: str, curve_keys: str | None, log_level: str, log_
 @click.option("--json", "as_json", is_flag=True, help="One JSON array; times as ISO 8601 in each one's zone.")
 @connect_options
 def list_schedules(as_json: bool, connect: str, curve_keys: str | None, log_level: str, log_json: bool) -> None:
-    """Every schedule: its spec, zone, task, next run, and runs fired and ticks skipped so far."""
+    """Every schedule: its spec, zone, task, next run and the two after it, and runs fired and ticks skipped."""
     setup_logging(log_level, log_json)
     with _client(connect, curve_keys) as client:
         try:
@@ -110,6 +111,8 @@ def _cell(view: dict[str, Any], column: str, now: float) -> str:
         return view["next"].strftime("%Y-%m-%d %H:%M:%S %Z")
     if column == "in":
         return f"{max(0.0, view['next'].timestamp() - now):.0f}s"
+    if column == "then":  # the runs after the next one
+        return later_runs_text(view["upcoming"])
     return str(view[column])
 
 

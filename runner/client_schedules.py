@@ -5,7 +5,8 @@ cluster, however many clients register the same schedule. ``define`` turns what 
 writes (a function or ``module:function``, its arguments, submit's options and the
 schedule's policies) into a checked ``Schedule``; Client (a mixin here), AsyncClient, the
 CLI and the broker's ``--schedules`` file all use it, so a bad value raises the same
-ValueError everywhere, before anything is sent.
+ValueError everywhere, before anything is sent. ``shown`` and ``later_runs_text`` present the
+broker's views of schedules (aware datetimes; the runs after the next, compact for a table).
 """
 
 from __future__ import annotations
@@ -49,10 +50,26 @@ def schedule_body(schedule: Schedule) -> dict[str, Any]:
 
 
 def shown(view: dict[str, Any]) -> dict[str, Any]:
-    """A broker's view of a schedule with ``next`` and ``last`` as aware datetimes in its zone."""
+    """A broker's view of a schedule with ``next``, ``upcoming`` and ``last`` as aware datetimes in its zone."""
     zone = ZoneInfo(view["tz"])
+    upcoming = view.get("upcoming", [view["next"]])  # a broker older than ``upcoming`` knows the next run only
     return {**view, "next": datetime.fromtimestamp(view["next"], zone),
+            "upcoming": [datetime.fromtimestamp(moment, zone) for moment in upcoming],
             "last": None if view["last"] is None else datetime.fromtimestamp(view["last"], zone)}
+
+
+def later_runs_text(runs: list[datetime]) -> str:
+    """The runs after the first, compact for a table: each one's date, and its zone's name (a
+    daylight saving change), only where they differ from the run before it. "-" if none."""
+    parts = []
+    for before, run in zip(runs, runs[1:]):
+        form = "%H:%M:%S"
+        if run.date() != before.date():
+            form = ("%m-%d " if run.year == before.year else "%Y-%m-%d ") + form
+        if run.tzname() != before.tzname():
+            form += " %Z"
+        parts.append(run.strftime(form))
+    return ", ".join(parts) or "-"
 
 
 def answer_of(address: str, answer: dict) -> dict:
@@ -92,8 +109,8 @@ class ClientSchedules:
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule: name, spec, tz, task, queue, pool, priority, catch_up, max_catch_up, overlap,
-        source ("api" or "file"), ``next`` and ``last`` run (aware datetimes in its zone), fired,
-        skipped, and running (its unfinished jobs)."""
+        source ("api" or "file"), ``next`` run, ``upcoming`` (the next ``UPCOMING_RUNS`` = 3 runs, ``next``
+        first) and ``last`` run (aware datetimes in its zone), fired, skipped, and running (its unfinished jobs)."""
         answer = answer_of(self.address, self._request(protocol.SCHEDULE, {"op": "list"}, None))
         return [shown(view) for view in answer["schedules"]]
 

@@ -8,11 +8,14 @@ prints the same tables as plain text without escape codes.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from runner.client_schedules import later_runs_text
 
 
 def render(snapshot: dict[str, Any]) -> Group:
@@ -61,16 +64,17 @@ def _queues(snapshot: dict[str, Any]) -> Table:
 
 
 def _schedules(schedules: list[dict[str, Any]]) -> Table:
-    """Each schedule's next run (UTC) and its runs fired and ticks skipped so far."""
+    """Each schedule's next run and the runs after it (UTC), and its runs fired and ticks skipped so far."""
     table = Table(title="schedules", title_justify="left")
-    for column in ("schedule", "spec", "next run (UTC)", "fired", "skipped", "running"):
+    for column in ("schedule", "spec", "next run (UTC)", "then", "fired", "skipped", "running"):
         table.add_column(column, justify="right" if column in ("fired", "skipped", "running") else "left")
     for entry in schedules:
         spec = entry["spec"] if isinstance(entry["spec"], str) else f"every {entry['spec']:g}s"
         if isinstance(entry["spec"], str) and entry["tz"] != "UTC":
             spec += f" ({entry['tz']})"
+        upcoming = [datetime.fromtimestamp(moment, timezone.utc) for moment in entry.get("upcoming", ())]
         table.add_row(entry["name"], spec, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["next"])),
-                      str(entry["fired"]), str(entry["skipped"]), str(entry["running"]))
+                      later_runs_text(upcoming), str(entry["fired"]), str(entry["skipped"]), str(entry["running"]))
     return table
 
 

@@ -38,6 +38,9 @@ MAX_CATCH_UP = 10_000
 #: Ticks one schedule may have due at once while the broker is up (its loop stalled, the clock
 #: jumped); beyond them, the rest are skipped and counted, as a downtime would be.
 MAX_DUE_AT_ONCE = 100
+#: Runs each view lists ahead (``upcoming``, the first being ``next``): computed when a view is
+#: asked for, kept in memory until the schedule's next tick moves, never journaled.
+UPCOMING_RUNS = 3
 SOURCES = ("api", "file")
 
 
@@ -147,6 +150,7 @@ class Entry:
     unfinished: set[str] = field(default_factory=set)  # its jobs not finished yet
     next_tick: float = 0.0
     definition: bytes = b""  # the schedule packed once, not at every tick's journal write
+    _upcoming: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.next_tick = self.ticks.next_after(self.done_until)
@@ -161,14 +165,26 @@ class Entry:
         return (self.schedule.name, self.definition, self.done_until, self.last_tick,
                 self.fired, self.skipped, json.dumps(sorted(self.unfinished)))
 
+    def upcoming(self) -> list[float]:
+        """The next ``UPCOMING_RUNS`` ticks, ``next_tick`` first (epoch seconds).
+
+        Remembered until ``next_tick`` moves: a cron tick costs croniter about 0.1 ms, and status
+        may be asked every second of a cluster with thousands of schedules."""
+        if not self._upcoming or self._upcoming[0] != self.next_tick:
+            runs = [self.next_tick]
+            while len(runs) < UPCOMING_RUNS:
+                runs.append(self.ticks.next_after(runs[-1]))
+            self._upcoming = tuple(runs)
+        return list(self._upcoming)
+
     def view(self) -> dict[str, Any]:
-        """What ``client.schedules()`` and status show (``next``: epoch seconds)."""
+        """What ``client.schedules()`` and status show (``next``, ``upcoming``, ``last``: epoch seconds)."""
         schedule = self.schedule
         return {"name": schedule.name, "spec": schedule.spec, "tz": schedule.tz, "task": schedule.task,
                 "queue": schedule.queue, "pool": schedule.pool, "priority": schedule.priority,
                 "catch_up": schedule.catch_up, "max_catch_up": schedule.max_catch_up, "overlap": schedule.overlap,
-                "source": schedule.source, "next": self.next_tick, "last": self.last_tick, "fired": self.fired,
-                "skipped": self.skipped, "running": len(self.unfinished)}
+                "source": schedule.source, "next": self.next_tick, "upcoming": self.upcoming(),
+                "last": self.last_tick, "fired": self.fired, "skipped": self.skipped, "running": len(self.unfinished)}
 
 
 class ScheduleBook:

@@ -17,6 +17,9 @@ from runner.broker.scheduler import DEFERRED, SCHEDULED
 if TYPE_CHECKING:
     from runner.broker.server import Broker
 
+#: What status keeps of each schedule's view (``client.schedules()`` has them all).
+SCHEDULE_KEYS = ("name", "spec", "tz", "next", "upcoming", "fired", "skipped", "running")
+
 
 def status_snapshot(broker: "Broker") -> dict[str, Any]:
     """The dictionary ``client.status()`` returns (docs/usage.md lists its keys)."""
@@ -48,8 +51,7 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
                   # Per whole second up to ``second`` (epoch), oldest first: the dashboard's chart.
                   "second": int(now), "completed_by_second": rates.completed.recent(now),
                   "failed_by_second": rates.failed.recent(now)},
-        "schedules": [{key: view[key] for key in ("name", "spec", "tz", "next", "fired", "skipped", "running")}
-                      for view in broker.schedules.views()],
+        "schedules": [{key: view[key] for key in SCHEDULE_KEYS} for view in broker.schedules.views()],
     }
 
 
