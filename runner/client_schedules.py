@@ -59,16 +59,20 @@ def shown(view: dict[str, Any]) -> dict[str, Any]:
 
 
 def later_runs_text(runs: list[datetime]) -> str:
-    """The runs after the first, compact for a table: each one's date, and its zone's name (a
-    daylight saving change), only where they differ from the run before it. "-" if none."""
+    """The runs after the first, compact for a table: hours and minutes (seconds, and their fraction,
+    only if a run has some), each one's date, and its zone's name (a daylight saving change), only
+    where they differ from the run before it. "-" if there are none."""
+    whole_minutes = all(run.second == 0 and run.microsecond == 0 for run in runs)
     parts = []
     for before, run in zip(runs, runs[1:]):
-        form = "%H:%M:%S"
+        text = run.strftime("%H:%M" if whole_minutes else "%H:%M:%S")
+        if run.microsecond:
+            text += f"{run.microsecond / 1e6:.6f}".rstrip("0")[1:]  # ".5" for half a second
         if run.date() != before.date():
-            form = ("%m-%d " if run.year == before.year else "%Y-%m-%d ") + form
+            text = run.strftime("%m-%d " if run.year == before.year else "%Y-%m-%d ") + text
         if run.tzname() != before.tzname():
-            form += " %Z"
-        parts.append(run.strftime(form))
+            text += run.strftime(" %Z")
+        parts.append(text)
     return ", ".join(parts) or "-"
 
 

@@ -1,10 +1,11 @@
 """Periodic schedules on a real cluster: one job per tick however many clients register it,
 overlap skips counted with a slow task, bad specs refused by the client, the broker and the CLI,
-and the CLI's add, list and remove."""
+the CLI's add, list and remove, and each schedule's upcoming runs through clients, CLI and status."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,25 @@ def schedule_view(client: runner.Client, name: str) -> dict:
     return view
 
 
+def assert_upcoming(view: dict, spacing: float | None = None) -> None:
+    """``upcoming``: three aware datetimes, strictly increasing, the first being ``next``; ``spacing``
+    seconds apart when given (compared as epoch seconds: wall times in one zone ignore DST)."""
+    runs = view["upcoming"]
+    assert len(runs) == 3 and all(run.utcoffset() is not None for run in runs), runs
+    moments = [run.timestamp() for run in runs]
+    assert moments[0] == view["next"].timestamp() and moments[0] < moments[1] < moments[2], runs
+    if spacing is not None:
+        assert [later - earlier for earlier, later in zip(moments, moments[1:])] == [spacing, spacing], runs
+
+
+def utc_view(entry: dict) -> dict:
+    """A status entry (epoch seconds) with ``next`` and ``upcoming`` as aware datetimes in UTC."""
+    def aware(moment: float) -> datetime:
+        return datetime.fromtimestamp(moment, timezone.utc)
+
+    return {**entry, "next": aware(entry["next"]), "upcoming": [aware(moment) for moment in entry["upcoming"]]}
+
+
 def test_every_second_fires_once_per_tick_with_three_workers_and_two_clients(processes, client_factory, tmp_path):
     _, address = processes.broker("--heartbeat", HEARTBEAT)
     for _ in range(3):
@@ -40,9 +60,12 @@ def test_every_second_fires_once_per_tick_with_three_workers_and_two_clients(pro
     markers.mkdir()
     started = time.time()
     for client in (first, second):  # both register it: the same name replaces, the ticks stay one schedule's
-        client.schedule("beat", 1.0, "schedule_tasks:mark", str(markers), queue="beat", pool="thread",
-                        overlap="allow")
+        added = client.schedule("beat", 1.0, "schedule_tasks:mark", str(markers), queue="beat", pool="thread",
+                                overlap="allow")
+        assert_upcoming(added, spacing=1.0)
     assert len(first.schedules()) == 1
+    assert_upcoming(first.schedules()[0], spacing=1.0)
+    assert_upcoming(utc_view(first.status()["schedules"][0]), spacing=1.0)
     wait_until(lambda: schedule_view(second, "beat")["fired"] >= 7, timeout=30, message="seven ticks fired")
     stopping = time.time()
     assert first.unschedule("beat") and not second.unschedule("beat")
@@ -111,13 +134,32 @@ def test_the_cli_adds_lists_and_removes_schedules_and_refuses_bad_ones(broker_ad
     assert (views["nightly"]["tz"], views["nightly"]["catch_up"], views["nightly"]["max_catch_up"]) == (
         "Europe/Paris", "all", 3)
     assert views["beat"]["spec"] == 60.0 and views["beat"]["next"].endswith("+00:00")
+    nightly, beat = ({**view, "next": datetime.fromisoformat(view["next"]),
+                      "upcoming": [datetime.fromisoformat(run) for run in view["upcoming"]]}
+                     for view in (views["nightly"], views["beat"]))
+    assert_upcoming(beat, spacing=60.0)
+    assert_upcoming(nightly)
+    assert all(run.strftime("%H:%M%z") in ("02:30+0100", "02:30+0200", "03:00+0200")  # 03:00: spring forward
+               for run in nightly["upcoming"]), nightly["upcoming"]
+    assert len({run.date() for run in nightly["upcoming"]}) == 3, "one a night"
     table = cli("schedule", "list", address=broker_address).stdout
     assert "nightly" in table and "every 60s" in table and "CE" in table  # CET or CEST
+    [header] = [line for line in table.splitlines() if line.startswith("name")]
+    assert re.search(r"\bnext\s+in\s+then\s+fired\b", header), header
+    [nightly_line] = [line for line in table.splitlines() if line.startswith("nightly")]
+    assert views["nightly"]["next"][:19].replace("T", " ") in nightly_line  # in its own zone
+    later = [run.strftime("%m-%d %H:%M") for run in nightly["upcoming"][1:]]  # each with its date (and a new zone)
+    assert re.search(r"\s" + "( CES?T)?, ".join(later) + r"( CES?T)?\s", nightly_line), (later, nightly_line)
+    [beat_line] = [line for line in table.splitlines() if line.startswith("beat")]
+    assert re.search(r"\d\d:\d\d:00 UTC\s+\d+s\s+(\d\d-\d\d )?\d\d:\d\d, (\d\d-\d\d )?\d\d:\d\d\s",
+                     beat_line), beat_line
     status = cli("status", address=broker_address).stdout
     assert "schedules" in status and "nightly" in status and "30 2 * * * (Europe/Paris)" in status
-    next_run = datetime.fromisoformat(views["nightly"]["next"]).astimezone(timezone.utc)
-    assert next_run.strftime("%Y-%m-%d %H:%M:%S") in status  # its next run, in UTC
-    assert views["nightly"]["next"][:19].replace("T", " ") in table  # in its own zone
+    assert "then" in status
+    [nightly_status] = [line for line in status.splitlines() if "nightly" in line]
+    next_run, *later = (run.astimezone(timezone.utc) for run in nightly["upcoming"])
+    assert next_run.strftime("%Y-%m-%d %H:%M:%S") in nightly_status  # its next run, in UTC
+    assert ", ".join(run.strftime("%m-%d %H:%M") for run in later) in nightly_status  # then the two after it
     bad = cli("schedule", "add", "x", "tasks:add", "--cron", "0 2 * *", address=broker_address)
     assert bad.returncode == 1 and "runner: error: bad cron expression '0 2 * *'" in bad.stderr
     neither = cli("schedule", "add", "x", "tasks:add", address=broker_address)
@@ -142,6 +184,9 @@ def test_the_async_client_schedules_lists_and_unschedules(broker_address):
 
     added, listed, removed, again = asyncio.run(use())
     assert added["next"].strftime("%H:%M") == "00:00" and str(added["next"].tzinfo) == "Europe/Paris"
+    assert_upcoming(added)
+    assert [run.strftime("%H:%M") for run in added["upcoming"]] == ["00:00"] * 3
+    assert [str(run.tzinfo) for run in listed[0]["upcoming"]] == ["Europe/Paris"] * 3
     assert [(view["name"], view["priority"]) for view in listed] == [("nightly", 3)]
     assert (removed, again) == (True, False)
 

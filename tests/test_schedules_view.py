@@ -33,7 +33,7 @@ def test_a_nightly_cron_in_paris_lists_its_next_three_runs_across_the_spring_dst
     assert [run.strftime("%m-%d %H:%M %Z") for run in runs] == ["03-27 02:00 CET", "03-28 03:00 CEST",
                                                                  "03-29 02:00 CEST"]
     assert all(run.tzinfo == PARIS for run in runs) and shown(view)["next"] == runs[0]
-    assert later_runs_text(runs) == "03-28 03:00:00 CEST, 03-29 02:00:00"
+    assert later_runs_text(runs) == "03-28 03:00 CEST, 03-29 02:00"
 
 
 def test_an_interval_schedule_lists_runs_spaced_by_its_interval():
@@ -55,12 +55,16 @@ def test_the_upcoming_runs_move_on_as_ticks_are_decided():
     assert view["upcoming"] == [1_440.0, 1_530.0, 1_620.0]
 
 
-def test_the_runs_after_the_next_name_a_new_date_or_year_only_where_it_changes():
+def test_the_runs_after_the_next_show_seconds_and_a_new_date_or_year_only_where_needed():
     def utc(*fields: int) -> datetime:
         return datetime(*fields, tzinfo=timezone.utc)
 
     assert later_runs_text([utc(2026, 12, 30, 23, 0), utc(2026, 12, 31, 0, 0), utc(2027, 1, 1, 0, 0)]) == (
-        "12-31 00:00:00, 2027-01-01 00:00:00")
+        "12-31 00:00, 2027-01-01 00:00")
+    assert later_runs_text([utc(2026, 12, 30, 23, 59), utc(2026, 12, 30, 23, 59, 30), utc(2026, 12, 31)]) == (
+        "23:59:30, 12-31 00:00:00"), "seconds for every run when one has some"
+    half = [datetime.fromtimestamp(moment, timezone.utc) for moment in (1_000.0, 1_000.5, 1_001.0)]
+    assert later_runs_text(half) == "00:16:40.5, 00:16:41"
     assert later_runs_text([utc(2026, 12, 30, 23, 0)]) == "-"
     assert later_runs_text([]) == "-"
 
