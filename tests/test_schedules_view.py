@@ -55,6 +55,14 @@ def test_the_upcoming_runs_move_on_as_ticks_are_decided():
     assert view["upcoming"] == [1_440.0, 1_530.0, 1_620.0]
 
 
+def test_a_cron_schedule_keeps_its_runs_ahead_and_adds_the_next_as_ticks_fire():
+    book, view = view_of(paris(2027, 3, 26, 12, 0), spec="0 2 * * *", tz="Europe/Paris")
+    book.due(paris(2027, 3, 27, 2, 30))
+    [view] = book.views()
+    assert view["upcoming"] == [paris(2027, 3, 28, 3, 0), paris(2027, 3, 29, 2, 0), paris(2027, 3, 30, 2, 0)]
+    assert view["next"] == view["upcoming"][0]
+
+
 def test_the_runs_after_the_next_show_seconds_and_a_new_date_or_year_only_where_needed():
     def utc(*fields: int) -> datetime:
         return datetime(*fields, tzinfo=timezone.utc)

@@ -168,14 +168,14 @@ class Entry:
     def upcoming(self) -> list[float]:
         """The next ``UPCOMING_RUNS`` ticks, ``next_tick`` first (epoch seconds).
 
-        Remembered until ``next_tick`` moves: a cron tick costs croniter about 0.1 ms, and status
-        may be asked every second of a cluster with thousands of schedules."""
-        if not self._upcoming or self._upcoming[0] != self.next_tick:
-            runs = [self.next_tick]
-            while len(runs) < UPCOMING_RUNS:
-                runs.append(self.ticks.next_after(runs[-1]))
-            self._upcoming = tuple(runs)
-        return list(self._upcoming)
+        Kept between views, and only the missing ones computed when ``next_tick`` moves on: a
+        cron tick costs croniter about 0.1 ms, and status may be asked for every second."""
+        runs = self._upcoming
+        runs = runs[runs.index(self.next_tick):] if self.next_tick in runs else (self.next_tick,)
+        while len(runs) < UPCOMING_RUNS:
+            runs += (self.ticks.next_after(runs[-1]),)
+        self._upcoming = runs
+        return list(runs)
 
     def view(self) -> dict[str, Any]:
         """What ``client.schedules()`` and status show (``next``, ``upcoming``, ``last``: epoch seconds)."""
