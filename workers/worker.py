@@ -22,6 +22,7 @@ import queue
 import signal
 import socket as socket_module
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
 from workers.recycling import Recycler
 from workers.reports import Reports
+from workers.start_gate import StartGate
 
 log = logger.bind(component="worker")
 
@@ -67,7 +69,8 @@ class Running:
     timer: Timer | None = None
     requeue_if_broken: bool = False  # its pool was killed for another job's sake
     report_start: bool = False  # the broker asked to hear when it starts (someone watches job events)
-    held: bool = False  # leased ahead of its due time: waits on ``timer`` before going to the backlog
+    held: bool = False  # leased ahead of its due time, waiting on ``timer`` (not in the backlog yet)
+    gate: StartGate | None = None  # leased ahead of its due time, waiting in its pool thread
 
 
 class Worker:
@@ -234,14 +237,34 @@ class Worker:
                 job = (job_id, attempt, task, payload, timeout)
                 seconds = hold.get(job_id) if hold else None
                 if seconds:
-                    entry.held = True
-                    entry.timer = self.loop.call_later(seconds, partial(self._hold_over, pool, priority, job))
+                    self._hold(entry, pool, priority, job, seconds)
                     continue
                 self.backlog.add(pool, priority, job)
                 touched.add(pool)
         self._send_results(refused)
         for pool in touched:
             self._feed(pool)
+
+    def _hold(self, entry: Running, pool: str, priority: int, job: tuple, seconds: float) -> None:
+        """A job leased ahead of its due time waits ``seconds`` before it starts: in a pool thread,
+        which wakes on time however busy this loop is (workers/start_gate.py); elsewhere on this
+        loop's timer, then in the backlog."""
+        if not self.pools.waits_in_pool(pool):
+            entry.held = True
+            entry.timer = self.loop.call_later(seconds, partial(self._hold_over, pool, priority, job))
+            return
+        job_id, attempt, _, _, timeout = job
+        entry.gate = StartGate(time.monotonic() + seconds)
+        self.backlog.occupy(pool)
+        entry.future = self.pools.submit(pool, [job[:4]], self._on_pool_done, entry.gate)
+        if timeout is not None:
+            entry.timer = self.loop.call_later(seconds + timeout, partial(self._timed_out, job_id, timeout))
+        if entry.report_start:
+            self.loop.call_later(seconds, partial(self._report_started, job_id, attempt))
+
+    def _report_started(self, job_id: str, attempt: int) -> None:
+        if self._holds(job_id, attempt):
+            self.connection.send(protocol.STARTED, {"started": [[job_id, attempt]]})
 
     def _hold_over(self, pool: str, priority: int, job: tuple) -> None:
         """A job leased ahead of its due time is due: to the backlog, and started if there is room."""
@@ -317,6 +340,8 @@ class Worker:
             return None
         if entry.timer is not None:
             entry.timer.cancel()
+        if entry.gate is not None:
+            entry.gate.withdraw()  # if it has not started, it never will
         self._held[entry.pool] -= 1
         return entry
 
@@ -401,7 +426,9 @@ class Worker:
         self._draining.set()
         self.connection.send(protocol.DRAIN)
         waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if self._holds(row[0], row[1])]
-        waiting += [(job_id,) for job_id, entry in self.running.items() if entry.held]  # not due yet
+        for job_id, entry in self.running.items():  # leased ahead of their due time, not started
+            if entry.held or entry.gate is not None and entry.gate.withdraw():
+                waiting.append((job_id,))
         self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in waiting])
         if not self.running:
             self.loop.stop()
