@@ -33,8 +33,9 @@ class StartGate:
 
     def pass_at_time(self) -> bool:
         """In the pool thread: wait until ``start_at``; True if the job is to start, False if it was withdrawn."""
-        if self._withdrawn.wait(max(0.0, self.start_at - time.monotonic())):
-            return False
+        while (wait := self.start_at - time.monotonic()) > 0.0:  # again if a wait ends a hair early
+            if self._withdrawn.wait(wait):
+                return False
         with self._lock:
             if self._state == _WAITING:
                 self._state = _STARTED

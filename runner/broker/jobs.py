@@ -301,7 +301,7 @@ class JobBook(HeldJobs, AfterJobs):
         self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
-            if job is not None and job.state == DEFERRED:
+            if job is not None and job.state in (DEFERRED, SCHEDULED):
                 self._claim(job)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)

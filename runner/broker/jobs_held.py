@@ -54,9 +54,13 @@ class HeldJobs:
         return len(self._claimable)
 
     def _claim(self: "JobBook", job: Job) -> None:
-        """A worker's hello names a held job: if it was restored and held for that claim, it goes back
-        to its queue now, for the worker to adopt (a delayed job or a retry stays held)."""
-        if job.id in self._claimable:
+        """A worker's hello names a held job: it goes back to its queue now, for the worker to adopt,
+        if it was restored and held for that claim, or is a delayed job the worker holds until its
+        due time (leased ahead, then held here again after a restart or the worker's silence). A
+        retry waiting out its backoff stays held."""
+        if job.id in self._claimable or job.state == SCHEDULED:
+            if job.state == SCHEDULED and job.due is not None:
+                self._ahead[job.id] = job.due  # the worker still waits for it: not started
             self._release_early(job)
             self.scheduler.requeue(job, front=True)
 

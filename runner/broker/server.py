@@ -47,7 +47,7 @@ LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small
 OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
 DUE_SPACING = 0.001  # seconds between two wakes for due jobs at least: jobs due closer are released together
 DUE_LEAD = 0.05  # seconds before its due time a delayed job is leased, its worker holding it until then:
-#                  a broker turn that runs long then delays the lease, not the job
+#                  a broker turn that runs long delays the lease, not the job
 DUE_WAIT_MAX = 3600.0  # seconds the due timer waits at most (a select cannot wait years); it then looks again
 
 
@@ -85,12 +85,14 @@ class Broker(Requests, ScheduleShell):
         insecure: bool = False,
         events_buffer: int = EVENT_BUFFER,
         schedules: str | None = None,
+        due_lead: float = DUE_LEAD,
     ) -> None:
         """``curve_keys``: a key folder (runner/keys.py); CURVE on, only its authorized keys get in.
         Without it, binding anything but a loopback or ipc address needs ``insecure``.
         ``events_buffer``: job events kept per ``runner events`` subscriber; beyond, they are lost.
         ``schedules``: a TOML file of periodic schedules (runner/broker/schedule_file.py), read again
-        by ``reload_schedules``; a bad one raises ValueError here."""
+        by ``reload_schedules``; a bad one raises ValueError here.
+        ``due_lead``: seconds before its due time a delayed job is leased, its worker holding it until then."""
         warning = check_bind(bind, curve_keys is not None, insecure)
         from_file = schedule_file.load(schedules) if schedules is not None else []
         self.id = uuid.uuid4().hex
@@ -108,6 +110,7 @@ class Broker(Requests, ScheduleShell):
         self._due_timer: Timer | None = None  # fires when the JobBook's earliest held job is due
         self._due_timer_at = 0.0  # the due time it was armed for (epoch seconds)
         self._due_wake_after = 0.0  # monotonic time before which it is not armed again (DUE_SPACING)
+        self.due_lead = due_lead
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -340,7 +343,7 @@ class Broker(Requests, ScheduleShell):
         for peer_id in self.liveness.expired(time.monotonic()):
             self._remove_peer(peer_id, f"missed heartbeats for {self.liveness.grace:.1f}s")
         self._beat_due = True  # sent by _flush, after this turn's commit
-        self.jobs.release_due(time.time(), DUE_LEAD)
+        self.jobs.release_due(time.time(), self.due_lead)
         self._run_due_ticks()  # the schedules' own timer is the precise one; this catches a jumped clock
         if self.metrics is not None:
             self.metrics.publish(self)
@@ -349,10 +352,10 @@ class Broker(Requests, ScheduleShell):
         self._schedule_flush()
 
     def _arm_due_timer(self) -> None:
-        """Wake the loop when the earliest held job (delayed, or a retry) is due, a delayed one DUE_LEAD
+        """Wake the loop when the earliest held job (delayed, or a retry) is due, a delayed one ``due_lead``
         early; re-armed only when an earlier one arrives (or after it fired), so a flush costs a look
         at the top of a heap."""
-        due = self.jobs.next_due(DUE_LEAD)
+        due = self.jobs.next_due(self.due_lead)
         if due is None or self._due_timer is not None and self._due_timer_at <= due:
             return
         if self._due_timer is not None:
@@ -364,7 +367,7 @@ class Broker(Requests, ScheduleShell):
     def _on_due(self) -> None:
         self._due_timer = None
         self._due_wake_after = time.monotonic() + DUE_SPACING
-        self.jobs.release_due(time.time(), DUE_LEAD)
+        self.jobs.release_due(time.time(), self.due_lead)
         self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
 
     def _expire_results(self) -> None:
