@@ -94,14 +94,16 @@ class HeldJobs:
     def hold_times(self: "JobBook", leases: list[tuple[bytes, list[Job]]], now: float) -> dict[str, float]:
         """Of the jobs just leased, those released ahead of their due time: seconds each is still to
         wait on its worker. (A duration, not a time: the worker's clock need not agree with ours.)"""
-        hold = {}
+        hold, ahead = {}, self._ahead
         for _worker, jobs in leases:
             for job in jobs:
-                due = self._ahead.get(job.id)
-                if due is not None and due > now:
-                    hold[job.id] = due - now
-        for job_id in [job_id for job_id, due in self._ahead.items() if due <= now]:
-            del self._ahead[job_id]  # due now: wherever it is, it may start
+                due = ahead.get(job.id)
+                if due is None:
+                    continue
+                if due > now:
+                    hold[job.id] = due - now  # forgotten when it finishes (or held here again)
+                else:
+                    del ahead[job.id]  # due by now: it may start at once, wherever it goes
         return hold
 
     def waiting_on_worker(self: "JobBook", job: Job, now: float) -> bool:
