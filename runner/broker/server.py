@@ -94,6 +94,8 @@ class Broker(Requests, ScheduleShell):
         ``schedules``: a TOML file of periodic schedules (runner/broker/schedule_file.py), read again
         by ``reload_schedules``; a bad one raises ValueError here.
         ``due_lead``: seconds before its due time a delayed job is leased, its worker holding it until then."""
+        if not 0.0 <= due_lead <= protocol.MAX_HOLD:
+            raise ValueError(f"due_lead must be from 0 to {protocol.MAX_HOLD} seconds, got {due_lead!r}")
         warning = check_bind(bind, curve_keys is not None, insecure)
         from_file = schedule_file.load(schedules) if schedules is not None else []
         self.id = uuid.uuid4().hex
@@ -465,9 +467,10 @@ class Broker(Requests, ScheduleShell):
                 for job in jobs:
                     self.events.emit("leased", job)
             for batch in protocol.split_by_size(rows, 4, LEASE_ROW_BYTES, self.limits.max_message_bytes):
-                if hold:
-                    body["hold"] = {row[0]: hold[row[0]] for row in batch if row[0] in hold}
-                self.link.send(worker, protocol.JOBS, {"jobs": batch, **body})
+                message = {"jobs": batch, **body}
+                if hold and (held := {row[0]: hold[row[0]] for row in batch if row[0] in hold}):
+                    message["hold"] = held
+                self.link.send(worker, protocol.JOBS, message)
 
     def _send_outcomes(self, outcomes: dict[bytes, list[list]], final: bool) -> None:
         """Results (``final`` False), or cancellations (``final`` True: after the commit)."""
