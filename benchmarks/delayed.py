@@ -11,8 +11,9 @@ them all held again (their due times come from the journal); then the time until
 (``client.map`` of no-ops, again and again), ``due_jobs`` jobs are submitted with ``at=`` times
 spread over ``due_spread`` seconds. Each records ``time.time()`` when it starts; its lateness is
 that minus its due time (one clock: everything runs on this machine). They run on the thread
-pools, which the map's load (process pools) leaves free, so the lateness is the broker's (its
-timer, dispatch under load) plus the hop to a worker, not a wait for a busy pool.
+pools, which the map's load (process pools) leaves free, so the lateness is not a wait for a busy
+pool: the broker leases each job ``--due-lead`` early, and it is how late the pool thread holding
+it starts it (or, when the broker's timer ran later than the lead, the broker's dispatch too).
 """
 
 from __future__ import annotations

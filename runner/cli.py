@@ -16,11 +16,12 @@ from typing import Any, Callable
 import click
 
 from runner.broker.server import (DEFAULT_ADDRESS, DEFAULT_HEARTBEAT, DEFAULT_JOURNAL, DEFAULT_LIVENESS,
-                                  DEFAULT_RESULT_TTL)
+                                  DEFAULT_RESULT_TTL, DUE_LEAD)
 from runner.broker.events import EVENT_BUFFER
 from runner.broker.limits import Limits
 from runner.cli_keys import keys_group
 from runner.log import LEVELS, setup_logging
+from runner.protocol import MAX_HOLD
 
 CONNECT_HELP = "Broker address to connect to (env RUNNER_BROKER)."
 CURVE_HELP = ("Folder of CurveZMQ keys (`runner keys generate DIR`): encrypt and authenticate every connection "
@@ -100,6 +101,9 @@ def cli() -> None:
 @click.option("--schedules", "schedules_file", type=click.Path(dir_okay=False), envvar="RUNNER_SCHEDULES",
               help="TOML file of periodic schedules ([[schedule]] tables), read again on SIGHUP "
                    "(env RUNNER_SCHEDULES).")
+@click.option("--due-lead", default=DUE_LEAD, show_default=True, type=click.FloatRange(0.0, MAX_HOLD),
+              help="Seconds before its due time a delayed job is leased to a worker, which holds it and starts "
+                   "it on time (0: leased once due).")
 @limit_options
 @click.option("--insecure", is_flag=True, envvar="RUNNER_INSECURE",
               help="Allow listening on a non-loopback address without --curve-keys (a warning at every start).")
@@ -108,7 +112,8 @@ def cli() -> None:
 @exit_with_option
 @logging_options
 def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, events_buffer: int,
-           metrics_port: int, metrics_bind: str, schedules_file: str | None, insecure: bool, curve_keys: str | None,
+           metrics_port: int, metrics_bind: str, schedules_file: str | None, due_lead: float, insecure: bool,
+           curve_keys: str | None,
            heartbeat: float, liveness: int, exit_with: tuple[int, ...], log_level: str, log_json: bool,
            **limits: int) -> None:
     """Run the broker: queues jobs and hands them to workers. Prints its address when ready.
@@ -132,7 +137,7 @@ def broker(bind: str, journal: str, result_ttl: float, scratch: str | None, even
     try:
         server = Broker(bind, journal=journal, heartbeat=heartbeat, liveness=liveness, result_ttl=result_ttl,
                         limits=settings, curve_keys=curve_keys, insecure=insecure, events_buffer=events_buffer,
-                        schedules=schedules_file)
+                        schedules=schedules_file, due_lead=due_lead)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -33,6 +33,8 @@ MAX_NAME = 256
 #: Longest delay= a job may have, in seconds (10 years); a due time (at=) is an epoch time below MAX_DUE.
 MAX_DELAY = 10 * 365 * 86400.0
 MAX_DUE = 2.0**34
+#: Seconds a worker may be asked to hold a leased job before starting it (leased ahead of its due time).
+MAX_HOLD = 60.0
 
 POOLS = ("process", "thread", "async")
 
@@ -400,10 +402,18 @@ def _session(body: dict) -> None:
 
 
 # Job rows sent to a worker: [job_id, attempt, task, pool, payload, timeout, priority]; with
-# "report_start" true (someone watches job events) the worker says when each one starts.
+# "report_start" true (someone watches job events) the worker says when each one starts; "hold"
+# maps the ids of delayed jobs leased ahead of their due time to the seconds each waits first.
 def _check_jobs(body: dict) -> None:
     if not isinstance(body.get("report_start", False), bool):
         raise ProtocolError("field 'report_start' must be a boolean")
+    hold = body.get("hold", {})
+    if not isinstance(hold, dict):
+        raise ProtocolError(f"field 'hold' must be a map of job ids to seconds, not {type(hold).__name__}")
+    for job_id, seconds in hold.items():
+        _name(job_id, "job id")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= MAX_HOLD:
+            raise ProtocolError(f"a job's hold must be seconds from 0 to {MAX_HOLD}, got {_show(seconds)}")
     for job_id, attempt, task, pool, payload, timeout, priority in _batch(body, "jobs", 7, "jobs"):
         _integer(priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         _name(job_id, "job id")

@@ -79,6 +79,10 @@ class Backlog:
             self.busy[pool] += 1
         return group
 
+    def occupy(self, pool: str) -> None:
+        """A submission made without ``take`` (a job waiting in its pool thread for its due time) holds a slot too."""
+        self.busy[pool] += 1
+
     def finished(self, pool: str) -> None:
         """A submission to ``pool`` ended: its slot is free."""
         self.busy[pool] -= 1

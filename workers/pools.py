@@ -38,6 +38,7 @@ from workers import execute
 from workers.admission import Admission
 from workers.async_pool import AsyncPool
 from workers.recycling import Recycler
+from workers.start_gate import StartGate, run_batch_at
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -61,7 +62,10 @@ class ThreadPool:
         self.size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="runner-thread")
 
-    def submit(self, jobs: list[JobRow]) -> Future:
+    def submit(self, jobs: list[JobRow], gate: StartGate | None = None) -> Future:
+        """``gate``: a job leased ahead of its due time waits for it in its thread (workers/start_gate.py)."""
+        if gate is not None:
+            return self._executor.submit(run_batch_at, gate, jobs)
         return self._executor.submit(execute.run_batch, jobs)
 
     def room(self) -> None:
@@ -310,15 +314,26 @@ class Pools:
         """How many jobs each pool runs at once."""
         return {name: pool.size for name, pool in self.by_name.items()}
 
-    def submit(self, pool_name: str, jobs: list[JobRow], on_done: OnDone) -> Future:
-        """Start ``jobs`` (of one task) as one submission; ``on_done`` gets their result rows, from any thread."""
+    def submit(self, pool_name: str, jobs: list[JobRow], on_done: OnDone, gate: StartGate | None = None) -> Future:
+        """Start ``jobs`` (of one task) as one submission; ``on_done`` gets their result rows, from any thread.
+
+        ``gate``: the job waits for its due time in the pool (only where ``waits_in_pool``)."""
         pool = self.by_name[pool_name]
         started = time.monotonic()
-        future = pool.submit(jobs)
+        if gate is None:
+            future = pool.submit(jobs)
+        else:
+            assert isinstance(pool, ThreadPool), f"the {pool_name} pool does not hold jobs until their time"
+            future = pool.submit(jobs, gate)
+            started = max(started, gate.start_at)  # the wait is not the job's run time
         # a partial, not a closure: two objects a submission instead of seven (the collector scans
         # every one while thousands of coroutine jobs are alive)
         future.add_done_callback(functools.partial(_report, on_done, pool_name, jobs, pool, started))
         return future
+
+    def waits_in_pool(self, pool_name: str) -> bool:
+        """Whether a job leased ahead of its due time can wait for it inside ``pool_name`` (a thread)."""
+        return isinstance(self.by_name.get(pool_name), ThreadPool)
 
     def room(self, pool_name: str) -> int | None:
         """How many jobs the next submission to ``pool_name`` may carry (None: any number)."""

@@ -22,9 +22,11 @@ import queue
 import signal
 import socket as socket_module
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import zmq
@@ -44,6 +46,7 @@ from workers.credit import CreditGauge
 from workers.pools import Pools, ResultRow
 from workers.recycling import Recycler
 from workers.reports import Reports
+from workers.start_gate import StartGate
 
 log = logger.bind(component="worker")
 
@@ -66,6 +69,8 @@ class Running:
     timer: Timer | None = None
     requeue_if_broken: bool = False  # its pool was killed for another job's sake
     report_start: bool = False  # the broker asked to hear when it starts (someone watches job events)
+    held: bool = False  # leased ahead of its due time, waiting on ``timer`` (not in the backlog yet)
+    gate: StartGate | None = None  # leased ahead of its due time, waiting in its pool thread
 
 
 class Worker:
@@ -200,7 +205,7 @@ class Worker:
 
     def _on_message(self, message: protocol.Message) -> None:
         if message.type == protocol.JOBS:
-            self._start_jobs(message.body["jobs"], message.body.get("report_start", False))
+            self._start_jobs(message.body["jobs"], message.body.get("report_start", False), message.body.get("hold"))
         elif message.type == protocol.STOP_JOBS:
             self._stop_jobs(message.body["ids"])
         elif message.type == protocol.ERROR:
@@ -208,8 +213,11 @@ class Worker:
         else:
             log.warning("ignored an unexpected {} message from the broker", message.type)
 
-    def _start_jobs(self, rows: list, report_start: bool = False) -> None:
-        """Hold the leased jobs in the backlog and start what the pools have room for."""
+    def _start_jobs(self, rows: list, report_start: bool = False, hold: dict[str, float] | None = None) -> None:
+        """Hold the leased jobs in the backlog and start what the pools have room for.
+
+        ``hold``: delayed jobs leased ahead of their due time, with the seconds each waits first
+        (on this loop's timer, not in the backlog: it is not started before then)."""
         if self._draining.is_set():  # leased before the broker heard we drain: give them back
             self._send_results([[job_id, attempt, protocol.REQUEUE, b""] for job_id, attempt, *_ in rows])
             return
@@ -225,12 +233,47 @@ class Worker:
                 if job_id in self.running:  # leased again: the new attempt supersedes the one held
                     self._release(job_id)
                 self._held[pool] += 1
-                self.running[job_id] = Running(attempt, pool, report_start=report_start)
-                self.backlog.add(pool, priority, (job_id, attempt, task, payload, timeout))
+                entry = self.running[job_id] = Running(attempt, pool, report_start=report_start)
+                job = (job_id, attempt, task, payload, timeout)
+                seconds = hold.get(job_id) if hold else None
+                if seconds:
+                    self._hold(entry, pool, priority, job, seconds)
+                    continue
+                self.backlog.add(pool, priority, job)
                 touched.add(pool)
         self._send_results(refused)
         for pool in touched:
             self._feed(pool)
+
+    def _hold(self, entry: Running, pool: str, priority: int, job: tuple, seconds: float) -> None:
+        """A job leased ahead of its due time waits ``seconds`` before it starts: in a pool thread,
+        which wakes on time however busy this loop is (workers/start_gate.py); elsewhere on this
+        loop's timer, then in the backlog."""
+        if not self.pools.waits_in_pool(pool):
+            entry.held = True
+            entry.timer = self.loop.call_later(seconds, partial(self._hold_over, pool, priority, job))
+            return
+        job_id, attempt, _, _, timeout = job
+        entry.gate = StartGate(time.monotonic() + seconds)
+        self.backlog.occupy(pool)
+        entry.future = self.pools.submit(pool, [job[:4]], self._on_pool_done, entry.gate)
+        if timeout is not None:
+            entry.timer = self.loop.call_later(seconds + timeout, partial(self._timed_out, job_id, timeout))
+        if entry.report_start:
+            self.loop.call_later(seconds, partial(self._report_started, job_id, attempt))
+
+    def _report_started(self, job_id: str, attempt: int) -> None:
+        if self._holds(job_id, attempt):
+            self.connection.send(protocol.STARTED, {"started": [[job_id, attempt]]})
+
+    def _hold_over(self, pool: str, priority: int, job: tuple) -> None:
+        """A job leased ahead of its due time is due: to the backlog, and started if there is room."""
+        entry = self.running.get(job[0])
+        if entry is None or entry.attempt != job[1] or not entry.held:
+            return  # stopped, given back or superseded meanwhile
+        entry.held, entry.timer = False, None
+        self.backlog.add(pool, priority, job)
+        self._feed(pool)
 
     def _holds(self, job_id: str, attempt: int) -> bool:
         """This worker still holds this attempt of the job (not stopped, given back or superseded)."""
@@ -297,6 +340,8 @@ class Worker:
             return None
         if entry.timer is not None:
             entry.timer.cancel()
+        if entry.gate is not None:
+            entry.gate.withdraw()  # if it has not started, it never will
         self._held[entry.pool] -= 1
         return entry
 
@@ -381,6 +426,9 @@ class Worker:
         self._draining.set()
         self.connection.send(protocol.DRAIN)
         waiting = [row for pool in self.backlog.slots for row in self.backlog.drain(pool) if self._holds(row[0], row[1])]
+        for job_id, entry in self.running.items():  # leased ahead of their due time, not started
+            if entry.held or entry.gate is not None and entry.gate.withdraw():
+                waiting.append((job_id,))
         self._send_results([[job_id, self._release(job_id).attempt, protocol.REQUEUE, b""] for job_id, *_ in waiting])
         if not self.running:
             self.loop.stop()

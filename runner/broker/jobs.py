@@ -52,6 +52,7 @@ class Outbox:
     outcomes: dict[bytes, list[list]] = field(default_factory=lambda: collections.defaultdict(list))
     stop_jobs: dict[bytes, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
     leases: list[tuple[bytes, list[Job]]] = field(default_factory=list)
+    hold: dict[str, float] = field(default_factory=dict)  # leased jobs' seconds to wait on their worker
 
 
 class JobBook(HeldJobs, AfterJobs):
@@ -251,7 +252,10 @@ class JobBook(HeldJobs, AfterJobs):
         self.journal.delivered(job_ids, now)
 
     def cancel(self, job_id: str, force: bool, now: float) -> str:
-        """Cancel a job: 'cancelled', 'running' (refused without force), 'finished' or 'unknown'."""
+        """Cancel a job: 'cancelled', 'running' (refused without force), 'finished' or 'unknown'.
+
+        A delayed job leased ahead of its due time, which its worker holds until then, has not
+        started: it is cancelled without force."""
         job = self.scheduler.jobs.get(job_id)
         if job is None:
             return "finished" if self.journal.get(job_id) is not None else "unknown"
@@ -261,7 +265,7 @@ class JobBook(HeldJobs, AfterJobs):
             self._release_early(job)
         elif job.state == WAITING:
             self.dependencies.forget(job_id)
-        elif not force:
+        elif not force and not (self._ahead and self.waiting_on_worker(job, now)):
             return "running"
         else:
             self.outbox.stop_jobs[job.worker].append(job_id)
@@ -297,7 +301,7 @@ class JobBook(HeldJobs, AfterJobs):
         self.counters.worker_joined(worker)
         for job_id, attempt in running:
             job = self.scheduler.jobs.get(job_id)
-            if job is not None and job.state == DEFERRED:
+            if job is not None and job.state in (DEFERRED, SCHEDULED):
                 self._claim(job)
             if job is not None and job.state == PENDING and self.scheduler.adopt(worker, job, attempt):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)
@@ -326,7 +330,9 @@ class JobBook(HeldJobs, AfterJobs):
         if charged:  # a worker only registering again keeps its counts
             self.counters.worker_left(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
-            if not charged:
+            if self._ahead and self.hold_again(job, now):  # it waited for its time there: not started
+                job.attempt = self.journal.attempts(job.id)
+            elif not charged:
                 job.attempt = self.journal.attempts(job.id)
                 self.scheduler.requeue(job, front=True)
             elif may_run_again_after_worker_loss(job.rules, job.attempt):
@@ -353,7 +359,8 @@ class JobBook(HeldJobs, AfterJobs):
                 if self.events.wanted:
                     self.events.emit("requeued", job, now)
                 self.journal.set_attempts(job.id, job.attempt)
-                self.scheduler.requeue(job, front=True)
+                if not (self._ahead and self.hold_again(job, now)):
+                    self.scheduler.requeue(job, front=True)
             else:
                 self._outcome(job, status, payload, now)
 
@@ -407,6 +414,8 @@ class JobBook(HeldJobs, AfterJobs):
 
     def _finish(self, job: Job, state: str, status: str, outcome: bytes, now: float) -> None:
         self.scheduler.jobs.pop(job.id, None)
+        if self._ahead:
+            self._ahead.pop(job.id, None)
         self.quota.remove(job.client)  # every held job finishes exactly once
         # The name of the worker whose run ended it (None: cancelled, or lost with its worker).
         worker = job.worker and (self._worker_names.get(job.worker) or self._look_up_worker_name(job.worker))
@@ -437,6 +446,8 @@ class JobBook(HeldJobs, AfterJobs):
             for _worker, jobs in self.outbox.leases:
                 for job in jobs:
                     job.leased = now
+            if self._ahead:
+                self.outbox.hold = self.hold_times(self.outbox.leases, now)
         outbox, self.outbox = self.outbox, Outbox()
         return outbox
 

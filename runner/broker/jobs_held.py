@@ -26,6 +26,10 @@ class HeldJobs:
         # their hellos (``hold_for_claims``), and when that time ends.
         self._claimable: set[str] = set()
         self._claims_until = 0.0
+        # Delayed jobs released ``lead`` seconds before their due time, by id: that time. Their leases
+        # say how long the worker holds them before starting, so the broker's own lateness (a long
+        # turn, a busy machine) is not theirs; a job given back before its time is held here again.
+        self._ahead: dict[str, float] = {}
 
     def hold_for_claims(self: "JobBook", until: float) -> None:
         """Hold every queued job (all restored, just after ``restore``) until ``until``, unless a
@@ -50,9 +54,13 @@ class HeldJobs:
         return len(self._claimable)
 
     def _claim(self: "JobBook", job: Job) -> None:
-        """A worker's hello names a held job: if it was restored and held for that claim, it goes back
-        to its queue now, for the worker to adopt (a delayed job or a retry stays held)."""
-        if job.id in self._claimable:
+        """A worker's hello names a held job: it goes back to its queue now, for the worker to adopt,
+        if it was restored and held for that claim, or is a delayed job the worker holds until its
+        due time (leased ahead, then held here again after a restart or the worker's silence). A
+        retry waiting out its backoff stays held."""
+        if job.id in self._claimable or job.state == SCHEDULED:
+            if job.state == SCHEDULED and job.due is not None:
+                self._ahead[job.id] = job.due  # the worker still waits for it: not started
             self._release_early(job)
             self.scheduler.requeue(job, front=True)
 
@@ -61,24 +69,64 @@ class HeldJobs:
         self.timers.remove(job)
         self._claimable.discard(job.id)
 
-    def release_due(self: "JobBook", now: float) -> None:
+    def release_due(self: "JobBook", now: float, lead: float = 0.0) -> None:
         """Jobs whose time has come go to their queues: a retry whose backoff passed at the back,
         a delayed job now due at the front of its priority (it has waited since it was accepted,
-        and was promised a time the jobs queued there were not)."""
+        and was promised a time the jobs queued there were not).
+
+        ``lead``: delayed jobs due within that many seconds go too, each leased with the time left
+        (``hold_times``) for its worker to wait out: it starts on time however late this call is."""
         # Only a cancel, or a worker claiming a restored job, takes a held job out early (timers.remove).
         if self._claimable and now >= self._claims_until:
             self._claimable.clear()  # the restored jobs nobody claimed are released just below
         released = self.timers.pop_due(now)
+        early = self.timers.pop_ahead(now + lead) if lead > 0.0 else []
         for job in released:
             if job.state == DEFERRED:
                 self.scheduler.requeue(job)
-        for job in reversed(released):  # front pushes: the latest first keeps them in due order
+        for due, job in reversed(early):  # front pushes: the latest first keeps them in due order
+            self._ahead[job.id] = due
+            self.scheduler.requeue(job, front=True)
+        for job in reversed(released):
             if job.state == SCHEDULED:
                 self.scheduler.requeue(job, front=True)
 
-    def next_due(self: "JobBook") -> float | None:
-        """When the earliest held job is due (epoch seconds); None when none is held."""
-        return self.timers.next_due()
+    def hold_times(self: "JobBook", leases: list[tuple[bytes, list[Job]]], now: float) -> dict[str, float]:
+        """Of the jobs just leased, those released ahead of their due time: seconds each is still to
+        wait on its worker. (A duration, not a time: the worker's clock need not agree with ours.)"""
+        hold, ahead = {}, self._ahead
+        for _worker, jobs in leases:
+            for job in jobs:
+                due = ahead.get(job.id)
+                if due is None:
+                    continue
+                if due > now:
+                    hold[job.id] = due - now  # forgotten when it finishes (or held here again)
+                else:
+                    del ahead[job.id]  # due by now: it may start at once, wherever it goes
+        return hold
+
+    def waiting_on_worker(self: "JobBook", job: Job, now: float) -> bool:
+        """Whether ``job`` is leased ahead of its due time and waits on its worker, not started."""
+        due = self._ahead.get(job.id)
+        return due is not None and due > now
+
+    def hold_again(self: "JobBook", job: Job, now: float) -> bool:
+        """A job given back (or lost with its worker) before its due time is held until then again;
+        False if it was not released ahead, or is due by now."""
+        due = self._ahead.pop(job.id, None)
+        if due is None or due <= now:
+            return False
+        self._hold_until(job, due)
+        return True
+
+    def next_due(self: "JobBook", lead: float = 0.0) -> float | None:
+        """When ``release_due(now, lead)`` next has a job to release (epoch seconds); None when none is held."""
+        earliest = self.timers.earliest()
+        if earliest is None:
+            return None
+        due, job = earliest
+        return due - lead if job.state == SCHEDULED else due
 
     def _withdraw(self: "JobBook", job_id: str) -> bool:
         """Take a job that has not started out of its queue, or of the timers if it is scheduled;

@@ -10,6 +10,7 @@ sync) are handled in runner/broker/requests.py.
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ UNCLAIMED_SWEEP = 3600.0  # seconds between scans for outcomes no client ever cl
 LEASE_ROW_BYTES = 2 * protocol.MAX_NAME + 64  # a lease row's id, task and small fields, beside its payload
 OUTCOME_ROW_BYTES = protocol.MAX_NAME + 32  # an outcome row's id and status, beside its payload
 DUE_SPACING = 0.001  # seconds between two wakes for due jobs at least: jobs due closer are released together
+DUE_LEAD = 0.05  # seconds before its due time a delayed job is leased, its worker holding it until then:
+#                  a broker turn that runs long delays the lease, not the job
 DUE_WAIT_MAX = 3600.0  # seconds the due timer waits at most (a select cannot wait years); it then looks again
 
 
@@ -83,12 +86,16 @@ class Broker(Requests, ScheduleShell):
         insecure: bool = False,
         events_buffer: int = EVENT_BUFFER,
         schedules: str | None = None,
+        due_lead: float = DUE_LEAD,
     ) -> None:
         """``curve_keys``: a key folder (runner/keys.py); CURVE on, only its authorized keys get in.
         Without it, binding anything but a loopback or ipc address needs ``insecure``.
         ``events_buffer``: job events kept per ``runner events`` subscriber; beyond, they are lost.
         ``schedules``: a TOML file of periodic schedules (runner/broker/schedule_file.py), read again
-        by ``reload_schedules``; a bad one raises ValueError here."""
+        by ``reload_schedules``; a bad one raises ValueError here.
+        ``due_lead``: seconds before its due time a delayed job is leased, its worker holding it until then."""
+        if not 0.0 <= due_lead <= protocol.MAX_HOLD:
+            raise ValueError(f"due_lead must be from 0 to {protocol.MAX_HOLD} seconds, got {due_lead!r}")
         warning = check_bind(bind, curve_keys is not None, insecure)
         from_file = schedule_file.load(schedules) if schedules is not None else []
         self.id = uuid.uuid4().hex
@@ -106,6 +113,7 @@ class Broker(Requests, ScheduleShell):
         self._due_timer: Timer | None = None  # fires when the JobBook's earliest held job is due
         self._due_timer_at = 0.0  # the due time it was armed for (epoch seconds)
         self._due_wake_after = 0.0  # monotonic time before which it is not armed again (DUE_SPACING)
+        self.due_lead = due_lead
         self.result_ttl = result_ttl
         self.loop = EventLoop()
         self.context = zmq.Context()
@@ -168,6 +176,10 @@ class Broker(Requests, ScheduleShell):
         durability = f"journal {self.journal.path}" if self.journal.durable else "journal in memory (not durable)"
         security = f"CURVE keys {self.guard.folder}" if self.guard else "no CURVE"
         log.info("broker {} listening on {}, {}, {}", self.id[:8], self.address, durability, security)
+        # Start-up objects (modules, classes, restored jobs) are out of the collector's way: a full
+        # collection then scans only what came since, not tens of thousands of objects (18 ms a time
+        # under load, every few seconds, each a stall of every job's dispatch).
+        gc.freeze()
         try:
             self.loop.run()
         finally:
@@ -338,7 +350,7 @@ class Broker(Requests, ScheduleShell):
         for peer_id in self.liveness.expired(time.monotonic()):
             self._remove_peer(peer_id, f"missed heartbeats for {self.liveness.grace:.1f}s")
         self._beat_due = True  # sent by _flush, after this turn's commit
-        self.jobs.release_due(time.time())
+        self.jobs.release_due(time.time(), self.due_lead)
         self._run_due_ticks()  # the schedules' own timer is the precise one; this catches a jumped clock
         if self.metrics is not None:
             self.metrics.publish(self)
@@ -347,9 +359,10 @@ class Broker(Requests, ScheduleShell):
         self._schedule_flush()
 
     def _arm_due_timer(self) -> None:
-        """Wake the loop when the earliest held job (delayed, or a retry) is due; re-armed only when an
-        earlier one arrives (or after it fired), so a flush costs a look at the top of a heap."""
-        due = self.jobs.next_due()
+        """Wake the loop when the earliest held job (delayed, or a retry) is due, a delayed one ``due_lead``
+        early; re-armed only when an earlier one arrives (or after it fired), so a flush costs a look
+        at the top of a heap."""
+        due = self.jobs.next_due(self.due_lead)
         if due is None or self._due_timer is not None and self._due_timer_at <= due:
             return
         if self._due_timer is not None:
@@ -361,7 +374,7 @@ class Broker(Requests, ScheduleShell):
     def _on_due(self) -> None:
         self._due_timer = None
         self._due_wake_after = time.monotonic() + DUE_SPACING
-        self.jobs.release_due(time.time())
+        self.jobs.release_due(time.time(), self.due_lead)
         self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
 
     def _expire_results(self) -> None:
@@ -412,7 +425,7 @@ class Broker(Requests, ScheduleShell):
         outbox = self.jobs.take_outbox(time.time())
         if SCHEDULER_CLIENT in outbox.outcomes:  # journaled for fetch and listings, sent to nobody
             self._schedule_jobs_finished(outbox.outcomes.pop(SCHEDULER_CLIENT))
-        self._send_leases(outbox.leases)
+        self._send_leases(outbox.leases, outbox.hold)
         self._send_outcomes(outbox.outcomes, final=False)
         self.journal.commit()
         self._send_outcomes(outbox.outcomes, final=True)
@@ -443,7 +456,8 @@ class Broker(Requests, ScheduleShell):
         if len(self.peers) != len(peers):  # one was unreachable: its jobs go back, leased next turn
             self._schedule_flush()
 
-    def _send_leases(self, leases: list) -> None:
+    def _send_leases(self, leases: list, hold: dict[str, float]) -> None:
+        """``hold``: seconds the worker waits before starting each job leased ahead of its due time."""
         for worker, jobs in leases:
             rows = [[job.id, job.attempt, job.task, job.pool, job.payload, job.rules.timeout, job.priority]
                     for job in jobs]
@@ -453,7 +467,10 @@ class Broker(Requests, ScheduleShell):
                 for job in jobs:
                     self.events.emit("leased", job)
             for batch in protocol.split_by_size(rows, 4, LEASE_ROW_BYTES, self.limits.max_message_bytes):
-                self.link.send(worker, protocol.JOBS, {"jobs": batch, **body})
+                message = {"jobs": batch, **body}
+                if hold and (held := {row[0]: hold[row[0]] for row in batch if row[0] in hold}):
+                    message["hold"] = held
+                self.link.send(worker, protocol.JOBS, message)
 
     def _send_outcomes(self, outcomes: dict[bytes, list[list]], final: bool) -> None:
         """Results (``final`` False), or cancellations (``final`` True: after the commit)."""

@@ -73,13 +73,39 @@ class DueTimes:
             released.append(job)
         return released
 
+    def pop_ahead(self, until: float) -> list[tuple[float, Job]]:
+        """Delayed jobs (``SCHEDULED``) due by ``until``, earliest first, with their due times; they are
+        held no more. Stops at the first job of another kind: a retry's backoff is never cut short."""
+        heap, released = self._heap, []
+        while heap and heap[0][0] <= until:
+            job = self._live(heap[0])
+            if job is None:
+                heapq.heappop(heap)
+                self._stale -= 1
+                continue
+            if job.state != SCHEDULED:
+                break
+            due, _ = heapq.heappop(heap)
+            job.due = None
+            self.counts[SCHEDULED] -= 1
+            released.append((due, job))
+        return released
+
     def next_due(self) -> float | None:
         """The earliest due time of a held job; None when none is held."""
+        earliest = self.earliest()
+        return earliest[0] if earliest else None
+
+    def earliest(self) -> tuple[float, Job] | None:
+        """The held job due first, and when; None when none is held."""
         heap = self._heap
-        while heap and self._live(heap[0]) is None:
+        while heap:
+            job = self._live(heap[0])
+            if job is not None:
+                return heap[0][0], job
             heapq.heappop(heap)
             self._stale -= 1
-        return heap[0][0] if heap else None
+        return None
 
     def _live(self, entry: tuple[float, str]) -> Job | None:
         """The job an entry stands for, or None if the entry is stale."""
