@@ -158,21 +158,21 @@ def queue_behind_them(client, journal, count: int) -> list:
 
 def test_after_a_restart_restored_jobs_are_leased_once_every_worker_connected_before_is_back(
         processes, tmp_path, client_factory):
-    # A 30 s liveness window: a broker that held restored jobs for all of it would miss the
+    # A 60 s liveness window: a broker that held restored jobs for all of it would miss the
     # deadline below by far. Both workers were connected (journaled): once both have said hello
     # again, every run that outlived the broker is claimed, and the rest is leased at once.
     slow = ("--heartbeat", "1")
     address, journal = free_address(), tmp_path / "journal.db"
-    broker, _ = processes.broker(*slow, "--liveness", "30", bind=address, journal=journal)
+    broker, _ = processes.broker(*slow, "--liveness", "60", bind=address, journal=journal)
     client = client_factory(address)
     busy = start_busy_workers(processes, address, client, tmp_path, slow, 2)
     queued = queue_behind_them(client, journal, 4)
     broker.kill()
     broker.wait(timeout=10)
-    processes.broker(*slow, "--liveness", "30", bind=address, journal=journal)
+    processes.broker(*slow, "--liveness", "60", bind=address, journal=journal)
     for _, _, _, gate in busy:
         gate.touch()
-    deadline = time.monotonic() + 12  # well inside the 30 s window
+    deadline = time.monotonic() + 20  # well inside the 60 s window
     assert [future.result(timeout=max(0.1, deadline - time.monotonic())) for future in queued] == [100, 101, 102, 103]
     for worker, future, record, _ in busy:
         assert future.result(timeout=STARTING)["pid"] == worker.pid
