@@ -190,6 +190,36 @@ def test_a_journal_written_before_the_worker_column_opens_and_gains_it(path):
     reopened.close()
 
 
+def test_the_workers_connected_are_listed_across_a_restart_and_an_uncommitted_hello_is_not(journal):
+    assert journal.workers() == {}, "a new journal lists nobody"
+    journal.worker_joined(b"w-1", "alpha")
+    journal.worker_joined(b"w-2", "beta")
+    journal.worker_joined(b"w-1", "alpha-renamed")  # a hello again, maybe under another name
+    assert journal.worker_joined_uncommitted
+    journal.commit()
+    assert not journal.worker_joined_uncommitted
+    journal.worker_left(b"w-2")
+    journal = reopen(journal)
+    assert journal.workers() == {b"w-1": "alpha-renamed"}
+    journal.worker_joined(b"w-3", "gamma")  # a crash before the commit: never listed
+    journal = crash(journal)
+    assert journal.workers() == {b"w-1": "alpha-renamed"}
+    journal.close()
+
+
+def test_a_journal_written_before_the_worker_list_opens_with_it_unknown_once(path):
+    Journal(path).close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE workers")  # as an older broker left it
+    old.close()
+    journal = Journal(path)
+    assert journal.workers() is None, "who was connected when it stopped is unknown"
+    journal.worker_joined(b"w-1", "alpha")
+    journal = reopen(journal)
+    assert journal.workers() == {b"w-1": "alpha"}
+    journal.close()
+
+
 def test_cancel_is_final(journal):
     journal.add_jobs([row("a")])
     journal.cancel("a", 1.0)

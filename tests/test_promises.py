@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import CancelledError
 
 import pytest
@@ -23,7 +24,8 @@ import tasks
 from cluster import ROOT, die_with_parent, environment, read_line, wait_until
 from runner.errors import TaskTimeoutError
 from test_chaos import free_address
-from test_reliability_rules import lines, process_gone, wait_for_journal, wait_for_lines, worker_entry
+from test_reliability_rules import (journal_rows, lines, process_gone, wait_for_journal, wait_for_lines,
+                                   worker_entry)
 
 HEARTBEAT = ("--heartbeat", "0.2")  # a peer silent for 0.6 s is declared dead
 IMPORTS = ("tasks", "jobs", "gates")
@@ -132,6 +134,79 @@ def test_after_a_restart_a_running_job_stays_with_its_worker_though_another_says
     assert future.result(timeout=STARTING) == {"run": 1, "pid": running.pid, "value": "stays"}
     assert lines(record) == [str(running.pid)], "the other worker, there first, did not run it again"
     wait_for_journal(journal, future.job_id, (1, "done"))
+
+
+def start_busy_workers(processes, address: str, client, folder, heartbeat: tuple, count: int) -> list[tuple]:
+    """``count`` workers of one thread each, each running a gated job: [(worker, future, record, gate)]."""
+    busy = []
+    for index in range(count):
+        worker = processes.worker(address, *heartbeat, *THREADS_ONLY, "--threads", "1", imports=IMPORTS)
+        client.wait_for_workers(index + 1, timeout=STARTING)
+        future, record, gate = gated_job(client, folder, f"busy{index}", pool="thread")
+        assert wait_for_lines(record, 1, timeout=STARTING) == [str(worker.pid)]
+        busy.append((worker, future, record, gate))
+    return busy
+
+
+def queue_behind_them(client, journal, count: int) -> list:
+    """``count`` quick jobs, queued (every worker is busy), then journaled as pending with the gated ones."""
+    queued = [client.submit(tasks.add, index, 100, pool="thread") for index in range(count)]
+    wait_until(lambda: journal_rows(journal, "SELECT COUNT(*) FROM jobs WHERE state='pending'") == [(len(queued) + 2,)],
+               timeout=10, message="every job journaled as pending")
+    return queued
+
+
+def test_after_a_restart_restored_jobs_are_leased_once_every_worker_connected_before_is_back(
+        processes, tmp_path, client_factory):
+    # A 60 s liveness window: a broker that held restored jobs for all of it would miss the
+    # deadline below by far. Both workers were connected (journaled): once both have said hello
+    # again, every run that outlived the broker is claimed, and the rest is leased at once.
+    slow = ("--heartbeat", "1")
+    address, journal = free_address(), tmp_path / "journal.db"
+    broker, _ = processes.broker(*slow, "--liveness", "60", bind=address, journal=journal)
+    client = client_factory(address)
+    busy = start_busy_workers(processes, address, client, tmp_path, slow, 2)
+    queued = queue_behind_them(client, journal, 4)
+    broker.kill()
+    broker.wait(timeout=10)
+    processes.broker(*slow, "--liveness", "60", bind=address, journal=journal)
+    for _, _, _, gate in busy:
+        gate.touch()
+    deadline = time.monotonic() + 20  # well inside the 60 s window
+    assert [future.result(timeout=max(0.1, deadline - time.monotonic())) for future in queued] == [100, 101, 102, 103]
+    for worker, future, record, _ in busy:
+        assert future.result(timeout=STARTING)["pid"] == worker.pid
+        assert lines(record) == [str(worker.pid)], "each claimed run stayed on its worker, and ran once"
+    assert client.status()["jobs"]["held_for_claims"] == 0
+
+
+def test_after_a_restart_a_worker_connected_before_that_never_comes_back_holds_restored_jobs_the_whole_window(
+        processes, tmp_path, client_factory):
+    heartbeat, liveness = 0.5, 20  # a 10 s window, counted from when the restarted broker listens
+    beats = ("--heartbeat", str(heartbeat))
+    address, journal = free_address(), tmp_path / "journal.db"
+    broker, _ = processes.broker(*beats, "--liveness", str(liveness), bind=address, journal=journal)
+    client = client_factory(address)
+    (back, back_future, _, back_gate), (gone, gone_future, gone_record, _) = start_busy_workers(
+        processes, address, client, tmp_path, beats, 2)
+    queued = queue_behind_them(client, journal, 2)
+    broker.kill()
+    broker.wait(timeout=10)
+    gone.kill()  # killed with the broker: it never says hello again
+    gone.wait(timeout=10)
+    restarted = time.monotonic()
+    processes.broker(*beats, "--liveness", str(liveness), bind=address, journal=journal)
+    back_gate.touch()
+    assert back_future.result(timeout=STARTING)["pid"] == back.pid  # back, claimed its run, and is free
+    jobs = client.status()["jobs"]
+    assert (jobs["held_for_claims"], jobs["pending"]) == (3, 3), "still held: gone was connected and may run them"
+    assert client.fetch(queued[0].job_id)["state"] == "pending"
+    wait_until(lambda: client.status()["jobs"]["held_for_claims"] == 0, timeout=STARTING,
+               message="the window ran out")
+    assert time.monotonic() - restarted >= heartbeat * liveness, "released before the liveness window passed"
+    assert [future.result(timeout=STARTING) for future in queued] == [100, 101]
+    assert gone_future.result(timeout=STARTING) == {"run": 2, "pid": back.pid, "value": "busy1"}
+    assert lines(gone_record) == [str(gone.pid), str(back.pid)]
 
 
 # --- a client's connection drops while the broker stays up -------------------------------------

@@ -292,8 +292,9 @@ class JobBook(HeldJobs, AfterJobs):
     # --- workers ------------------------------------------------------------------------------
 
     def worker_joined(self, worker: bytes, queues: list[str], slots: dict[str, int],
-                      running: list[list], now: float) -> None:
-        """A worker (re)registered; it keeps the runs it still has that nobody else holds."""
+                      running: list[list], now: float, name: str = "") -> None:
+        """A worker (re)registered; it keeps the runs it still has that nobody else holds. The journal
+        lists it (by routing id, its ``name`` for logs) while it is connected, for a restart's claims."""
         self._draining.discard(worker)
         self._worker_names.pop(worker, None)
         self._lost_runs.pop(worker, None)  # the runs it still has are claimed below
@@ -307,6 +308,8 @@ class JobBook(HeldJobs, AfterJobs):
                 log.bind(job=job_id).info("kept on its worker after re-registration (attempt {})", job.attempt)
             else:
                 self.outbox.stop_jobs[worker].append(job_id)
+        self.journal.worker_joined(worker, name)
+        self._worker_back(worker)
 
     def worker_credit(self, worker: bytes, credit: dict[str, int]) -> None:
         """The worker can hold this many jobs per pool now (a draining worker stays at none)."""
@@ -327,8 +330,9 @@ class JobBook(HeldJobs, AfterJobs):
         """
         self._draining.discard(worker)
         self._worker_names.pop(worker, None)
-        if charged:  # a worker only registering again keeps its counts
+        if charged:  # a worker only registering again keeps its counts, and its place in the journal
             self.counters.worker_left(worker)
+            self.journal.worker_left(worker)
         for job in reversed(self.scheduler.worker_left(worker)):  # front pushes: last first keeps order
             if self._ahead and self.hold_again(job, now):  # it waited for its time there: not started
                 job.attempt = self.journal.attempts(job.id)

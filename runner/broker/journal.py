@@ -14,6 +14,8 @@ States: ``pending`` (waiting or running: a restart queues it again), ``done``,
 ``failed`` and ``dead`` (final outcomes, kept until delivered plus a TTL),
 ``cancelled`` (never runs). A delayed job's due time is kept in its ``due`` column
 (epoch seconds; NULL for a job that may run at once), so a restart holds it until then.
+The ``workers`` table lists the workers connected (by routing id, which a worker keeps across
+a broker restart): a restart holds restored jobs for their claims until each has said hello again.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ CREATE TABLE IF NOT EXISTS schedules (
     skipped INTEGER NOT NULL,
     unfinished TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS workers (
+    id BLOB PRIMARY KEY,
+    name TEXT NOT NULL
+);
 """
 #: Added after the first journals were written: opening an older file adds it (NULL in old rows).
 _WORKER_COLUMN = "ALTER TABLE jobs ADD COLUMN worker TEXT"
@@ -114,6 +120,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._checkpointer: Checkpointer | None = None
+        # A journal written before the broker listed its workers opens with that list unknown.
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        self._workers_listed = "workers" in tables or "jobs" not in tables
         if self.durable:  # checkpoints run off the loop's thread; the loop's own is a backstop
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             self._checkpointer = Checkpointer(path)
@@ -122,6 +131,7 @@ class Journal:
         self._add_column("due", _DUE_COLUMN)
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
+        self.worker_joined_uncommitted = False  # a worker was listed this turn: commit before leasing to it
         self.counts = self._count_by_state()  # kept up to date in memory: a status must not scan the table
 
     # --- writes (grouped until commit) ----------------------------------------------------
@@ -241,6 +251,7 @@ class Journal:
         self._write_finished()
         self._db.execute("COMMIT")
         self._in_transaction = False
+        self.worker_joined_uncommitted = False
         if self._checkpointer is not None:
             self._checkpointer.committed(time.monotonic())
 
@@ -300,6 +311,28 @@ class Journal:
         """Every journaled schedule row, as ``save_schedule`` took it."""
         return self._db.execute("SELECT name, definition, done_until, last_tick, fired, skipped, unfinished "
                                 "FROM schedules ORDER BY name").fetchall()
+
+    # --- the workers connected (the claim window after a restart: runner/broker/jobs_held.py) ---
+
+    def worker_joined(self, worker: bytes, name: str) -> None:
+        """A worker said hello (by routing id): listed until it leaves or is lost, so a restart waits
+        for its claims. At commit, with the turn; ``worker_joined_uncommitted`` tells the server to
+        commit before any lease reaches it (a worker that got leases must be listed)."""
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO workers (id, name) VALUES (?, ?)", (worker, name))
+        self.worker_joined_uncommitted = True
+
+    def worker_left(self, worker: bytes) -> None:
+        """A worker left, was declared lost, or did not come back within a restart's claim window."""
+        self._begin()
+        self._db.execute("DELETE FROM workers WHERE id=?", (worker,))
+
+    def workers(self) -> dict[bytes, str] | None:
+        """The workers listed as connected (routing id: name); None if this journal was written
+        before the broker kept that list (its first open since): who was connected is unknown."""
+        if not self._workers_listed:
+            return None
+        return dict(self._db.execute("SELECT id, name FROM workers ORDER BY rowid"))
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -127,8 +127,9 @@ class Broker(Requests, ScheduleShell):
                                            self.guard.secure if self.guard else None)
         self.link = RouterLink(self.loop, router, self._on_frame, self._on_unreachable, self._on_invalid,
                                self._on_keyed_frame if self.guard else None)
-        if restored:  # one liveness window from now, when workers can reach us, to claim what they still run
-            self.jobs.hold_for_claims(time.time() + self.liveness.grace)
+        # One liveness window from now, when workers can reach us, to claim what they still run; it ends
+        # once every worker the journal lists as connected has said hello again (none listed: no window).
+        self.jobs.hold_for_claims(time.time() + self.liveness.grace, self.journal.workers())
         self._wire_limits = self.limits.wire()
         self.sync_quota = SyncQuota(self.limits.max_sync_objects)
         self.offenders = Offenders(self.limits.max_invalid_frames)
@@ -286,7 +287,8 @@ class Broker(Requests, ScheduleShell):
         if peer.role == "worker":
             peer.queues, peer.slots = list(body["queues"]), dict(body["slots"])
             peer.recycled = body.get("recycled", 0)
-            self.jobs.worker_joined(peer_id, peer.queues, peer.slots, body.get("running", []), time.time())
+            self.jobs.worker_joined(peer_id, peer.queues, peer.slots, body.get("running", []), time.time(),
+                                    peer.name)
         self.peers[peer_id] = peer
         self.liveness.seen(peer_id, time.monotonic())
         log.log("INFO" if peer.role == "worker" else "DEBUG", "{} {} joined from {} pid {} {}", peer.role, peer.name,
@@ -423,6 +425,8 @@ class Broker(Requests, ScheduleShell):
         self._flush_scheduled = False
         self._flushing = True
         outbox = self.jobs.take_outbox(time.time())
+        if self.journal.worker_joined_uncommitted:  # a worker is listed before any lease reaches it (rare)
+            self.journal.commit()
         if SCHEDULER_CLIENT in outbox.outcomes:  # journaled for fetch and listings, sent to nobody
             self._schedule_jobs_finished(outbox.outcomes.pop(SCHEDULER_CLIENT))
         self._send_leases(outbox.leases, outbox.hold)

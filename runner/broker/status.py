@@ -44,6 +44,7 @@ def status_snapshot(broker: "Broker") -> dict[str, Any]:
                  "retrying": broker.jobs.timers.counts[DEFERRED] - broker.jobs.held_for_claims,
                  "scheduled": broker.jobs.timers.counts[SCHEDULED],
                  "waiting": waiting_for_jobs,
+                 "held_for_claims": broker.jobs.held_for_claims,  # of pending: restored, awaiting claims
                  "done": final.get("done", 0), "failed": final.get("failed", 0),
                  "dead": final.get("dead", 0), "cancelled": final.get("cancelled", 0)},
         "rates": {"window": rates.completed.window, "completed": rates.completed.per_second(now),
