@@ -201,6 +201,8 @@ def test_with_curve_a_job_waits_only_for_jobs_of_its_own_key(secure_cluster, cli
     bob = keyed_client(client_factory, address, key_folder / "bob")
     alice.wait_for_workers(1, timeout=30)
     first = alice.submit("tasks:add", 1, 2)
+    # Another connection's submit may overtake this one: ask on alice's own, answered once it is held.
+    assert alice.fetch(first.job_id)["state"] != "unknown"
     assert alice_again.submit("tasks:add", runner.JobResult(first.job_id), 1).result(timeout=30) == 4
     with pytest.raises(ValueError, match="which the broker does not know"):
         bob.submit("tasks:add", runner.JobResult(first.job_id), 1).result(timeout=30)
