@@ -29,8 +29,13 @@ class CreditGauge:
         # The most ever announced: leases sent before a lowered credit arrived may reach it.
         self.ceiling = dict(slots)
 
-    def observe(self, pool: str, task: str, seconds: float, jobs: int) -> None:
-        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``."""
+    def observe(self, pool: str, task: str, seconds: float, jobs: int, ran: float | None = None) -> None:
+        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``, its jobs ``ran`` seconds of it.
+
+        The pool's rate (the prefetch) counts the whole submission; whether a task's jobs
+        are short enough to share one counts only their own time where the pool measured
+        it (a process-pool child), not the trip there and back.
+        """
         if jobs <= 0 or pool not in self.slots:
             return
         sample = max(seconds, 1e-6) / jobs
@@ -38,7 +43,7 @@ class CreditGauge:
         # A plain moving average: one very slow sample still moves it far (from 5 µs to 20 ms
         # jobs, a single sample cuts the prefetch a hundredfold), noise only a little.
         self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
-        _update(self._seconds_per_task, task, sample)
+        _update(self._seconds_per_task, task, sample if ran is None else max(ran, 1e-7) / jobs)
 
     def seconds_per_job(self, task: str) -> float | None:
         """How long a job of ``task`` takes, as measured so far (None: never seen)."""
