@@ -30,20 +30,22 @@ class CreditGauge:
         self.ceiling = dict(slots)
 
     def observe(self, pool: str, task: str, seconds: float, jobs: int, ran: float | None = None) -> None:
-        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``, its jobs ``ran`` seconds of it.
+        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``; its jobs ran ``ran`` of them.
 
-        The pool's rate (the prefetch) counts the whole submission; whether a task's jobs
-        are short enough to share one counts only their own time where the pool measured
-        it (a process-pool child), not the trip there and back.
+        Where the pool measured it (a process-pool child), the jobs' own time counts, not
+        the submission's trip there and back: that fixed cost made a small group of no-ops
+        look slow, which shrank the prefetch, so fewer jobs waited, the next groups were
+        smaller still, and the credit swung back and forth (hundreds of credit messages,
+        jobs given back and leased again, in the 20,000 no-ops of benchmark case 12c).
         """
         if jobs <= 0 or pool not in self.slots:
             return
-        sample = max(seconds, 1e-6) / jobs
+        sample = max(seconds if ran is None else ran, 1e-6) / jobs
         previous = self._seconds_per_job.get(pool)
         # A plain moving average: one very slow sample still moves it far (from 5 µs to 20 ms
         # jobs, a single sample cuts the prefetch a hundredfold), noise only a little.
         self._seconds_per_job[pool] = sample if previous is None else previous + SMOOTHING * (sample - previous)
-        _update(self._seconds_per_task, task, sample if ran is None else max(ran, 1e-7) / jobs)
+        _update(self._seconds_per_task, task, sample)
 
     def seconds_per_job(self, task: str) -> float | None:
         """How long a job of ``task`` takes, as measured so far (None: never seen)."""

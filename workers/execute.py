@@ -139,9 +139,9 @@ def run_batch(jobs: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, s
 def run_batch_timed(jobs: list[tuple[str, int, str, bytes]]) -> tuple[list[tuple[str, int, str, bytes]], float]:
     """In a process-pool child: ``run_batch``, and the seconds its jobs took here.
 
-    The worker groups short jobs by this time, not by the submission's round trip, whose
-    fixed cost (pickling, pipes, the executor's threads) would make a group of no-ops look
-    slow and keep the groups small.
+    The worker sizes its groups and its prefetch by this time, not by the submission's round
+    trip, whose fixed cost (pickling, pipes, the executor's threads) would make a group of
+    no-ops look slow and keep the groups and the prefetch small (credit.py).
     """
     started = time.perf_counter()
     rows = run_batch(jobs)
