@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 from typing import Any, Callable, Iterable
 
-from runner.tasks import NO_WAITS, JobResult
+from runner.tasks import NO_WAITS, OPTION_NAMES, JobOptions, JobResult
 
 
 def referrer(client: Any) -> Callable[[Any], Any]:
@@ -52,6 +52,14 @@ def after_ids(refer: Callable[[Any], Any], after: Any) -> list[str]:
             ids += after_ids(refer, meant)
         # else a Future already done with a result: nothing to wait for
     return ids or NO_WAITS
+
+
+def job_options(defaults: JobOptions, kwargs: dict[str, Any],
+                refer: Callable[[Any], Any]) -> tuple[JobOptions, list[str]]:
+    """A submit's options and the ids it waits for, taken out of its keywords (the rest go to the task)."""
+    overrides = {name: kwargs.pop(name) for name in OPTION_NAMES & kwargs.keys()}
+    after = kwargs.pop("after", None)
+    return defaults.merged(overrides), NO_WAITS if after is None else after_ids(refer, after)
 
 
 def with_after(wire: dict[str, Any], waits: list[str], after: list[str]) -> dict[str, Any]:

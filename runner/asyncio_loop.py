@@ -25,6 +25,8 @@ from typing import Any, Callable, ContextManager, TypeVar
 import zmq
 from loguru import logger
 
+from runner.loop import EVENTS, POLLIN, POLLOUT
+
 log = logger.bind(component="asyncio-loop")
 T = TypeVar("T")
 
@@ -145,11 +147,11 @@ class AsyncioLoop:
         if self._watched.get(watched.socket) is not watched:  # removed (and closed) meanwhile
             return
         with watched.lock:
-            events = watched.socket.getsockopt(zmq.EVENTS)
-        if watched.on_writable is not None and events & zmq.POLLOUT:
+            events = watched.socket.getsockopt(EVENTS)
+        if watched.on_writable is not None and events & POLLOUT:
             on_writable, watched.on_writable = watched.on_writable, None
             self._guard(on_writable)
-        if events & zmq.POLLIN:
+        if events & POLLIN:
             self._guard(watched.on_readable)
             self._look_soon()
 

@@ -26,6 +26,9 @@ import zmq
 from loguru import logger
 
 log = logger.bind(component="loop")
+# pyzmq's constants are enums: ``events & zmq.POLLIN`` runs enum.Flag's Python code (~1 µs), and the
+# loops test a socket's EVENTS several times a message. Plain ints keep it at C speed.
+EVENTS, POLLIN, POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 class Timer:
@@ -56,7 +59,7 @@ class _Watched:
 
     def events(self) -> int:
         with self.lock:
-            return self.socket.getsockopt(zmq.EVENTS)
+            return self.socket.getsockopt(EVENTS)
 
 
 class EventLoop:
@@ -193,16 +196,16 @@ class EventLoop:
             if watched not in self._watched:  # a callback removed (and closed) it this turn
                 continue
             events = watched.events()
-            if watched.want_write and events & zmq.POLLOUT:
+            if watched.want_write and events & POLLOUT:
                 watched.want_write = False
                 self._guard(watched.on_writable)
-            if events & zmq.POLLIN:
+            if events & POLLIN:
                 self._guard(watched.on_readable)
 
     def _any_readable(self) -> bool:
         for watched in self._watched:
             events = watched.events()
-            if events & zmq.POLLIN or watched.want_write and events & zmq.POLLOUT:
+            if events & POLLIN or watched.want_write and events & POLLOUT:
                 return True
         return False
 

@@ -434,7 +434,8 @@ def _check_started(body: dict) -> None:
 
 def _job_ids(body: dict) -> None:
     for job_id in _need(body, "ids", list, "a list of job ids")[:MAX_BATCH + 1]:
-        _name(job_id, "job id")
+        if type(job_id) is not str or not 0 < len(job_id) <= MAX_NAME:  # a valid id passes without a call
+            _name(job_id, "job id")
     if len(body["ids"]) > MAX_BATCH:
         raise ProtocolError(f"more than {MAX_BATCH} job ids in one message")
 
@@ -474,6 +475,9 @@ def _check_cancel(body: dict) -> None:
 # Outcome rows sent to a client: [job_id, status, payload]
 def _check_outcomes(body: dict) -> None:
     for job_id, status, payload in _batch(body, "outcomes", 3, "outcomes"):
+        # Once per job: a valid row passes in one test, without calls (as in _check_results).
+        if type(job_id) is str and 0 < len(job_id) <= MAX_NAME and status in OUTCOME_STATUSES and type(payload) is bytes:
+            continue
         _name(job_id, "job id")
         if status not in OUTCOME_STATUSES:
             raise ProtocolError(f"outcome status must be one of {OUTCOME_STATUSES}, got {_show(status)}")

@@ -17,7 +17,7 @@ import zmq
 from loguru import logger
 
 from runner import protocol
-from runner.loop import EventLoop
+from runner.loop import EVENTS, POLLIN, EventLoop
 
 if TYPE_CHECKING:
     from runner.keys import CurveKeys
@@ -139,7 +139,7 @@ class DealerLink:
                     self.loop.want_writable(self.socket, self._flush)
             # Off the loop's thread, the send may have consumed the edge that would wake the
             # sleeping loop for a message that arrived meanwhile, or the frame may wait.
-            if not self.loop.in_loop_thread() and (self._outbox or self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+            if not self.loop.in_loop_thread() and (self._outbox or self.socket.getsockopt(EVENTS) & POLLIN):
                 self.loop.wake()
 
     def close(self, linger_ms: int = 0) -> None:

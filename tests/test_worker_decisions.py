@@ -120,6 +120,18 @@ def test_small_changes_are_not_announced():
     assert gauge.credit("thread") == 102 and gauge.changed() is None
 
 
+def test_the_time_jobs_ran_in_a_child_sizes_the_prefetch_and_groups_not_the_trip_there():
+    gauge = CreditGauge({"process": 2})
+    gauge.observe("process", "tasks:noop", 0.004, 10, ran=0.0001)  # 400 µs a job with the trip, 10 µs in the child
+    assert gauge.seconds_per_job("tasks:noop") == 0.0001 / 10
+    assert gauge.credit("process") == 2 + min(MAX_PREFETCH, int(PREFETCH_WINDOW * 2 / 0.00001))
+    gauge.observe("process", "tasks:slow", 0.5, 1, ran=0.5)  # a long job: its own time says so
+    assert gauge.seconds_per_job("tasks:slow") == 0.5
+    unmeasured = CreditGauge({"process": 2})  # a recycled pool's child does not time its group
+    unmeasured.observe("process", "tasks:noop", 0.004, 10)
+    assert unmeasured.seconds_per_job("tasks:noop") == 0.004 / 10
+
+
 def test_groups_hold_one_task_and_unknown_tasks_go_alone():
     backlog = Backlog({"process": 1})
     for n in range(200):

@@ -112,6 +112,7 @@ class AsyncPool:
 
     name = "async"
     killable = False
+    timed = False  # its futures give plain rows (workers/pools.py)
 
     def __init__(self, size: int) -> None:
         self.size = size

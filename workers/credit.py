@@ -29,11 +29,18 @@ class CreditGauge:
         # The most ever announced: leases sent before a lowered credit arrived may reach it.
         self.ceiling = dict(slots)
 
-    def observe(self, pool: str, task: str, seconds: float, jobs: int) -> None:
-        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``."""
+    def observe(self, pool: str, task: str, seconds: float, jobs: int, ran: float | None = None) -> None:
+        """A submission of ``jobs`` jobs of ``task`` took ``seconds`` in ``pool``; its jobs ran ``ran`` of them.
+
+        Where the pool measured it (a process-pool child), the jobs' own time counts, not
+        the submission's trip there and back: that fixed cost made a small group of no-ops
+        look slow, which shrank the prefetch, so fewer jobs waited, the next groups were
+        smaller still, and the credit swung back and forth (hundreds of credit messages,
+        jobs given back and leased again, in the 20,000 no-ops of benchmark case 12c).
+        """
         if jobs <= 0 or pool not in self.slots:
             return
-        sample = max(seconds, 1e-6) / jobs
+        sample = max(seconds if ran is None else ran, 1e-6) / jobs
         previous = self._seconds_per_job.get(pool)
         # A plain moving average: one very slow sample still moves it far (from 5 µs to 20 ms
         # jobs, a single sample cuts the prefetch a hundredfold), noise only a little.

@@ -49,7 +49,8 @@ LEAVE_GRACE = 10.0
 
 JobRow = tuple[str, int, str, bytes]  # (job id, attempt, task, payload)
 ResultRow = tuple[str, int, str, bytes]  # (job id, attempt, status, blob)
-OnDone = Callable[[str, str, list[ResultRow], float], None]  # (pool, task, result rows, seconds taken)
+#: (pool, task, result rows, seconds the submission took, seconds its jobs ran in a child or None)
+OnDone = Callable[[str, str, list[ResultRow], float, "float | None"], None]
 
 
 class ThreadPool:
@@ -57,6 +58,7 @@ class ThreadPool:
 
     name = "thread"
     killable = False
+    timed = False  # its futures give rows; a ProcessPool's give (rows, seconds in the child)
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -104,6 +106,7 @@ class ProcessPool:
 
     name = "process"
     killable = True
+    timed = True  # its futures give (rows, seconds the jobs ran in the child, or None)
 
     def __init__(self, size: int, admission: Admission, recycler: Recycler | None = None) -> None:
         self.size = size
@@ -122,7 +125,7 @@ class ProcessPool:
 
     def submit(self, jobs: list[JobRow]) -> Future:
         if self.recycler is None:
-            return self._submit(self._lanes[0], execute.run_batch, jobs)[1]
+            return self._submit(self._lanes[0], execute.run_batch_timed, jobs)[1]
         self._replace_retired()
         with self._lanes_lock:
             lane = self._idle.popleft()
@@ -243,7 +246,7 @@ class ProcessPool:
             log.log("INFO" if retirement.memory else "DEBUG", "pool process {} is replaced by a fresh one: {}",
                     pid, retirement.reason)
         if error is None:
-            done.set_result(rows)
+            done.set_result((rows, None))  # the round trip measures these jobs
         else:
             done.set_exception(error)
 
@@ -362,21 +365,24 @@ class Pools:
 
 def _report(on_done: OnDone, pool_name: str, jobs: list[JobRow], pool: ThreadPool | ProcessPool | AsyncPool,
             started: float, done: Future) -> None:
-    """A submission finished: hand ``on_done`` its rows and how long it took."""
-    on_done(pool_name, jobs[0][2], _outcome(done, jobs, pool), time.monotonic() - started)
+    """A submission finished: hand ``on_done`` its rows, how long it took and how long its jobs ran."""
+    rows, ran = _outcome(done, jobs, pool)
+    on_done(pool_name, jobs[0][2], rows, time.monotonic() - started, ran)
 
 
-def _outcome(future: Future, jobs: list[JobRow], pool: ThreadPool | ProcessPool | AsyncPool) -> list[ResultRow]:
-    """Result rows of a finished submission; a broken pool fails every job in it."""
+def _outcome(future: Future, jobs: list[JobRow],
+             pool: ThreadPool | ProcessPool | AsyncPool) -> tuple[list[ResultRow], float | None]:
+    """Result rows of a finished submission, and the seconds its jobs ran in a child if known; a broken pool
+    fails every job in it."""
     if future.cancelled():  # the worker is shutting down; the broker gives these jobs back
-        return []
+        return [], None
     exc = future.exception()
     if exc is None:
-        return future.result()
+        return future.result() if pool.timed else (future.result(), None)
     if isinstance(exc, BrokenProcessPool):
         exc = WorkerPoolError.raised_here(f"a process-pool child died while running this job: {pool.describe_death()}")
     error = execute.encode_error(exc)
-    return [(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs]
+    return [(job_id, attempt, protocol.FAILED, error) for job_id, attempt, _, _ in jobs], None
 
 
 def _processes(executor: ProcessPoolExecutor) -> dict:

@@ -347,9 +347,9 @@ class Worker:
 
     # --- results -----------------------------------------------------------------------
 
-    def _on_pool_done(self, pool: str, task: str, rows: list[ResultRow], seconds: float) -> None:
+    def _on_pool_done(self, pool: str, task: str, rows: list[ResultRow], seconds: float, ran: float | None) -> None:
         """Runs on a pool's thread: hand the rows over and wake the loop; nothing else."""
-        self._finished.put((pool, task, rows, seconds))
+        self._finished.put((pool, task, rows, seconds, ran))
         if not self._drain_requested:
             self._drain_requested = True
             self.loop.call_soon_threadsafe(self._send_finished)
@@ -359,11 +359,11 @@ class Worker:
         results, freed = [], set()
         while True:
             try:
-                pool, task, rows, seconds = self._finished.get_nowait()
+                pool, task, rows, seconds, ran = self._finished.get_nowait()
             except queue.Empty:
                 break
             self.backlog.finished(pool)
-            self.credit.observe(pool, task, seconds, len(rows))
+            self.credit.observe(pool, task, seconds, len(rows), ran)
             freed.add(pool)
             for job_id, attempt, status, blob in rows:
                 entry = self.running.get(job_id)
