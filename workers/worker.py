@@ -216,8 +216,8 @@ class Worker:
     def _start_jobs(self, rows: list, report_start: bool = False, hold: dict[str, float] | None = None) -> None:
         """Hold the leased jobs in the backlog and start what the pools have room for.
 
-        ``hold``: delayed jobs leased ahead of their due time, with the seconds each waits first
-        (on this loop's timer, not in the backlog: it is not started before then)."""
+        ``hold``: delayed jobs leased ahead of their due time, with the seconds each waits before
+        it starts (``_hold``)."""
         if self._draining.is_set():  # leased before the broker heard we drain: give them back
             self._send_results([[job_id, attempt, protocol.REQUEUE, b""] for job_id, attempt, *_ in rows])
             return
