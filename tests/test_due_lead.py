@@ -26,6 +26,15 @@ def delayed(job_id: str, due: float) -> list:
     return row(job_id, options={"due": due})
 
 
+def leased_ahead(driven, rows: list[list], now: float, slots: int = 1):
+    """Submit ``rows`` at 1.0, a worker ``w`` joins, and at ``now`` they are released and leased ahead
+    of their time: the turn's outbox."""
+    driven.book.submit(A, rows, False, 1.0)
+    driven.book.worker_joined(b"w", ["default"], {"thread": slots}, [], 1.0)
+    driven.book.release_due(now, LEAD)
+    return driven.book.take_outbox(now)
+
+
 def test_a_delayed_job_is_leased_lead_seconds_early_with_the_time_left_to_hold_it(broker):
     driven = broker()
     driven.book.submit(A, [delayed("x", 10.0), delayed("y", 20.0)], False, 1.0)
@@ -64,10 +73,7 @@ def test_a_retry_is_never_released_early(broker):
 
 def test_a_job_given_back_before_its_time_is_held_again_uncharged(broker):
     driven = broker()
-    driven.book.submit(A, [delayed("x", 10.0)], False, 1.0)
-    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
-    driven.book.release_due(9.97, LEAD)
-    assert driven.book.take_outbox(9.97).hold == {"x": pytest.approx(0.03)}
+    assert leased_ahead(driven, [delayed("x", 10.0)], 9.97).hold == {"x": pytest.approx(0.03)}
     driven.book.results(b"w", [["x", 1, protocol.REQUEUE, b""]], 9.98)  # the worker drains
     job = driven.book.scheduler.jobs["x"]
     assert (job.state, job.attempt, driven.book.next_due()) == (SCHEDULED, 0, 10.0), "held until its time again"
@@ -80,10 +86,7 @@ def test_a_job_given_back_before_its_time_is_held_again_uncharged(broker):
 
 def test_a_worker_lost_while_holding_a_job_costs_it_no_attempt(broker):
     driven = broker()
-    driven.book.submit(A, [row("x", options={"due": 10.0, "max_attempts": 1})], False, 1.0)
-    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
-    driven.book.release_due(9.96, LEAD)
-    driven.book.take_outbox(9.96)
+    leased_ahead(driven, [row("x", options={"due": 10.0, "max_attempts": 1})], 9.96)
     driven.book.worker_lost(b"w", 9.97)  # charged, as a silent worker is: but the job never started
     job = driven.book.scheduler.jobs["x"]
     assert (job.state, job.attempt, driven.journal.attempts("x")) == (SCHEDULED, 0, 0)
@@ -97,10 +100,7 @@ def test_a_worker_lost_while_holding_a_job_costs_it_no_attempt(broker):
 
 def test_a_worker_lost_after_the_due_time_is_charged_as_usual(broker):
     driven = broker()
-    driven.book.submit(A, [row("x", options={"due": 10.0, "max_attempts": 2})], False, 1.0)
-    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
-    driven.book.release_due(9.96, LEAD)
-    driven.book.take_outbox(9.96)
+    leased_ahead(driven, [row("x", options={"due": 10.0, "max_attempts": 2})], 9.96)
     driven.book.worker_lost(b"w", 10.2)  # it had started by then
     job = driven.book.scheduler.jobs["x"]
     assert (job.state, job.attempt) == (PENDING, 1)
@@ -108,10 +108,7 @@ def test_a_worker_lost_after_the_due_time_is_charged_as_usual(broker):
 
 def test_a_held_job_is_cancelled_without_force_until_its_time(broker):
     driven = broker()
-    driven.book.submit(A, [delayed("x", 10.0), delayed("y", 10.01)], False, 1.0)
-    driven.book.worker_joined(b"w", ["default"], {"thread": 2}, [], 1.0)
-    driven.book.release_due(9.97, LEAD)
-    driven.book.take_outbox(9.97)
+    leased_ahead(driven, [delayed("x", 10.0), delayed("y", 10.01)], 9.97, slots=2)
     assert driven.book.scheduler.jobs["x"].state == RUNNING
 
     assert driven.book.cancel("x", False, 9.98) == "cancelled", "held on its worker, not started"
@@ -124,10 +121,7 @@ def test_a_hello_claiming_a_held_job_keeps_it_on_its_worker(broker):
     """After a restart (or a worker declared lost), the job is held by the broker again; the
     worker, still holding it until its time, claims it in its hello and keeps it."""
     driven = broker()
-    driven.book.submit(A, [delayed("x", 10.0)], False, 1.0)
-    driven.book.worker_joined(b"w", ["default"], {"thread": 1}, [], 1.0)
-    driven.book.release_due(9.96, LEAD)
-    driven.book.take_outbox(9.96)
+    leased_ahead(driven, [delayed("x", 10.0)], 9.96)
     driven.journal.commit()
     driven.restart(crashed=True, now=9.97)
     assert driven.book.scheduler.jobs["x"].state == SCHEDULED
