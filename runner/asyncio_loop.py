@@ -8,7 +8,7 @@ with no thread of its own.
 
 A zmq socket's FD is edge-triggered (see runner/loop.py): it is watched with
 ``add_reader``, and every wake-up reads ``EVENTS`` and serves the socket while messages
-wait, a bounded batch per turn so that other coroutines get the loop between batches.
+wait, one message per turn so that other coroutines and timers get the loop between them.
 asyncio has no hook before it sleeps, where runner's own loop looks at every socket once
 more; instead, ``in_loop_thread`` answers False, which makes ``DealerLink.send`` read
 ``EVENTS`` after each send and call ``wake`` when a message waits (or a frame could not
@@ -61,6 +61,10 @@ class Repeating:
 
 class AsyncioLoop:
     """The part of runner.loop.EventLoop a peer's connection uses, on ``loop`` (running in this thread)."""
+
+    #: Messages the socket's reader handles per turn: one batch of outcomes, then the loop's
+    #: other callbacks and timers run before the next (an AsyncClient's loop is the caller's).
+    drain_limit = 1
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

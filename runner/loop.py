@@ -65,6 +65,9 @@ class _Watched:
 class EventLoop:
     """A single-threaded loop: zmq sockets, thread-safe callbacks and timers."""
 
+    #: Messages a socket's reader handles per turn, so one busy socket cannot starve timers.
+    drain_limit = 1_000
+
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = os.pipe()

@@ -26,8 +26,6 @@ log = logger.bind(component="transport")
 
 #: Messages queued per peer inside ZeroMQ before sends report EAGAIN.
 HIGH_WATER_MARK = 100_000
-#: Messages handled per socket per loop turn, so one busy socket cannot starve timers.
-DRAIN_LIMIT = 1_000
 #: Messages the broker holds for one peer whose ZeroMQ pipe is full, before it counts as unreachable.
 OUTBOX_LIMIT = 100_000
 #: Seconds before retrying a ROUTER send that found the peer's pipe full.
@@ -160,7 +158,7 @@ class DealerLink:
                 self._outbox.popleft()
 
     def _drain(self) -> None:
-        for _ in range(DRAIN_LIMIT):
+        for _ in range(self.loop.drain_limit):
             with self._lock:
                 try:
                     frame = self.socket.recv(zmq.NOBLOCK, copy=True)
@@ -250,7 +248,7 @@ class RouterLink:
                     break
 
     def _drain(self) -> None:
-        for _ in range(DRAIN_LIMIT):
+        for _ in range(self.loop.drain_limit):
             if self.loop.timer_due():  # a job's due time, say: the rest waits for the next turn
                 return
             try:
@@ -265,7 +263,7 @@ class RouterLink:
     def _drain_keyed(self) -> None:
         """As ``_drain``, with the key the CURVE handshake proved (only a zmq Frame carries it)."""
         assert self._on_keyed_frame is not None
-        for _ in range(DRAIN_LIMIT):
+        for _ in range(self.loop.drain_limit):
             if self.loop.timer_due():
                 return
             try:
