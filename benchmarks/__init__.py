@@ -12,7 +12,7 @@ the run as JSON under ``benchmarks/results/`` and the table in docs/benchmarks.m
 | ``cluster`` | broker and worker processes, stopped by PID; RSS and CPU from /proc |
 | ``measure`` | throughput and round-trip loops, each bounded in count and time |
 | ``cases`` | cases 1-5 and 7 on runner and on PPE |
-| ``aio_client``, ``lag`` | cases 12b and 12c: AsyncClient against Client, and its loop's lag under load |
+| ``aio_client``, ``lag``, ``cores`` | cases 12b and 12c: AsyncClient against Client, and its loop's lag under load (the client on a core of its own, and sharing) |
 | ``scale`` | case 6: a million queued jobs, a kill -9 and restart, a drain |
 | ``targets`` | the table's rows and the issue's targets |
 | ``report`` | the table, the JSON file, the docs section; ``machine``: what it ran on |

@@ -5,8 +5,10 @@ in the same run and on the same cluster, so the table compares like with like. (
 a ticker coroutine measures how late it wakes (benchmarks/lag.py) while a thousand
 no-op jobs are kept in flight from the same loop, and the same ticker on an idle
 loop in a process of its own beside it gives the floor: what the OS alone costs a
-loop on this machine under that load. Each AsyncClient run is a fresh asyncio loop,
-bounded by the run's budget.
+loop on this machine under that load. (c) runs twice: with the client on a CPU of
+its own, the cluster on the others (benchmarks/cores.py), as a service and the
+cluster it awaits are deployed; and with every process sharing every CPU. Each
+AsyncClient run is a fresh asyncio loop, bounded by the run's budget.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import runner
 from benchmarks import tasks
 from benchmarks.cases import Bench, Sample, attempt, on_runner, runner_roundtrip
 from benchmarks.cluster import ROOT, child_environment
+from benchmarks.cores import own_core
 from benchmarks.lag import Beside, LagMeter, summary
 from benchmarks.measure import percentile, throughput
 from benchmarks.settings import REQUEST_TIMEOUT, budget
@@ -40,9 +43,22 @@ def case_async_client(bench: Bench) -> Sample:
 
 
 def case_loop_lag(bench: Bench) -> Sample:
-    """Case (c): the loop's lag while IN_FLIGHT no-ops are in flight from it, ``lag_jobs`` in all; and the floor."""
+    """Case (c): the loop's lag while IN_FLIGHT no-ops are in flight from it, ``lag_jobs`` in all; and the floor.
+
+    Twice: with the client on a CPU of its own and the cluster on the others (``own_core``,
+    as a service and its cluster are deployed; the target's row), and with every process
+    sharing every CPU (``shared``, for information).
+    """
     jobs = bench.sizes.lag_jobs
-    return {"runner": on_async_client(bench, budget(jobs), lambda client: lag_under_load(client, jobs))}
+
+    def measure() -> dict[str, Any]:
+        return on_async_client(bench, budget(jobs), lambda client: lag_under_load(client, jobs))
+
+    def on_own_core() -> dict[str, Any]:
+        with own_core(bench.cluster.pids):
+            return measure()
+
+    return {"shared": measure(), "own_core": attempt(on_own_core)}
 
 
 async def async_throughput(client: runner.AsyncClient, jobs: int) -> dict[str, float]:

@@ -90,6 +90,11 @@ class Cluster:
         assert self.broker is not None, "the broker is not started"
         return self.broker.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """The broker's and the workers' PIDs (their pools' processes are their children)."""
+        return [process.pid for process in [self.broker, *self.workers] if process is not None]
+
     def kill_broker(self) -> None:
         """SIGKILL the broker, as a crash would, and reap it."""
         if self.broker is not None and self.broker.poll() is None:
