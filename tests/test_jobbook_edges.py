@@ -222,13 +222,27 @@ def test_an_acknowledged_outcome_is_kept_for_the_ttl_and_then_forgotten(broker):
     driven.book.cancel("x", False, 1.0)
     driven.book.cancel("y", False, 1.0)
     driven.turn()
-    driven.book.acknowledge(["x"], 10.0)  # the client got x's outcome; y's was never acknowledged
+    driven.book.acknowledge(A, ["x"], 10.0)  # the client got x's outcome; y's was never acknowledged
     driven.turn()
     assert driven.journal.expire(10.0 + 59.0, result_ttl=60.0) == 0, "kept until its TTL has passed"
     assert driven.journal.expire(10.0 + 61.0, result_ttl=60.0) == 1
     driven.turn()
     assert driven.book.owner("x") is None and driven.book.cancel("x", False, 80.0) == "unknown"
     assert driven.book.cancel("y", False, 80.0) == "finished", "an unacknowledged outcome is still there"
+
+
+def test_another_keys_acknowledgement_does_not_start_the_ttl_of_an_outcome(broker):
+    driven = broker(same_owner=same_key)
+    driven.book.submit(A, [row("x")], False, 1.0)
+    driven.book.cancel("x", False, 1.0)
+    driven.turn()
+    driven.book.acknowledge(b"mallory-1", ["x"], 10.0)
+    driven.turn()
+    assert driven.journal.expire(10.0 + 61.0, result_ttl=60.0, owns=driven.book.may_take) == 0
+    assert driven.book.cancel("x", False, 80.0) == "finished", "A's outcome waits for A"
+    driven.book.acknowledge(b"client-a-2", ["x"], 80.0)  # A's key under a new routing id
+    driven.turn()
+    assert driven.journal.expire(80.0 + 61.0, result_ttl=60.0, owns=driven.book.may_take) == 1
 
 
 # --- retries, credit and lost workers ---------------------------------------------------------------------

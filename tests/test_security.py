@@ -167,6 +167,28 @@ def test_a_client_touches_only_its_own_jobs_and_an_admin_all(secure_cluster, cli
         again.result(timeout=30)
 
 
+def test_another_keys_ack_leaves_an_outcome_to_its_owner(processes, client_factory, key_folder):
+    _, address = processes.broker("--curve-keys", str(key_folder), "--heartbeat", "0.2", "--result-ttl", "0.5")
+    processes.worker(address, "--curve-keys", str(key_folder), "--heartbeat", "0.2", "--processes", "1",
+                     "--threads", "2")
+    submitted = processes.runner("submit", "tasks:add", "20", "22", "--no-wait", "--connect", address,
+                                 "--curve-keys", str(key_folder), stdout=subprocess.PIPE)
+    assert submitted.wait(timeout=60) == 0
+    job_id = submitted.stdout.read().decode().strip()  # nobody has its outcome: nobody acknowledged it
+    alice = keyed_client(client_factory, address, key_folder)
+    wait_until(lambda: alice.fetch(job_id)["state"] == "done", timeout=30, message="alice's job done")
+
+    bob = keyed_client(client_factory, address, key_folder / "bob")
+    bob.connection.send(protocol.ACK, {"ids": [job_id]})
+    own = bob.submit("tasks:add", 1, 1)  # acknowledged after that ack, so it expires after it
+    assert own.result(timeout=30) == 2
+    wait_until(lambda: bob.fetch(own.job_id)["state"] == "unknown", timeout=20, message="bob's own outcome expired")
+    assert alice.fetch(job_id) == {"id": job_id, "state": "done", "result": 42}, "bob's ack did not count"
+
+    alice.connection.send(protocol.ACK, {"ids": [job_id]})
+    wait_until(lambda: alice.fetch(job_id)["state"] == "unknown", timeout=20, message="alice's outcome expired")
+
+
 def test_an_open_bind_needs_keys_or_insecure(processes, key_folder):
     refused = processes.runner("broker", "--bind", "tcp://0.0.0.0:*", "--journal", ":memory:",
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

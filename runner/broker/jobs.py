@@ -117,7 +117,7 @@ class JobBook(HeldJobs, AfterJobs):
         for job_id, task, pool, queue, priority, payload, options in rows:
             held = held_jobs.get(job_id)
             if held is not None:
-                if not self._may_take(client, held.client):
+                if not self.may_take(client, held.client):
                     self._refuse_taken(client, job_id)
                     continue
                 self._move(held, client)
@@ -189,7 +189,8 @@ class JobBook(HeldJobs, AfterJobs):
             self.events.emit("accepted", job, now)
         return True
 
-    def _may_take(self, client: bytes, owner: bytes) -> bool:
+    def may_take(self, client: bytes, owner: bytes) -> bool:
+        """May ``client`` act for the owner of a job: resend its id, or acknowledge its outcome."""
         return self.same_owner is None or client == owner or self.same_owner(client, owner)
 
     def _refuse_taken(self, client: bytes, job_id: str) -> None:
@@ -222,7 +223,7 @@ class JobBook(HeldJobs, AfterJobs):
             if stored is not None and stored.state in states.FINAL_STATES and (
                     self._withdraw(job_id) or self._unhold(job_id)):
                 self.quota.remove(client)
-                if not self._may_take(client, stored.client):
+                if not self.may_take(client, stored.client):
                     self._refuse_taken(client, job_id)
                     continue
                 log.bind(job=job_id).warning("job id {} was submitted again after it finished: "
@@ -233,7 +234,7 @@ class JobBook(HeldJobs, AfterJobs):
         stored = self.journal.get(job_id)
         if stored is None or stored.state not in states.FINAL_STATES:
             return False
-        if not self._may_take(client, stored.client):
+        if not self.may_take(client, stored.client):
             self._refuse_taken(client, job_id)
             return True
         self.outbox.outcomes[client].append([job_id, stored.status, stored.outcome or b""])
@@ -247,9 +248,9 @@ class JobBook(HeldJobs, AfterJobs):
         stored = self.journal.get(job_id)
         return None if stored is None else stored.client
 
-    def acknowledge(self, job_ids: list[str], now: float) -> None:
-        """The client has these outcomes; the TTL starts."""
-        self.journal.delivered(job_ids, now)
+    def acknowledge(self, client: bytes, job_ids: list[str], now: float) -> None:
+        """The client has these outcomes; the TTL starts for those it owns (see ``may_take``)."""
+        self.journal.delivered(job_ids, now, client)
 
     def cancel(self, job_id: str, force: bool, now: float) -> str:
         """Cancel a job: 'cancelled', 'running' (refused without force), 'finished' or 'unknown'.

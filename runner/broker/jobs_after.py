@@ -38,7 +38,7 @@ class AfterJobs:
             held = self.scheduler.jobs.get(dependency)
             stored = None if held is not None else self.journal.get(dependency)
             owner = held.client if held is not None else stored.client if stored is not None else None
-            if owner is None or not self._may_take(client, owner):
+            if owner is None or not self.may_take(client, owner):
                 reason = (f"job {job_id} waits for job {dependency!r}, which the broker does not know (a job can "
                           "only wait for jobs accepted before it, whose outcome is still kept)")
                 break

@@ -21,10 +21,11 @@ a broker restart): a restart holds restored jobs for their claims until each has
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from runner import protocol
 from runner.broker.checkpoint import BACKSTOP_PAGES, Checkpointer
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     at REAL NOT NULL,
-    ids TEXT NOT NULL
+    ids TEXT NOT NULL,
+    client BLOB
 );
 CREATE TABLE IF NOT EXISTS queue_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,9 +88,10 @@ CREATE TABLE IF NOT EXISTS workers (
     name TEXT NOT NULL
 );
 """
-#: Added after the first journals were written: opening an older file adds it (NULL in old rows).
+#: Added after the first journals were written: opening an older file adds them (NULL in old rows).
 _WORKER_COLUMN = "ALTER TABLE jobs ADD COLUMN worker TEXT"
 _DUE_COLUMN = "ALTER TABLE jobs ADD COLUMN due REAL"  # a delayed job's due time (NULL: not delayed)
+_ACKNOWLEDGER_COLUMN = "ALTER TABLE deliveries ADD COLUMN client BLOB"  # who acknowledged (NULL: any owner)
 
 
 @dataclass
@@ -127,8 +130,9 @@ class Journal:
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             self._checkpointer = Checkpointer(path)
         self._db.executescript(_SCHEMA)
-        self._add_column("worker", _WORKER_COLUMN)
-        self._add_column("due", _DUE_COLUMN)
+        self._add_column("jobs", "worker", _WORKER_COLUMN)
+        self._add_column("jobs", "due", _DUE_COLUMN)
+        self._add_column("deliveries", "client", _ACKNOWLEDGER_COLUMN)
         self._in_transaction = False
         self._finished: list[tuple] = []  # final outcomes of this turn, written together at commit
         self.worker_joined_uncommitted = False  # a worker was listed this turn: commit before leasing to it
@@ -201,33 +205,54 @@ class Journal:
             (PENDING, client, job_id),
         )
 
-    def delivered(self, job_ids: Iterable[str], now: float) -> None:
-        """The client has these outcomes: from now on only the TTL keeps them.
+    def delivered(self, job_ids: Iterable[str], now: float, client: bytes) -> None:
+        """``client`` has these outcomes: from now on only the TTL keeps those it owns (``expire``).
 
         One row per acknowledgement message, not one write per job: a client acknowledges
         every outcome, so this sits on the hot path.
         """
         self._begin()
-        self._db.execute("INSERT INTO deliveries (at, ids) VALUES (?, ?)", (now, json.dumps(list(job_ids))))
+        self._db.execute("INSERT INTO deliveries (at, ids, client) VALUES (?, ?, ?)",
+                         (now, json.dumps(list(job_ids)), client))
 
-    def expire(self, now: float, result_ttl: float, limit: int = EXPIRE_BATCH) -> int:
+    def expire(self, now: float, result_ttl: float, owns: Callable[[bytes, bytes], bool] = operator.eq,
+               limit: int = EXPIRE_BATCH) -> int:
         """Delete outcomes delivered more than ``result_ttl`` ago (at most ``limit``
-        acknowledgements' worth a call, so one call never stalls the broker for long)."""
+        acknowledgements' worth a call, so one call never stalls the broker for long).
+
+        An acknowledgement counts only for the jobs its client owns: ``owns(client, owner)``
+        (the submitter's routing id); another client's ack leaves an outcome to its owner.
+        """
         self._begin()
         self._write_finished()
         acknowledged = self._db.execute(
-            "SELECT rowid, ids FROM deliveries WHERE at < ? ORDER BY rowid LIMIT ?", (now - result_ttl, limit)
-        ).fetchall()
+            "SELECT rowid, ids, client FROM deliveries WHERE at < ? ORDER BY rowid LIMIT ?",
+            (now - result_ttl, limit)).fetchall()
         removed = []
-        for _, ids in acknowledged:
-            removed += self._db.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN (?, ?, ?, ?) "
-                "RETURNING state", (ids, *FINAL_STATES)).fetchall()
+        for _, ids, client in acknowledged:
+            if client is None:  # journaled before acknowledgers were recorded: it counts for any owner
+                removed += self._delete_final(ids)
+                continue
+            own = self._delete_final(ids, client)  # the usual case, in SQL: its jobs under its routing id
+            removed += own
+            if len(own) < len(json.loads(ids)):  # others' jobs, or its own under another routing id
+                others = self._db.execute(
+                    "SELECT id, client FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND state IN (?, ?, ?, ?)", (ids, *FINAL_STATES)).fetchall()
+                removed += self._delete_final(json.dumps([job_id for job_id, owner in others if owns(client, owner)]))
         if acknowledged:
             self._db.execute("DELETE FROM deliveries WHERE rowid <= ?", (acknowledged[-1][0],))
         for (state,) in removed:
             self.counts[state] -= 1
         return len(removed)
+
+    def _delete_final(self, ids: str, client: bytes | None = None) -> list[tuple[str]]:
+        """Delete the jobs of ``ids`` (a JSON list) that have a final outcome (only ``client``'s, if
+        given); the state of each."""
+        mine, values = ("", ()) if client is None else (" AND client = ?", (client,))
+        return self._db.execute(
+            f"DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN (?, ?, ?, ?){mine} "
+            "RETURNING state", (ids, *FINAL_STATES, *values)).fetchall()
 
     def expire_unclaimed(self, now: float, result_ttl: float) -> int:
         """Delete outcomes nobody acknowledged for UNCLAIMED_KEEP (or the TTL, if longer).
@@ -392,10 +417,10 @@ class Journal:
                 self._finished)
             self._finished.clear()
 
-    def _add_column(self, name: str, statement: str) -> None:
-        """Run ``statement`` (an ALTER TABLE adding column ``name`` to jobs) unless the file has it:
-        journals written before the column existed open (NULL in it)."""
-        if name not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+    def _add_column(self, table: str, name: str, statement: str) -> None:
+        """Run ``statement`` (an ALTER TABLE adding column ``name`` to ``table``) unless the file has
+        it: journals written before the column existed open (NULL in it)."""
+        if name not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
             self._db.execute(statement)
 
     def _count_by_state(self) -> dict[str, int]:

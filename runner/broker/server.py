@@ -321,7 +321,7 @@ class Broker(Requests, ScheduleShell):
         self._schedule_flush()
 
     def _on_ack(self, client: bytes, message: protocol.Message) -> None:
-        self.jobs.acknowledge(message.body["ids"], time.time())
+        self.jobs.acknowledge(client, message.body["ids"], time.time())
 
     def _worker_name(self, worker: bytes | None) -> str:
         peer = self.peers.get(worker) if worker else None
@@ -380,7 +380,7 @@ class Broker(Requests, ScheduleShell):
         self._schedule_flush()  # leases the released jobs this turn, and arms the timer for the next
 
     def _expire_results(self) -> None:
-        removed = self.journal.expire(time.time(), self.result_ttl)
+        removed = self.journal.expire(time.time(), self.result_ttl, self.jobs.may_take)
         if removed:
             log.debug("removed {} outcomes past their TTL", removed)
         self._schedule_flush()
