@@ -92,8 +92,10 @@ class Cluster:
 
     @property
     def pids(self) -> list[int]:
-        """The broker's and the workers' PIDs (their pools' processes are their children)."""
-        return [process.pid for process in [self.broker, *self.workers] if process is not None]
+        """The PIDs of every process this cluster started and runs: broker, workers (their pools'
+        processes are their children), and an observed cluster's dashboard and reader."""
+        processes = [self.broker, *self.workers, self.dashboard, self.reader]
+        return [process.pid for process in processes if process is not None and process.poll() is None]
 
     def kill_broker(self) -> None:
         """SIGKILL the broker, as a crash would, and reap it."""
