@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -36,6 +37,7 @@ def thread_affinities(pid: int) -> dict[int, set[int]]:
 def test_own_core_pins_this_process_and_the_whole_tree_apart_then_gives_every_cpu_back():
     tree = subprocess.Popen([sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             preexec_fn=die_with_parent)
+    child = None
     try:
         child = int(tree.stdout.readline())
         wait_until(lambda: len(os.listdir(f"/proc/{tree.pid}/task")) >= 2, timeout=10, message="the tree's thread")
@@ -47,8 +49,14 @@ def test_own_core_pins_this_process_and_the_whole_tree_apart_then_gives_every_cp
         for pid in (os.getpid(), tree.pid, child):
             assert all(cpus == USABLE for cpus in thread_affinities(pid).values()), pid
     finally:
-        tree.stdin.close()
-        tree.wait(30)
+        tree.stdin.close()  # the tree kills its child and exits
+        try:
+            tree.wait(30)
+        except subprocess.TimeoutExpired:
+            tree.kill()
+            tree.wait(30)
+            if child is not None and os.path.exists(f"/proc/{child}"):
+                os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
