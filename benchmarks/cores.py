@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 
 @contextlib.contextmanager
 def own_core(cluster_pids: Iterable[int]) -> Iterator[None]:
-    """This process on one CPU and ``cluster_pids`` (and their descendants) on the others.
+    """Every thread of this process on one CPU and ``cluster_pids`` (and their descendants) on the others.
 
     Raises RuntimeError where that cannot be done: fewer than two usable CPUs, or no
     ``os.sched_setaffinity`` (not Linux).
@@ -34,20 +34,25 @@ def own_core(cluster_pids: Iterable[int]) -> Iterator[None]:
         raise RuntimeError(f"a core of its own needs two usable CPUs; this process may use {sorted(usable)}")
     client = {min(usable)}
     pids = list(cluster_pids)
-    _pin([os.getpid()], client)
+    _pin_threads(os.getpid(), client)  # what it starts meanwhile (the idle ticker) inherits this
     try:
         _pin(pids, usable - client)
         yield
     finally:
-        _pin([os.getpid(), *pids], usable)
+        _pin_threads(os.getpid(), usable)
+        _pin(pids, usable)
 
 
 def _pin(pids: list[int], cpus: set[int]) -> None:
     """Every thread of ``pids`` and of their descendants may run on ``cpus`` only."""
     for pid in _with_descendants(pids):
-        for thread in _threads(pid):
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.sched_setaffinity(thread, cpus)
+        _pin_threads(pid, cpus)
+
+
+def _pin_threads(pid: int, cpus: set[int]) -> None:
+    for thread in _threads(pid):
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.sched_setaffinity(thread, cpus)
 
 
 def _with_descendants(pids: list[int]) -> list[int]:
